@@ -1,0 +1,68 @@
+# Everything a fresh machine needs goes through these targets: they create .venv and install into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PYTEST_ARGS ?=
+
+# The bundled default model: fast weights, R=50, K uniform in 1..8 (see docs/results.md).
+DEFAULT_CKPT := checkpoints/default.pt
+DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 30000 --lr-schedule cosine \
+	--eval-every 1000 --seed 0 --threads 2
+
+.PHONY: install install-serve serve test test-unit test-integration model lint format typecheck bench reproduce clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	touch $@
+
+# Serving only: no torch.
+$(VENV)/.serve: pyproject.toml $(VENV)/.created
+	$(BIN)/pip install -q -e '.[serve,client]'
+	touch $@
+
+# Everything: training, export, tests, lint.
+$(VENV)/.all: pyproject.toml $(VENV)/.created
+	$(BIN)/pip install -q -e '.[serve,train,client,dev]'
+	touch $@ $(VENV)/.serve
+
+install-serve: $(VENV)/.serve
+install: $(VENV)/.all
+
+serve: $(VENV)/.serve
+	$(PY) -m service
+
+test: $(VENV)/.all
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.all
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(VENV)/.all
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: $(VENV)/.all
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.all
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(VENV)/.all
+	$(BIN)/mypy
+
+# Rebuild the bundled default model from scratch: train, then export into model_repository/.
+model: $(VENV)/.all
+	$(PY) -m model.train $(DEFAULT_TRAIN_ARGS) --out $(DEFAULT_CKPT)
+	$(PY) -m export $(DEFAULT_CKPT) --repository model_repository
+
+# Table 1 of the paper, side by side with ours (long: see docs/results.md for the wall time).
+reproduce: $(VENV)/.all
+	$(PY) -m model.reproduce
+
+bench: $(VENV)/.all
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

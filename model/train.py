@@ -1,0 +1,252 @@
+"""Train a fast-weights RNN (or an IRNN/LSTM baseline) on associative retrieval.
+
+    python -m model.train --kind fast --hidden-size 50 --k-min 4 --k-max 4 --steps 20000 --out ckpt.pt
+
+Data order is a pure function of (seed, step), so a resumed run (``--resume``) sees exactly the batches an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from model.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
+from model.config import MODEL_KINDS, ModelConfig
+from model.data import VOCAB, Batch, fixed_split
+from model.evaluate import error_report
+from model.vocab import sequence_length
+
+
+@dataclass
+class TrainConfig:
+    k_min: int = 4
+    k_max: int = 4
+    steps: int = 20_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant" | "cosine" (to min_lr over `steps`)
+    min_lr: float = 1e-5
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # 0 = torch's default
+    train_size: int | None = None  # None = the paper's 100k
+    eval_every: int = 500
+    eval_size: int | None = None  # None = the full 10k validation split
+    target_error: float | None = None  # early stop once validation error <= this
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    return cfg.lr
+
+
+def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
+    """Rows of the train split for `step`: epoch-wise shuffles seeded by (seed, epoch)."""
+    per_epoch = n // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[pos * batch_size : (pos + 1) * batch_size]
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    resume_from: str | Path | None = None,
+) -> Checkpoint:
+    """Train and return the final checkpoint (also written to `out` at every evaluation and at the end)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = cfg.resolved_device()
+    length = sequence_length(cfg.k_max)
+    train_set = fixed_split("train", cfg.k_min, cfg.k_max, size=cfg.train_size, length=length)
+    valid_set = fixed_split("valid", cfg.k_min, cfg.k_max, size=cfg.eval_size, length=length)
+    tokens = torch.from_numpy(train_set.tokens).to(device)  # (N, T)
+    targets = torch.from_numpy(train_set.targets).to(device)  # (N,)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg, VOCAB).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, history = 0, []
+    if resume_from is not None:
+        prev = load_checkpoint(resume_from)
+        if prev.config != model_cfg:
+            raise CheckpointError(f"{resume_from}: model config differs from the one requested")
+        model.load_state_dict(prev.state_dict)
+        if prev.optimizer_state is not None:
+            optimizer.load_state_dict(prev.optimizer_state)
+        step, history = prev.step, list(prev.history)
+
+    started = time.perf_counter()
+    elapsed_before = history[-1]["wall_s"] if history else 0.0
+    ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, {})
+    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+    loss_sum, correct, seen = 0.0, 0, 0
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    while step < cfg.steps:
+        idx = torch.from_numpy(batch_indices(cfg.seed, step, cfg.batch_size, len(train_set))).to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        logits, _ = model(tokens[idx])
+        loss = loss_fn(logits, targets[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        loss_sum += loss.item() * len(idx)
+        correct += int((logits.argmax(-1) == targets[idx]).sum())
+        seen += len(idx)
+        bar.update(1)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            valid = error_report(model, valid_set, device=device)
+            model.train()
+            history.append(
+                {
+                    "step": step,
+                    "train_loss": loss_sum / seen,
+                    "train_acc": correct / seen,
+                    "valid_error": valid["error"],
+                    "lr": learning_rate(cfg, step - 1),
+                    "wall_s": elapsed_before + time.perf_counter() - started,
+                }
+            )
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", valid_err=f"{valid['error']:.4f}"
+            )
+            loss_sum, correct, seen = 0.0, 0, 0
+            ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, {"valid": valid})
+            if out is not None:
+                save_checkpoint(ckpt, out)
+            if cfg.target_error is not None and valid["error"] <= cfg.target_error:
+                bar.write(f"early stop at step {step}: validation error {valid['error']:.4%}")
+                break
+    bar.close()
+    test = error_report(model, fixed_split("test", cfg.k_min, cfg.k_max, length=length), device=device)
+    metrics = {
+        **ckpt.metrics,
+        "test": test,
+        "steps": step,
+        "wall_s": history[-1]["wall_s"] if history else 0.0,
+    }
+    ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, metrics)
+    if out is not None:
+        save_checkpoint(ckpt, out)
+    return ckpt
+
+
+def _snapshot(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    step: int,
+    history: list[dict[str, Any]],
+    metrics: dict[str, Any],
+) -> Checkpoint:
+    return Checkpoint(
+        config=model_cfg,
+        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        step=step,
+        seed=cfg.seed,
+        metrics=metrics,
+        train_args=asdict(cfg),
+        history=list(history),
+        optimizer_state=optimizer.state_dict(),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n")[0])
+    m = ModelConfig()
+    p.add_argument("--kind", choices=MODEL_KINDS, default=m.kind)
+    p.add_argument("--hidden-size", type=int, default=m.hidden_size, help="R, hidden units")
+    p.add_argument("--embed-size", type=int, default=m.embed_size)
+    p.add_argument("--decay", type=float, default=m.decay, help="λ, fast weight decay")
+    p.add_argument("--fast-lr", type=float, default=m.fast_lr, help="η, fast weight learning rate")
+    p.add_argument("--inner-steps", type=int, default=m.inner_steps, help="S, inner loop steps")
+    p.add_argument("--memory-form", choices=["attention", "matrix"], default=m.memory_form)
+    t = TrainConfig()
+    p.add_argument("--k-min", type=int, default=t.k_min, help="fewest key/value pairs")
+    p.add_argument("--k-max", type=int, default=t.k_max, help="most key/value pairs")
+    p.add_argument("--steps", type=int, default=t.steps)
+    p.add_argument("--batch-size", type=int, default=t.batch_size)
+    p.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=t.lr_schedule)
+    p.add_argument("--min-lr", type=float, default=t.min_lr)
+    p.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
+    p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm (0 = off)")
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--device", default=t.device, help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=t.threads, help="torch CPU threads (0 = default)")
+    p.add_argument("--train-size", type=int, help="rows of the train split (default 100k)")
+    p.add_argument("--eval-every", type=int, default=t.eval_every)
+    p.add_argument("--eval-size", type=int, help="rows of the validation split (default 10k)")
+    p.add_argument("--target-error", type=float, help="stop early once validation error <= this (e.g. 0)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint path")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    model_cfg = ModelConfig(
+        kind=args.kind,
+        hidden_size=args.hidden_size,
+        embed_size=args.embed_size,
+        decay=args.decay,
+        fast_lr=args.fast_lr,
+        inner_steps=args.inner_steps,
+        memory_form=args.memory_form,
+        recurrent_init_scale=0.05 if args.kind == "fast" else 1.0,
+    )
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    cfg = TrainConfig(**values, progress=not args.no_progress)
+    resume_from = args.out if args.resume and args.out.exists() else None
+    try:
+        ckpt = train(model_cfg, cfg, args.out, resume_from)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    test = ckpt.metrics["test"]
+    per_k = ", ".join(f"K={k}: {100 * v['error']:.2f}%" for k, v in test["per_k"].items())
+    print(
+        f"{args.out}: step {ckpt.step}, test error {100 * test['error']:.2f}% ({per_k}), "
+        f"{ckpt.metrics['wall_s']:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Batch", "TrainConfig", "learning_rate", "train"]
