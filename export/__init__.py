@@ -1,0 +1,1 @@
+"""torch -> ONNX export. `export.contract` is torch-free and shared with the service."""
