@@ -89,7 +89,6 @@ class Scorer:
         self.headers = {"Content-Type": "application/json"}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
-            self.headers["X-API-Key"] = config.api_key
 
     async def score_chunk(self, rows: list[Row]) -> list[dict[str, Any]]:
         """Answers (or errors) for every row of a chunk, in order."""
