@@ -1,0 +1,115 @@
+"""Export a checkpoint into a Triton-style model repository, then verify it against the checkpoint.
+
+    python -m export checkpoints/default.pt --repository model_repository [--buckets 5,11,19,27]
+        [--family fastweights] [--version 1] [--no-verify]
+
+Exit codes: 0 exported (and verified), 2 bad input (checkpoint, options), 3 verification failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from export.contract import (
+    DEFAULT_BUCKETS,
+    DEFAULT_FAMILY,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_VERSION,
+    ContractError,
+)
+from export.verify import DEFAULT_SEQUENCES, DEFAULT_TOLERANCE, ParityError, VerificationError
+
+
+def _buckets(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"buckets must be comma-separated integers, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by python -m model.train")
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    p.add_argument(
+        "--buckets",
+        type=_buckets,
+        default=list(DEFAULT_BUCKETS),
+        help="sequence lengths T, one graph each (T = 2K+3; default %(default)s)",
+    )
+    p.add_argument("--family", default=DEFAULT_FAMILY, help="model name prefix: <family>_t<T>")
+    p.add_argument("--version", type=int, default=DEFAULT_VERSION)
+    p.add_argument(
+        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="Triton's max_batch_size"
+    )
+    p.add_argument(
+        "--dynamo", action="store_true", help="use the dynamo-based exporter instead of TorchScript"
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip the parity check against the checkpoint")
+    p.add_argument("--verify-sequences", type=int, default=DEFAULT_SEQUENCES)
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import torch
+
+    from export.repository import export_repository
+    from export.verify import verify_repository
+    from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
+    from model.config import UnknownModelKindError
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        graphs = export_repository(
+            ckpt,
+            args.repository,
+            args.buckets,
+            args.family,
+            args.version,
+            args.max_batch_size,
+            args.dynamo,
+            source_sha256=file_sha256(args.checkpoint),
+        )
+    except (CheckpointError, UnknownModelKindError, ContractError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"exported {args.checkpoint} ({ckpt.config.kind}, H={ckpt.config.hidden_size}) in "
+        f"{time.perf_counter() - started:.1f} s:"
+    )
+    for g in graphs:
+        print(
+            f"  {g.path}  T={g.seq_len:<3} {g.nodes} nodes ({g.nodes_optimized} after onnxruntime's "
+            f"optimizer), {g.size_bytes / 1024:.1f} KiB"
+        )
+    if args.no_verify:
+        print("verification skipped (--no-verify)")
+        return 0
+    try:
+        report = verify_repository(
+            args.checkpoint, args.repository, args.family, args.verify_sequences, tolerance=args.tolerance
+        )
+    except ParityError as exc:
+        print(exc.report.format())
+        print(
+            f"error: verification failed: {exc.report.argmax_mismatches} argmax mismatches, "
+            f"max|Δ| above {args.tolerance:g}",
+            file=sys.stderr,
+        )
+        return 3
+    except (VerificationError, ContractError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(report.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

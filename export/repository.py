@@ -1,0 +1,93 @@
+"""Write a Triton-style model repository: one model per length bucket, ``<name>/<version>/model.onnx``.
+
+    model_repository/
+      fastweights_t5/   config.pbtxt  1/model.onnx
+      fastweights_t11/  config.pbtxt  1/model.onnx
+      ...
+
+One model name per bucket (rather than one model with several graphs) because Triton binds one fixed input
+shape per model and chooses versions by policy, not by input length; the `family` parameter in each
+config and the metadata in each graph tie the buckets of one trained model together. Reading a repository
+back is `export.contract.scan_repository` (torch-free, shared with the service).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from export.contract import (
+    CONFIG_FILENAME,
+    DEFAULT_BUCKETS,
+    DEFAULT_FAMILY,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_VERSION,
+    ONNX_FILENAME,
+    ContractError,
+    bucket_model_name,
+    read_config_pbtxt,
+    render_config_pbtxt,
+)
+from export.onnx_export import ExportedGraph, export_bucket
+from model.checkpoint import Checkpoint, file_sha256, load_checkpoint
+
+
+def check_buckets(buckets: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(sorted(set(buckets)))
+    if not out or out[0] < 5:
+        raise ValueError(f"buckets must be lengths >= 5 (one pair: 'a1??a'), got {list(buckets)}")
+    return out
+
+
+def export_repository(
+    checkpoint: str | Path | Checkpoint,
+    repository: str | Path,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    family: str = DEFAULT_FAMILY,
+    version: int = DEFAULT_VERSION,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    dynamo: bool = False,
+    source_sha256: str = "",
+) -> list[ExportedGraph]:
+    """Export every bucket of `checkpoint` into `repository`, replacing this family's older buckets.
+
+    Other families in the same repository are left alone, so several trained models can be served side by
+    side (e.g. ``--family lstm`` next to the default fast-weights model).
+    """
+    if isinstance(checkpoint, Checkpoint):
+        ckpt = checkpoint
+    else:
+        ckpt = load_checkpoint(checkpoint)
+        source_sha256 = source_sha256 or file_sha256(checkpoint)
+    buckets = check_buckets(buckets)
+    if version < 1:
+        raise ValueError(f"version must be >= 1, got {version}")
+    root = Path(repository)
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_buckets(root, family, {bucket_model_name(family, t) for t in buckets})
+    results = []
+    for seq_len in buckets:
+        model_dir = root / bucket_model_name(family, seq_len)
+        graph = export_bucket(
+            ckpt, seq_len, model_dir / str(version) / ONNX_FILENAME, family, source_sha256, dynamo
+        )
+        config = render_config_pbtxt(family, seq_len, ckpt.config.num_classes, max_batch_size)
+        tmp = model_dir / (CONFIG_FILENAME + ".tmp")
+        tmp.write_text(config, encoding="utf-8")
+        tmp.replace(model_dir / CONFIG_FILENAME)
+        results.append(graph)
+    return results
+
+
+def _remove_stale_buckets(root: Path, family: str, keep: set[str]) -> None:
+    """Drop this family's bucket folders that the new export does not write (after changing --buckets)."""
+    for model_dir in root.iterdir():
+        if not model_dir.is_dir() or model_dir.name in keep or not model_dir.name.startswith(f"{family}_t"):
+            continue
+        try:
+            same_family = read_config_pbtxt(model_dir / CONFIG_FILENAME).family == family
+        except ContractError:
+            same_family = False  # not ours to delete
+        if same_family:
+            shutil.rmtree(model_dir)
