@@ -1,0 +1,1 @@
+"""fastweights-serve: the onnxruntime + FastAPI inference service. Never imports torch."""

@@ -1,0 +1,271 @@
+"""Dynamic micro-batching: concurrent requests for one model version are coalesced into one onnxruntime run.
+
+Semantics (Triton's dynamic batcher, counted in ROWS):
+
+- A worker task takes queued requests in arrival order into one run of at most `max_batch_size` rows (a
+  single request larger than that runs alone, in chunks of `max_batch_size`).
+- `max_queue_delay_s = 0` (the default) adds no latency: a lone request starts at once; a batch forms from
+  whatever queued while the previous run was busy. A positive delay is opt-in: the worker waits up to that
+  long after the FIRST queued request for the batch to fill.
+- The queue is bounded (`max_queue_rows`): `submit` raises `QueueFullError` at once (HTTP 503 + Retry-After).
+- Every request has a deadline; one that expires while queued is answered `DeadlineExceededError` (504)
+  and never computed. A request whose caller went away (its awaiting task cancelled, e.g. the client
+  disconnected) is dropped before compute.
+- onnxruntime runs in the given executor, never on the event loop, so health and metrics stay fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.metrics import Metrics
+
+log = logging.getLogger("service.batcher")
+
+RunFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+class BatcherError(RuntimeError):
+    pass
+
+
+class QueueFullError(BatcherError):
+    """The bounded queue has no room for these rows; retry later."""
+
+
+class DeadlineExceededError(BatcherError):
+    """The request's deadline passed before its result was ready."""
+
+
+class BatcherClosedError(BatcherError):
+    """The batcher is shutting down and accepts no new work."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    tokens: np.ndarray  # (n, T)
+    future: asyncio.Future[dict[str, np.ndarray]]
+    deadline: float  # time.monotonic()
+    enqueued: float = field(default_factory=time.monotonic)
+    queued: bool = True
+
+    @property
+    def rows(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: RunFn,
+        executor: Executor,
+        *,
+        name: str,
+        max_batch_size: int = 256,
+        max_queue_delay_s: float = 0.0,
+        max_queue_rows: int = 4096,
+        default_timeout_s: float = 10.0,
+        metrics: Metrics | None = None,
+    ):
+        self._run = run
+        self._executor = executor
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.max_queue_rows = max_queue_rows
+        self.default_timeout_s = default_timeout_s
+        self._metrics = metrics
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.runs = 0  # onnxruntime runs done (for tests and logs)
+
+    # -- public -------------------------------------------------------------------------------------------
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher:{self.name}")
+
+    async def submit(self, tokens: np.ndarray, deadline: float | None = None) -> dict[str, np.ndarray]:
+        """Queue `tokens` (n, T) and wait for their outputs {"logits": (n, C), "memory_attention": (n, T)}.
+
+        `deadline` is an absolute `time.monotonic()` value (default: now + default_timeout_s).
+        Raises QueueFullError, DeadlineExceededError, BatcherClosedError, or the run's own exception.
+        """
+        if self._closing:
+            self._count_rejected("shutting_down")
+            raise BatcherClosedError(f"model {self.name!r} is shutting down")
+        rows = int(tokens.shape[0])
+        if rows == 0:
+            raise ValueError("empty batch")
+        # An oversized request is still accepted into an empty queue; otherwise it could never run.
+        if self._queued_rows and self._queued_rows + rows > self.max_queue_rows:
+            self._count_rejected("queue_full")
+            raise QueueFullError(
+                f"model {self.name!r}: queue full "
+                f"({self._queued_rows} rows waiting, limit {self.max_queue_rows})"
+            )
+        now = time.monotonic()
+        deadline = now + self.default_timeout_s if deadline is None else deadline
+        if deadline <= now:
+            self._count_rejected("deadline")
+            raise DeadlineExceededError("deadline already passed")
+        loop = asyncio.get_running_loop()
+        item = _Pending(tokens, loop.create_future(), deadline, now)
+        self._queue.append(item)
+        self._queued_rows += rows
+        self._set_depth()
+        self._arrived.set()
+        try:
+            # shield: the outcome is decided here (deadline vs caller gone), not by a blind cancel.
+            return await asyncio.wait_for(
+                asyncio.shield(item.future), timeout=max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            self._abandon(item, "deadline")
+            raise DeadlineExceededError(f"deadline exceeded after {deadline - now:.3f}s") from None
+        except asyncio.CancelledError:
+            self._abandon(item, "client_gone")
+            raise
+
+    async def close(self, drain: bool = True) -> None:
+        """Stop accepting work; with `drain`, finish everything already queued, else fail it."""
+        self._closing = True
+        if not drain:
+            while self._queue:
+                item = self._queue.popleft()
+                self._dequeue(item)
+                if not item.future.done():
+                    item.future.set_exception(BatcherClosedError(f"model {self.name!r} was unloaded"))
+        self._arrived.set()
+        if self._task is not None:
+            await self._task
+
+    # -- worker -------------------------------------------------------------------------------------------
+
+    def _abandon(self, item: _Pending, reason: str) -> None:
+        """The caller stopped waiting: a still-queued request frees its room at once and is never computed."""
+        if not item.future.done():
+            item.future.cancel()
+        if item.queued:
+            self._dequeue(item)
+            self._count_rejected(reason)
+
+    def _dequeue(self, item: _Pending) -> None:
+        if item.queued:
+            item.queued = False
+            self._queued_rows -= item.rows
+            self._set_depth()
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._queue:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+            if self.max_queue_delay_s > 0:
+                await self._wait_for_fill()
+            batch = self._take_batch()
+            if batch:
+                await self._run_batch(batch)
+
+    async def _wait_for_fill(self) -> None:
+        """Opt-in delay: wait until max_batch_size rows are queued or the first request is delay old."""
+        first = self._queue[0]
+        until = first.enqueued + self.max_queue_delay_s
+        while self._queued_rows < self.max_batch_size and not self._closing:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        rows = 0
+        now = time.monotonic()
+        while self._queue:
+            item = self._queue[0]
+            if not item.queued or item.future.done():  # cancelled while waiting: dropped, not computed
+                self._queue.popleft()
+                self._dequeue(item)
+                continue
+            if item.deadline <= now:
+                self._queue.popleft()
+                self._dequeue(item)
+                item.future.set_exception(DeadlineExceededError("deadline exceeded while queued"))
+                self._count_rejected("deadline")
+                continue
+            if batch and rows + item.rows > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._dequeue(item)
+            batch.append(item)
+            rows += item.rows
+            if rows >= self.max_batch_size:
+                break
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        tokens = batch[0].tokens if len(batch) == 1 else np.concatenate([b.tokens for b in batch], axis=0)
+        start = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.batch_requests.labels(self.name).observe(len(batch))
+            for item in batch:
+                self._metrics.queue_wait.labels(self.name).observe(start - item.enqueued)
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_chunked, tokens)
+        except Exception as exc:
+            log.exception("inference failed", extra={"model": self.name, "rows": int(tokens.shape[0])})
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        offset = 0
+        for item in batch:
+            end = offset + item.rows
+            if not item.future.done():
+                item.future.set_result({k: v[offset:end] for k, v in outputs.items()})
+            offset = end
+
+    def _run_chunked(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """Runs in the executor thread. One run per max_batch_size rows."""
+        parts: list[dict[str, np.ndarray]] = []
+        for lo in range(0, tokens.shape[0], self.max_batch_size):
+            chunk = tokens[lo : lo + self.max_batch_size]
+            t0 = time.perf_counter()
+            parts.append(self._run(chunk))
+            self.runs += 1
+            if self._metrics is not None:
+                self._metrics.inference_time.labels(self.name).observe(time.perf_counter() - t0)
+                self._metrics.batch_rows.labels(self.name).observe(chunk.shape[0])
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_rows.labels(self.name).set(self._queued_rows)
+
+    def _count_rejected(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.rejected.labels(self.name, reason).inc()

@@ -1,0 +1,77 @@
+"""The one Settings object of the service (environment variables with the ``FWS_`` prefix)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The bundled default model, next to the package in a checkout (and in the Docker image).
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can tune. Read once at start-up and injected (``app.state.settings``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FWS_", protected_namespaces=(), extra="ignore")
+
+    # Where and what to serve.
+    model_repository: Path = Field(
+        default=DEFAULT_REPOSITORY, description="Triton-style model repository to load."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    default_family: str = Field(
+        default="fastweights", description="Model family the native API uses by default."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA only when a GPU is really present, else CPU."
+    )
+
+    # Dynamic batching (per model version, i.e. per length bucket).
+    max_batch_size: int = Field(default=256, ge=1, description="Most ROWS in one onnxruntime run.")
+    max_queue_delay_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Extra wait for a fuller batch after the first queued row; 0 adds no latency.",
+    )
+    max_queue_rows: int = Field(default=4096, ge=1, description="Rows that may wait per model; beyond: 503.")
+    request_timeout_s: float = Field(default=10.0, gt=0, description="Per-request deadline; past it: 504.")
+    inference_threads: int = Field(
+        default=1, ge=1, description="Executor threads that run onnxruntime sessions."
+    )
+    ort_intra_op_threads: int = Field(
+        default=0, ge=0, description="onnxruntime intra-op threads (0 = its default)."
+    )
+    simulated_run_delay_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Testing/benchmark knob: extra sleep per onnxruntime run (simulates a slow model).",
+    )
+
+    # Request limits.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Larger request bodies get 413.")
+    max_batch_items: int = Field(default=1024, ge=1, description="Items per /v1/retrieve/batch request.")
+    max_sequence_length: int = Field(
+        default=256,
+        ge=1,
+        description="Characters (or pairs) accepted before parsing; longer inputs: too_long.",
+    )
+
+    # Security and operations.
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, 'Authorization: Bearer <key>' is required."
+    )
+    log_level: str = "info"
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="How long SIGTERM waits for in-flight requests."
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 responses.")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

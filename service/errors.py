@@ -1,0 +1,182 @@
+"""Every error leaves as JSON, never a stack trace.
+
+Two shapes, chosen by path:
+- native API and everything else: ``{"error": {"code": "...", "message": "...", "field": "..."}}``
+- Open Inference Protocol (`/v2...`): ``{"error": "message"}`` (the stock tritonclient requires it)
+
+Domain exceptions map to statuses here once, so routes just raise:
+`SequenceError` 422, `ModelNotFoundError` 404, `ModelNotReadyError` 503, `QueueFullError` 503 + Retry-After,
+`BatcherClosedError` 503 + Retry-After, `DeadlineExceededError` 504, anything unexpected 500 (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from model.vocab import SequenceError
+from service.batcher import BatcherClosedError, DeadlineExceededError, QueueFullError
+from service.predictor import ModelLoadError
+from service.registry import ModelNotFoundError, ModelNotReadyError
+
+log = logging.getLogger("service.errors")
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    500: "internal",
+    503: "unavailable",
+    504: "deadline_exceeded",
+}
+
+
+class JSONResponse(Response):
+    """orjson-encoded JSON (fast for big batch answers; numpy floats must be converted before)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class ApiError(Exception):
+    """An HTTP error with our code; raise it from routes and middleware-free helpers."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+def is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_body(path: str, code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    if is_v2(path):
+        return {"error": message}
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def error_response(
+    path: str,
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(path, code, message, field), status_code=status, headers=headers)
+
+
+def _retry_after(request: Request) -> dict[str, str]:
+    settings = getattr(request.app.state, "settings", None)
+    return {"Retry-After": str(settings.retry_after_s if settings is not None else 1)}
+
+
+def _field_of(loc: tuple[Any, ...]) -> str | None:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or None
+
+
+def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """The first pydantic error as (message, field), phrased for people."""
+    if not errors:
+        return "invalid request", None
+    err = errors[0]
+    field = _field_of(tuple(err.get("loc", ())))
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"unknown field {field!r}", field
+    if kind == "missing":
+        return f"missing field {field!r}", field
+    if kind == "json_invalid":
+        return "request body is not valid JSON", None
+    if field is None and kind in ("model_attributes_type", "dict_type", "model_type"):
+        return "request body must be a JSON object (send Content-Type: application/json)", None
+    msg = str(err.get("msg", "invalid value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return (f"{field}: {msg}" if field else msg), field
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(request.url.path, exc.status, exc.code, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        message, field = validation_message(list(exc.errors()))
+        path = request.url.path
+        return error_response(path, 400 if is_v2(path) else 422, "invalid_request", message, field)
+
+    @app.exception_handler(SequenceError)
+    async def _sequence(request: Request, exc: SequenceError) -> Response:
+        return error_response(request.url.path, 422, exc.code, exc.message, exc.field)
+
+    @app.exception_handler(ModelNotFoundError)
+    async def _not_found(request: Request, exc: ModelNotFoundError) -> Response:
+        return error_response(request.url.path, 404, "model_not_found", str(exc), "model")
+
+    @app.exception_handler(ModelNotReadyError)
+    async def _not_ready(request: Request, exc: ModelNotReadyError) -> Response:
+        return error_response(request.url.path, 503, "not_ready", str(exc), "model", _retry_after(request))
+
+    @app.exception_handler(ModelLoadError)
+    async def _load_failed(request: Request, exc: ModelLoadError) -> Response:
+        return error_response(
+            request.url.path, 400 if is_v2(request.url.path) else 500, "load_failed", str(exc)
+        )
+
+    @app.exception_handler(QueueFullError)
+    async def _queue_full(request: Request, exc: QueueFullError) -> Response:
+        msg = f"overloaded: {exc}; retry later. Exceeds maximum queue size"
+        return error_response(request.url.path, 503, "overloaded", msg, None, _retry_after(request))
+
+    @app.exception_handler(BatcherClosedError)
+    async def _closed(request: Request, exc: BatcherClosedError) -> Response:
+        return error_response(request.url.path, 503, "shutting_down", str(exc), None, _retry_after(request))
+
+    @app.exception_handler(DeadlineExceededError)
+    async def _deadline(request: Request, exc: DeadlineExceededError) -> Response:
+        return error_response(request.url.path, 504, "deadline_exceeded", str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(request.url.path, exc.status_code, code, message, None, headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+        return error_response(request.url.path, 500, "internal", "internal server error")

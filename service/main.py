@@ -1,0 +1,99 @@
+"""The app factory and its lifespan: load every model, warm it up, then report ready; drain on shutdown.
+
+    uvicorn --factory service.main:create_app      # or: python -m service / fastweights-serve
+
+State on `app.state`: `settings` (Settings), `metrics` (Metrics), `registry` (ModelRegistry), `ready` (bool,
+set once loading finished with at least one model), `draining` (bool, set on SIGTERM by `service.__main__`).
+Routers: native `/v1` (routes/native.py), health and metrics, and the Open Inference Protocol V2 router
+`service.routes.v2.router` when that module exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.errors import JSONResponse, install_error_handlers
+from service.metrics import Metrics
+from service.middleware import ServiceMiddleware
+from service.registry import ModelRegistry
+from service.routes import health, metrics, native
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """
+Associative retrieval with fast-weight RNNs (Ba, Hinton et al., 2016), served with onnxruntime.
+
+* **Native API** (`/v1`): `{"sequence": "c9k8j3f1??c"}` → `{"value": "9", ...}`; errors are
+  `{"error": {"code", "message", "field"}}`.
+* **Open Inference Protocol V2** (`/v2`): KServe/Triton REST, works with the stock `tritonclient.http`.
+* Health: `/v2/health/live`, `/v2/health/ready`; Prometheus metrics at `/metrics`.
+
+When the server runs with `FWS_API_KEY`, send `Authorization: Bearer <key>` (everything except health
+and docs).
+"""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    registry: ModelRegistry = app.state.registry
+    settings: Settings = app.state.settings
+    failures = await registry.start()
+    for failure in failures:
+        log.error("model not loaded", extra={"model": failure.name, "reason": failure.reason})
+    if registry.ready:
+        app.state.ready = True
+        log.info(
+            "ready",
+            extra={
+                "models": [
+                    {"name": m.info.name, "version": m.info.version, "providers": list(m.info.providers)}
+                    for m in registry.ready_models()
+                ],
+                "repository": str(settings.model_repository),
+            },
+        )
+    else:
+        log.error(
+            "no model loaded: staying NOT ready (/v2/health/ready answers 503)",
+            extra={"repository": str(settings.model_repository)},
+        )
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        app.state.draining = True
+        await registry.close()
+        log.info("stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics_ = Metrics()
+    app = FastAPI(
+        title="fastweights-serve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics_
+    app.state.registry = ModelRegistry(settings, metrics_)
+    app.state.ready = False
+    app.state.draining = False
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(native.router)
+    if importlib.util.find_spec("service.routes.v2") is not None:
+        v2 = importlib.import_module("service.routes.v2")
+        app.include_router(v2.router)
+    app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics_)
+    return app

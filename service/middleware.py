@@ -1,0 +1,149 @@
+"""One pure-ASGI middleware for what every request needs, in this order:
+
+1. request id: `X-Request-ID` accepted (when sane) or generated, echoed on the response, in every log line;
+2. API key (when `FWS_API_KEY` is set): `Authorization: Bearer <key>`, compared in constant time, required on
+   everything except health and the docs;
+3. body size limit: a declared `Content-Length` over the limit is answered 413 before a byte is read; a
+   chunked body is counted while it streams and cut off at the limit;
+4. metrics (count and latency per route TEMPLATE and status) and one JSON access-log line;
+5. last-resort 500: an unexpected exception becomes a JSON 500, never a stack trace.
+
+Pure ASGI (not BaseHTTPMiddleware): no extra task per request, and `receive` stays the real one so routes
+can notice a client that went away.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.config import Settings
+from service.errors import error_body
+from service.logs import request_id_var
+from service.metrics import Metrics
+
+log = logging.getLogger("service.access")
+
+PUBLIC_PATHS = frozenset(
+    {"/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+CLIENT_GONE_STATUS = 499  # nginx's convention for "client closed the request"
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class ServiceMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics):
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+        self._expected = f"Bearer {key}".encode() if key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = _headers(scope)
+        rid = headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(rid):
+            rid = uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        path: str = scope["path"]
+        state: dict[str, Any] = {"status": 500, "started": False, "bytes": 0}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                state["started"] = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        async def reject(
+            status: int, code: str, message: str, extra: list[tuple[bytes, bytes]] | None = None
+        ) -> None:
+            import orjson
+
+            body = orjson.dumps(error_body(path, code, message))
+            hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send_wrapper(
+                {"type": "http.response.start", "status": status, "headers": hdrs + (extra or [])}
+            )
+            await send_wrapper({"type": "http.response.body", "body": body})
+
+        limit = self.settings.max_body_bytes
+
+        async def receive_limited() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["bytes"] += len(message.get("body", b""))
+                if state["bytes"] > limit:
+                    raise BodyTooLargeError
+            return message
+
+        try:
+            if self._expected is not None and path not in PUBLIC_PATHS and not self._authorized(headers):
+                await reject(
+                    401,
+                    "unauthorized",
+                    "missing or wrong API key (Authorization: Bearer <key>)",
+                    [(b"www-authenticate", b"Bearer")],
+                )
+            elif _declared_length(headers) > limit:
+                await reject(413, "body_too_large", f"request body larger than the limit of {limit} bytes")
+            else:
+                await self.app(scope, receive_limited, send_wrapper)
+        except BodyTooLargeError:
+            if not state["started"]:
+                await reject(413, "body_too_large", f"request body larger than the limit of {limit} bytes")
+        except Exception:
+            log.exception("unhandled error", extra={"path": path})
+            if not state["started"]:
+                await reject(500, "internal", "internal server error")
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            status = str(state["status"])
+            method = scope.get("method", "")
+            self.metrics.http_requests.labels(method, template, status).inc()
+            self.metrics.http_latency.labels(method, template, status).observe(elapsed)
+            if not template.startswith("/v2/health"):
+                log.info(
+                    "request",
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "route": template,
+                        "status": state["status"],
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                )
+            request_id_var.reset(token)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        assert self._expected is not None
+        given = headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, self._expected)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _declared_length(headers: dict[str, str]) -> int:
+    try:
+        return int(headers.get("content-length", "0"))
+    except ValueError:
+        return 0

@@ -1,0 +1,353 @@
+"""Load one model version of the repository into an onnxruntime session; encode queries, run, decode.
+
+Knows nothing of HTTP or batching. Everything needed to encode inputs (vocabulary, PAD id, answer classes,
+sequence length) comes from the ONNX graph's own metadata (`export.contract.MetadataKeys`), so a model
+repository is self-contained.
+
+Layout (Triton's, see `export/contract.py`)::
+
+    <repository>/<name>/<version>/model.onnx      e.g. model_repository/fastweights_t11/1/model.onnx
+    <repository>/<name>/config.pbtxt
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from export.contract import (
+    INPUT_TOKENS,
+    ONNX_FILENAME,
+    OUTPUT_ATTENTION,
+    OUTPUT_LOGITS,
+    MetadataKeys,
+    TensorSpec,
+    input_specs,
+    output_specs,
+)
+from model.vocab import ParsedQuery, Vocabulary
+
+log = logging.getLogger("service.predictor")
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class ModelLoadError(RuntimeError):
+    """A model version that could not be loaded or failed its warm-up check; the message says why."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"model {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+# ----------------------------------------------------------------------------------------------------
+# Providers
+
+
+def gpu_present() -> bool:
+    """True only when an NVIDIA GPU is really usable by this process (not merely compiled into the wheel)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or bool(glob.glob("/proc/driver/nvidia/gpus/*"))
+
+
+def choose_providers(device: str = "auto") -> tuple[list[str], str]:
+    """The execution providers to ask for, and why (logged once at start-up).
+
+    `get_available_providers()` lists what the wheel was built with, not what works: asking for CUDA on a
+    host without a GPU logs frightening library errors before falling back. So CUDA is requested only when
+    a GPU device is present (or `device="cuda"` forces it); the session's real providers are reported from
+    `session.get_providers()` afterwards.
+    """
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU], "device=cpu requested"
+    if device == "cuda":
+        return [CUDA, CPU], "device=cuda requested"
+    if CUDA not in available:
+        return [CPU], "this onnxruntime build has no CUDA provider"
+    if not gpu_present():
+        return [CPU], "no NVIDIA GPU device found"
+    return [CUDA, CPU], "NVIDIA GPU device found"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Repository scanning
+
+
+def model_names(repository: Path) -> list[str]:
+    """Model directories of a repository (those with at least one numeric version directory)."""
+    if not repository.is_dir():
+        return []
+    return sorted(p.name for p in repository.iterdir() if p.is_dir() and versions(repository, p.name))
+
+
+def versions(repository: Path, name: str) -> list[str]:
+    """Numeric version directories of a model, oldest first."""
+    root = repository / name
+    if not root.is_dir():
+        return []
+    return sorted((p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+
+
+def latest_version(repository: Path, name: str) -> str | None:
+    found = versions(repository, name)
+    return found[-1] if found else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# A loaded model version
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a client (native or V2) needs to know about one loaded model version."""
+
+    name: str  # repository name, e.g. "fastweights_t11" (one per length bucket)
+    version: str  # e.g. "1"
+    family: str  # logical model users ask for, e.g. "fastweights"
+    seq_len: int  # T: the graph is unrolled for exactly T tokens (shorter inputs are left padded)
+    vocab_tokens: tuple[str, ...]  # index = token id
+    pad_id: int
+    answer_classes: tuple[str, ...]  # class index -> value string
+    model_config: dict[str, Any]
+    metadata: dict[str, str]  # every metadata_props entry of the graph
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    providers: tuple[str, ...]  # what the session REALLY uses (session.get_providers())
+    path: str
+    load_seconds: float = 0.0
+
+    @property
+    def max_pairs(self) -> int:
+        return max(0, (self.seq_len - 3) // 2)
+
+
+@dataclass
+class LoadedModel:
+    """One model version in an onnxruntime session. `run` is synchronous and thread-safe (ORT releases
+    the GIL).
+
+    Call it from an executor thread, never from the event loop (the batcher does that).
+    """
+
+    info: ModelInfo
+    session: ort.InferenceSession
+    vocab: Vocabulary
+    simulated_delay_s: float = 0.0
+    _output_names: list[str] = field(default_factory=lambda: [OUTPUT_LOGITS, OUTPUT_ATTENTION])
+
+    def run(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """tokens (B, T) int64 -> {"logits": (B, C) float32, "memory_attention": (B, T) float32}."""
+        if tokens.ndim != 2 or tokens.shape[1] != self.info.seq_len:
+            raise ValueError(f"tokens must have shape (B, {self.info.seq_len}), got {tokens.shape}")
+        if self.simulated_delay_s:
+            time.sleep(self.simulated_delay_s)
+        logits, attention = self.session.run(
+            self._output_names, {INPUT_TOKENS: tokens.astype(np.int64, copy=False)}
+        )
+        return {OUTPUT_LOGITS: logits, OUTPUT_ATTENTION: attention}
+
+    def encode(self, queries: Sequence[ParsedQuery]) -> np.ndarray:
+        """Parsed queries -> (B, T) int64, left padded with PAD (the layout the model was trained on)."""
+        return encode(queries, self.vocab, self.info.seq_len)
+
+
+def encode(queries: Sequence[ParsedQuery], vocab: Vocabulary, seq_len: int) -> np.ndarray:
+    tokens = np.full((len(queries), seq_len), vocab.pad_id, dtype=np.int64)  # (B, T)
+    for row, query in enumerate(queries):
+        ids = vocab.encode(query.to_sequence())
+        if len(ids) > seq_len:
+            raise ValueError(f"query of {len(ids)} tokens does not fit T={seq_len}")
+        tokens[row, seq_len - len(ids) :] = ids
+    return tokens
+
+
+def _metadata(session: ort.InferenceSession, name: str) -> dict[str, str]:
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    missing = [k for k in MetadataKeys.REQUIRED if k not in meta]
+    if missing:
+        raise ModelLoadError(name, f"graph metadata lacks {missing} (not exported by export/?)")
+    return meta
+
+
+def _check_signature(session: ort.InferenceSession, name: str, seq_len: int) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if set(inputs) != {INPUT_TOKENS}:
+        raise ModelLoadError(name, f"expected one input {INPUT_TOKENS!r}, got {sorted(inputs)}")
+    tok = inputs[INPUT_TOKENS]
+    if tok.type != "tensor(int64)" or len(tok.shape) != 2 or tok.shape[1] != seq_len:
+        raise ModelLoadError(
+            name, f"input {INPUT_TOKENS!r} must be int64 [batch, {seq_len}], got {tok.type} {tok.shape}"
+        )
+    if isinstance(tok.shape[0], int):
+        raise ModelLoadError(name, f"input {INPUT_TOKENS!r} needs a dynamic batch axis, got {tok.shape}")
+    for out in (OUTPUT_LOGITS, OUTPUT_ATTENTION):
+        if out not in outputs:
+            raise ModelLoadError(name, f"graph has no output {out!r} (outputs: {sorted(outputs)})")
+
+
+def load_model(
+    path: Path,
+    name: str,
+    version: str,
+    *,
+    device: str = "auto",
+    intra_op_threads: int = 0,
+    simulated_delay_s: float = 0.0,
+) -> LoadedModel:
+    """Load `path` (a model.onnx) into a session, check it against the contract and warm it up.
+
+    Raises `ModelLoadError` with a readable reason for a missing/corrupt file, missing metadata, a wrong
+    signature, or outputs of the wrong shape or with non-finite values in the warm-up run.
+    """
+    start = time.perf_counter()
+    if not path.is_file():
+        raise ModelLoadError(name, f"no {ONNX_FILENAME} at {path}")
+    providers, why = choose_providers(device)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no warnings about unused initializers on every load
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises several unrelated types for bad files
+        raise ModelLoadError(name, f"onnxruntime could not load {path.name}: {_first_line(exc)}") from None
+    meta = _metadata(session, name)
+    try:
+        seq_len = int(meta[MetadataKeys.SEQ_LEN])
+        tokens = tuple(json.loads(meta[MetadataKeys.VOCAB]))
+        pad_id = int(meta[MetadataKeys.PAD_ID])
+        classes = tuple(json.loads(meta[MetadataKeys.ANSWER_CLASSES]))
+        config = json.loads(meta[MetadataKeys.MODEL_CONFIG])
+        vocab = Vocabulary(tokens, tokens[pad_id])
+    except (ValueError, IndexError, TypeError, KeyError) as exc:
+        raise ModelLoadError(name, f"unreadable graph metadata: {exc}") from None
+    vocab.answer_classes = classes
+    _check_signature(session, name, seq_len)
+    info = ModelInfo(
+        name=name,
+        version=version,
+        family=meta[MetadataKeys.FAMILY],
+        seq_len=seq_len,
+        vocab_tokens=tokens,
+        pad_id=pad_id,
+        answer_classes=classes,
+        model_config=config,
+        metadata=meta,
+        inputs=input_specs(seq_len),
+        outputs=output_specs(seq_len, len(classes)),
+        providers=tuple(session.get_providers()),
+        path=str(path),
+    )
+    model = LoadedModel(info, session, vocab)
+    warm_up(model)
+    model.simulated_delay_s = simulated_delay_s
+    elapsed = time.perf_counter() - start
+    model.info = _with_load_time(info, elapsed)
+    log.info(
+        "model loaded",
+        extra={
+            "model": name,
+            "version": version,
+            "providers": list(info.providers),
+            "provider_choice": why,
+            "seq_len": seq_len,
+            "load_seconds": round(elapsed, 3),
+        },
+    )
+    return model
+
+
+def _with_load_time(info: ModelInfo, seconds: float) -> ModelInfo:
+    from dataclasses import replace
+
+    return replace(info, load_seconds=seconds)
+
+
+def warm_up(model: LoadedModel) -> None:
+    """Run batch sizes 1 and 2 once (first runs allocate) and check the outputs' shapes and values."""
+    info = model.info
+    for batch in (1, 2):
+        tokens = np.full((batch, info.seq_len), info.pad_id, dtype=np.int64)
+        try:
+            out = model.run(tokens)
+        except Exception as exc:
+            raise ModelLoadError(info.name, f"warm-up run failed: {_first_line(exc)}") from None
+        logits, attention = out[OUTPUT_LOGITS], out[OUTPUT_ATTENTION]
+        if logits.shape != (batch, len(info.answer_classes)):
+            raise ModelLoadError(info.name, f"warm-up: logits shape {logits.shape}, expected ({batch}, C)")
+        if attention.shape != (batch, info.seq_len):
+            raise ModelLoadError(info.name, f"warm-up: memory_attention shape {attention.shape}")
+        if not (np.isfinite(logits).all() and np.isfinite(attention).all()):
+            raise ModelLoadError(info.name, "warm-up: non-finite outputs")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoding
+
+
+@dataclass(frozen=True)
+class Prediction:
+    value: str
+    confidence: float
+    top_k: list[tuple[str, float]]  # (value, probability), most likely first
+    explanation: list[tuple[str, str, int, float]]  # (key, value, position, weight), highest weight first
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def decode(
+    queries: Sequence[ParsedQuery],
+    logits: np.ndarray,
+    attention: np.ndarray,
+    answer_classes: Sequence[str],
+    *,
+    top_k: int = 1,
+    explain: bool = False,
+) -> list[Prediction]:
+    """Model outputs -> predictions. `attention` (B, T) is left padded like the input.
+
+    The explanation ranks the stored pairs by the fast memory's attention at the final step: the weights of
+    a pair's key and value positions are summed, then normalised to sum to 1 over the pairs.
+    """
+    probs = softmax(logits.astype(np.float64))  # (B, C)
+    k = max(1, min(top_k, probs.shape[1]))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (B, k)
+    T = attention.shape[1]
+    out = []
+    for row, query in enumerate(queries):
+        best = [(answer_classes[c], float(probs[row, c])) for c in order[row]]
+        explanation: list[tuple[str, str, int, float]] = []
+        if explain:
+            start = T - (2 * query.num_pairs + 3)
+            att = np.clip(attention[row].astype(np.float64), 0.0, None)
+            weights = np.array([att[start + 2 * i] + att[start + 2 * i + 1] for i in range(query.num_pairs)])
+            total = weights.sum()
+            weights = weights / total if total > 0 else np.full(len(weights), 1.0 / len(weights))
+            ranked = sorted(range(query.num_pairs), key=lambda i: -weights[i])
+            explanation = [(*query.pairs[i], 2 * i, float(weights[i])) for i in ranked]
+        out.append(Prediction(best[0][0], best[0][1], best, explanation))
+    return out

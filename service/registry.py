@@ -1,0 +1,332 @@
+"""The model registry: every model of the repository, its serving version, its batcher, its state.
+
+This is the API the HTTP layers (native `/v1` and Open Inference Protocol `/v2`) call; it knows nothing of
+HTTP. One model name per length bucket (`fastweights_t11`, ...); the native API picks the bucket, V2 users
+name it. Typical use::
+
+    registry = ModelRegistry(settings, metrics)
+    await registry.start()                    # executor + load every model of the repository
+    model = registry.get("fastweights_t11")   # LoadedModel: .info (ModelInfo: seq_len, vocab_tokens, pad_id,
+                                              #   answer_classes, inputs/outputs specs, providers, version)
+    out = await registry.infer("fastweights_t11", tokens)   # tokens (B, T) int64 -> {"logits": (B, C),
+                                                            #   "memory_attention": (B, T)} via the batcher
+    await registry.load("fastweights_t11")    # (re)load the newest version; swaps only once it passed warm-up
+    await registry.unload("fastweights_t11")
+    registry.index()                          # [{"name", "version", "state", "reason"}]
+                                              #   (the /v2/repository/index rows)
+    await registry.close()
+
+Errors (all subclasses of `RegistryError`, each with a readable message):
+`ModelNotFoundError` (no such model or version: 404), `ModelNotReadyError` (known but not loaded: 503/400),
+`ModelLoadError` (from predictor: load or warm-up failed; the old version, if any, keeps serving),
+and from the batcher `QueueFullError` (503 + Retry-After), `DeadlineExceededError` (504),
+`BatcherClosedError` (503, unloading/shutting down).
+
+Hot reload: `load(name)` builds a fresh session for the newest version directory, warms and checks it, and
+only then swaps it in atomically. Requests already queued or running keep the version (and batcher) they
+started on; the old batcher drains in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from export.contract import ONNX_FILENAME
+from service.batcher import Batcher
+from service.config import Settings
+from service.metrics import Metrics
+from service.predictor import LoadedModel, ModelLoadError, latest_version, load_model, model_names
+
+log = logging.getLogger("service.registry")
+
+__all__ = [
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "ModelRegistry",
+    "ModelState",
+    "RegistryError",
+]
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+class ModelNotFoundError(RegistryError):
+    """No model (or no such version of it) in the repository."""
+
+
+class ModelNotReadyError(RegistryError):
+    """The model exists but is not loaded (unloaded, failed to load, or still loading)."""
+
+
+class ModelState(StrEnum):
+    READY = "READY"
+    LOADING = "LOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class _Entry:
+    name: str
+    state: ModelState = ModelState.UNAVAILABLE
+    reason: str = ""
+    model: LoadedModel | None = None
+    batcher: Batcher | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._entries: dict[str, _Entry] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    # -- life cycle ---------------------------------------------------------------------------------------
+
+    async def start(self, load_all: bool = True) -> list[ModelLoadError]:
+        """Create the inference executor and (by default) load every model of the repository.
+
+        Returns the load failures (also logged and kept as each model's `reason`); never raises for them.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.settings.inference_threads, thread_name_prefix="ort")
+        failures: list[ModelLoadError] = []
+        if load_all:
+            repo = self.settings.model_repository
+            names = model_names(repo)
+            if not names:
+                log.error("no models found", extra={"repository": str(repo)})
+            for name in names:
+                try:
+                    await self.load(name)
+                except ModelLoadError as exc:
+                    failures.append(exc)
+        return failures
+
+    async def close(self) -> None:
+        """Drain every batcher (queued requests are still answered), then stop the executor."""
+        for entry in self._entries.values():
+            if entry.batcher is not None:
+                await entry.batcher.close(drain=True)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # -- queries ------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """At least one model serves requests."""
+        return any(e.state is ModelState.READY for e in self._entries.values())
+
+    def names(self) -> list[str]:
+        """Every model known: loaded ones and those in the repository directory."""
+        return sorted(set(self._entries) | set(model_names(self.settings.model_repository)))
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        """The serving version of `name` (or that exact `version`, which must be the serving one)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            if name in model_names(self.settings.model_repository):
+                raise ModelNotReadyError(f"model {name!r} is not loaded")
+            raise ModelNotFoundError(f"unknown model {name!r}")
+        if entry.model is None or entry.state is not ModelState.READY:
+            why = f": {entry.reason}" if entry.reason else ""
+            raise ModelNotReadyError(f"model {name!r} is not ready ({entry.state.value}){why}")
+        if version is not None and version != entry.model.info.version:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r} loaded "
+                f"(serving version {entry.model.info.version})"
+            )
+        return entry.model
+
+    def is_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self.get(name, version)
+        except RegistryError:
+            return False
+        return True
+
+    def ready_models(self) -> list[LoadedModel]:
+        return [
+            e.model for e in self._entries.values() if e.state is ModelState.READY and e.model is not None
+        ]
+
+    def family_buckets(self, family: str) -> list[LoadedModel]:
+        """Ready models of one family, shortest sequence length first (the native API picks the first fit)."""
+        return sorted(
+            (m for m in self.ready_models() if m.info.family == family), key=lambda m: m.info.seq_len
+        )
+
+    def families(self) -> list[str]:
+        return sorted({m.info.family for m in self.ready_models()})
+
+    def queued_rows(self) -> int:
+        return sum(e.batcher.queued_rows for e in self._entries.values() if e.batcher is not None)
+
+    def index(self) -> list[dict[str, Any]]:
+        """Repository index rows (V2 `POST /v2/repository/index` shape): name, version, state, reason."""
+        rows = []
+        for name in self.names():
+            entry = self._entries.get(name)
+            if entry is None:
+                version = latest_version(self.settings.model_repository, name) or ""
+                rows.append(
+                    {
+                        "name": name,
+                        "version": version,
+                        "state": ModelState.UNAVAILABLE.value,
+                        "reason": "unloaded",
+                    }
+                )
+                continue
+            version = (
+                entry.model.info.version
+                if entry.model
+                else latest_version(self.settings.model_repository, name) or ""
+            )
+            rows.append(
+                {"name": name, "version": version, "state": entry.state.value, "reason": entry.reason}
+            )
+        return rows
+
+    # -- inference ----------------------------------------------------------------------------------------
+
+    async def infer(
+        self, name: str, tokens: np.ndarray, version: str | None = None, deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run `tokens` (B, T) int64 through the batcher of `name`; returns {"logits", "memory_attention"}.
+
+        `deadline` is an absolute `time.monotonic()` value; default now + settings.request_timeout_s (a
+        caller may only shorten it). The request stays on the version it was queued for, even if a reload
+        swaps in a newer one meanwhile.
+        """
+        model = self.get(name, version)
+        entry = self._entries[name]
+        batcher = entry.batcher
+        assert batcher is not None
+        T = model.info.seq_len
+        if tokens.ndim != 2 or tokens.shape[1] != T or tokens.shape[0] == 0:
+            raise ValueError(
+                f"tokens must have shape (B>=1, {T}) for model {name!r}, got {tuple(tokens.shape)}"
+            )
+        if tokens.dtype != np.int64:
+            tokens = tokens.astype(np.int64)
+        vocab_size = len(model.info.vocab_tokens)
+        if tokens.min() < 0 or tokens.max() >= vocab_size:
+            raise ValueError(f"token ids must be in [0, {vocab_size}) for model {name!r}")
+        limit = time.monotonic() + self.settings.request_timeout_s
+        deadline = limit if deadline is None else min(deadline, limit)
+        return await batcher.submit(tokens, deadline)
+
+    # -- loading ------------------------------------------------------------------------------------------
+
+    async def load(self, name: str) -> LoadedModel:
+        """Load (or reload) the newest version of `name`; swap it in only after it loaded and warmed up.
+
+        Raises `ModelNotFoundError` when the repository has no such model, `ModelLoadError` when the new
+        version fails; then the previously serving version (if any) keeps serving and `reason` says why.
+        """
+        repo = self.settings.model_repository
+        version = latest_version(repo, name)
+        if version is None:
+            raise ModelNotFoundError(f"no model {name!r} with a numeric version directory in {repo}")
+        entry = self._entries.setdefault(name, _Entry(name))
+        async with entry.lock:
+            if entry.model is None:
+                entry.state = ModelState.LOADING
+            path = repo / name / version / ONNX_FILENAME
+            loop = asyncio.get_running_loop()
+            s = self.settings
+            try:
+                model = await loop.run_in_executor(
+                    None,  # not the inference executor: a slow load must not stall inference
+                    lambda: load_model(
+                        path,
+                        name,
+                        version,
+                        device=s.device,
+                        intra_op_threads=s.ort_intra_op_threads,
+                        simulated_delay_s=s.simulated_run_delay_ms / 1000.0,
+                    ),
+                )
+            except ModelLoadError as exc:
+                self.metrics.model_loads.labels(name, "failed").inc()
+                if entry.model is not None:
+                    entry.state = ModelState.READY
+                    serving = entry.model.info.version
+                    entry.reason = (
+                        f"load of version {version} failed, still serving version {serving}: {exc.reason}"
+                    )
+                else:
+                    entry.state = ModelState.UNAVAILABLE
+                    entry.reason = f"load of version {version} failed: {exc.reason}"
+                    self.metrics.model_ready.labels(name).set(0)
+                log.error(
+                    "model load failed", extra={"model": name, "version": version, "reason": exc.reason}
+                )
+                raise
+            batcher = self._new_batcher(model)
+            old_model, old_batcher = entry.model, entry.batcher
+            entry.model, entry.batcher = model, batcher  # the atomic swap
+            entry.state, entry.reason = ModelState.READY, ""
+            self.metrics.model_loads.labels(name, "ok").inc()
+            self.metrics.model_ready.labels(name).set(1)
+            if old_model is not None:
+                self.metrics.model_info.remove(name, old_model.info.version, old_model.info.providers[0])
+            self.metrics.model_info.labels(name, version, model.info.providers[0]).set(1)
+            if old_batcher is not None:
+                self._retire(old_batcher)
+            return model
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name`; requests already queued on it still complete."""
+        entry = self._entries.get(name)
+        if entry is None:
+            if name in model_names(self.settings.model_repository):
+                return  # known but never loaded: already unloaded
+            raise ModelNotFoundError(f"unknown model {name!r}")
+        async with entry.lock:
+            old_model, old_batcher = entry.model, entry.batcher
+            entry.model, entry.batcher = None, None
+            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+            self.metrics.model_ready.labels(name).set(0)
+            if old_model is not None:
+                self.metrics.model_info.remove(name, old_model.info.version, old_model.info.providers[0])
+            if old_batcher is not None:
+                await old_batcher.close(drain=True)
+
+    def _new_batcher(self, model: LoadedModel) -> Batcher:
+        assert self._executor is not None, "call start() first"
+        s = self.settings
+        batcher = Batcher(
+            model.run,
+            self._executor,
+            name=model.info.name,
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
+            max_queue_rows=s.max_queue_rows,
+            default_timeout_s=s.request_timeout_s,
+            metrics=self.metrics,
+        )
+        batcher.start()
+        return batcher
+
+    def _retire(self, batcher: Batcher) -> None:
+        task = asyncio.get_running_loop().create_task(batcher.close(drain=True))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)

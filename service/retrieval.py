@@ -1,0 +1,140 @@
+"""The native retrieval use case, free of HTTP: validate queries, pick the length bucket, infer, decode.
+
+A family (e.g. "fastweights") is served by several models, one per unrolled length T (its buckets); each
+query goes to the smallest ready bucket that fits it, and rows of one bucket share one `registry.infer`
+call (so a batch request of 50 items is 50 rows of one onnxruntime run when they fit one bucket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from export.contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
+from model.vocab import ParsedQuery, SequenceError, from_pairs, parse_sequence, sequence_length
+from service.predictor import LoadedModel, Prediction, decode
+from service.registry import ModelNotFoundError, ModelNotReadyError, ModelRegistry
+
+
+@dataclass(frozen=True)
+class Answer:
+    prediction: Prediction
+    num_pairs: int
+    bucket: str
+    version: str
+
+
+def parse_query(item: Any, max_length: int, prefix: str = "") -> ParsedQuery:
+    """A validated schema object (`sequence` or `pairs`+`query`) -> ParsedQuery; raises SequenceError.
+
+    `prefix` (e.g. "items[3].") is prepended to the error's field.
+    """
+    if item.sequence is not None:
+        if len(item.sequence) > max_length:
+            raise SequenceError(
+                "too_long",
+                f"sequence has {len(item.sequence)} characters; the limit is {max_length}",
+                prefix + "sequence",
+            )
+        try:
+            return parse_sequence(item.sequence, field=prefix + "sequence")
+        except SequenceError as exc:
+            if not exc.field.startswith(prefix):
+                exc.field = prefix + exc.field
+            raise
+    if len(item.pairs) > max_length:
+        raise SequenceError(
+            "too_long", f"{len(item.pairs)} pairs; the limit is {max_length}", prefix + "pairs"
+        )
+    try:
+        return from_pairs(item.pairs, item.query, field=prefix + "pairs")
+    except SequenceError as exc:
+        if not exc.field.startswith(prefix):
+            exc.field = prefix + exc.field
+        raise
+
+
+def buckets_for(registry: ModelRegistry, family: str) -> list[LoadedModel]:
+    """The family's ready buckets; ModelNotFoundError (unknown family) or ModelNotReadyError (none ready)."""
+    buckets = registry.family_buckets(family)
+    if buckets:
+        return buckets
+    known = {name.rsplit("_t", 1)[0] for name in registry.names()}
+    if family in known:
+        raise ModelNotReadyError(f"model {family!r} has no bucket ready")
+    raise ModelNotFoundError(f"unknown model {family!r}; available: {sorted(registry.families())}")
+
+
+def pick_bucket(buckets: Sequence[LoadedModel], query: ParsedQuery, field: str) -> LoadedModel:
+    needed = sequence_length(query.num_pairs)
+    for model in buckets:
+        if model.info.seq_len >= needed:
+            return model
+    most = buckets[-1].info.max_pairs
+    raise SequenceError(
+        "too_long", f"{query.num_pairs} pairs is more than the largest bucket holds ({most} pairs)", field
+    )
+
+
+async def answer(
+    registry: ModelRegistry,
+    family: str,
+    queries: Sequence[ParsedQuery | SequenceError],
+    *,
+    top_k: int = 1,
+    explain: bool = False,
+    deadline: float | None = None,
+    fields: Sequence[str] | None = None,
+) -> list[Answer | SequenceError]:
+    """Answer every query (errors pass through in place). One `registry.infer` call per bucket, concurrently.
+
+    Raises the registry/batcher errors (unknown model, not ready, queue full, deadline) for the whole call.
+    """
+    buckets = buckets_for(registry, family)
+    results: list[Answer | SequenceError | None] = [
+        q if isinstance(q, SequenceError) else None for q in queries
+    ]
+    groups: dict[str, tuple[LoadedModel, list[int]]] = {}
+    for i, q in enumerate(queries):
+        if isinstance(q, SequenceError):
+            continue
+        try:
+            model = pick_bucket(buckets, q, fields[i] if fields else "sequence")
+        except SequenceError as exc:
+            results[i] = exc
+            continue
+        groups.setdefault(model.info.name, (model, []))[1].append(i)
+
+    async def run(model: LoadedModel, rows: list[int]) -> None:
+        group = [queries[i] for i in rows]
+        assert all(isinstance(q, ParsedQuery) for q in group)
+        parsed: list[ParsedQuery] = group  # type: ignore[assignment]
+        tokens = model.encode(parsed)  # (B, T)
+        out = await registry.infer(model.info.name, tokens, deadline=deadline)
+        preds = decode(
+            parsed,
+            out[OUTPUT_LOGITS],
+            out[OUTPUT_ATTENTION],
+            model.info.answer_classes,
+            top_k=top_k,
+            explain=explain,
+        )
+        for i, q, p in zip(rows, parsed, preds, strict=True):
+            results[i] = Answer(p, q.num_pairs, model.info.name, model.info.version)
+
+    if len(groups) == 1:
+        ((model, rows),) = groups.values()
+        await run(model, rows)
+    elif groups:
+        await asyncio.gather(*(run(m, r) for m, r in groups.values()))
+    done = [r for r in results if r is not None]
+    assert len(done) == len(results), "every query is answered or has an error"
+    return done
+
+
+def family_version(registry: ModelRegistry, family: str) -> str:
+    """The version reported for a family: the newest among its ready buckets."""
+    buckets = buckets_for(registry, family)
+    return max((m.info.version for m in buckets), key=int)

@@ -1,0 +1,1 @@
+"""Thin HTTP endpoints: they translate between HTTP and the registry/retrieval layer, nothing more."""

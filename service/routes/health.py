@@ -1,0 +1,38 @@
+"""Health probes (KServe/Triton paths). They read flags only: never wait behind inference."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.errors import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+def is_ready(request: Request) -> bool:
+    state = request.app.state
+    return (
+        bool(getattr(state, "ready", False))
+        and not getattr(state, "draining", False)
+        and state.registry.ready
+    )
+
+
+@router.get("/v2/health/live", summary="200 while the process is up")
+async def live() -> Response:
+    return JSONResponse({"live": True})
+
+
+@router.get(
+    "/v2/health/ready",
+    summary="200 once models are loaded and warmed up; 503 before, while draining, or with no model",
+    responses={503: {"description": "Not ready"}},
+)
+async def ready(request: Request) -> Response:
+    if is_ready(request):
+        return JSONResponse({"ready": True})
+    reason = (
+        "shutting down" if getattr(request.app.state, "draining", False) else "no model loaded and warmed up"
+    )
+    return JSONResponse({"ready": False, "error": reason}, status_code=503)

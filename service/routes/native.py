@@ -1,0 +1,170 @@
+"""The native JSON API: `POST /v1/retrieve` and `POST /v1/retrieve/batch` (contract: briefs/api.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPBearer
+from pydantic import ValidationError
+
+from model.vocab import ParsedQuery, SequenceError
+from service.config import Settings
+from service.errors import ApiError, JSONResponse, validation_message
+from service.registry import ModelRegistry
+from service.retrieval import Answer, answer, family_version, parse_query
+from service.schemas import (
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    RetrieveRequest,
+    RetrieveResponse,
+)
+
+# Declared for the OpenAPI docs' "Authorize" button; the check itself is in the middleware.
+bearer = HTTPBearer(auto_error=False, description="Only when the server runs with FWS_API_KEY.")
+router = APIRouter(prefix="/v1", tags=["native"], dependencies=[Security(bearer)])
+
+T = TypeVar("T")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
+    404: {"model": ErrorResponse, "description": "Unknown model"},
+    413: {"model": ErrorResponse, "description": "Body too large"},
+    422: {"model": ErrorResponse, "description": "Invalid request or sequence"},
+    503: {"model": ErrorResponse, "description": "Overloaded (Retry-After) or not ready"},
+    504: {"model": ErrorResponse, "description": "Deadline exceeded"},
+}
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it when the client disconnects (its queued rows are then never computed)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task not in done:
+        task.cancel()
+        raise ApiError(499, "client_gone", "client closed the request")
+    return task.result()
+
+
+def _answer_dict(a: Answer, top_k: int, explain: bool) -> dict[str, Any]:
+    p = a.prediction
+    out: dict[str, Any] = {"value": p.value, "confidence": round(p.confidence, 6), "num_pairs": a.num_pairs}
+    if top_k > 1:
+        out["top_k"] = [{"value": v, "probability": round(pr, 6)} for v, pr in p.top_k]
+    if explain:
+        out["explanation"] = [
+            {"key": k, "value": v, "position": pos, "weight": round(w, 6)} for k, v, pos, w in p.explanation
+        ]
+    return out
+
+
+def _error_dict(exc: SequenceError) -> dict[str, Any]:
+    return {"code": exc.code, "message": exc.message, "field": exc.field}
+
+
+@router.post(
+    "/retrieve",
+    response_model=RetrieveResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    summary="Answer one associative-retrieval query",
+)
+async def retrieve(
+    body: RetrieveRequest, request: Request, settings: SettingsDep, registry: RegistryDep
+) -> Any:
+    """`c9k8j3f1??c` -> `9`: give the sequence, or the pairs and the query key."""
+    family = body.model or settings.default_family
+    query = parse_query(body, settings.max_sequence_length)
+    field = "sequence" if body.sequence is not None else "pairs"
+    (result,) = await until_disconnect(
+        request, answer(registry, family, [query], top_k=body.top_k, explain=body.explain, fields=[field])
+    )
+    if isinstance(result, SequenceError):
+        raise result
+    out = _answer_dict(result, body.top_k, body.explain)
+    out.update(model=family, version=result.version, bucket=result.bucket)
+    return JSONResponse(out)
+
+
+@router.post(
+    "/retrieve/batch",
+    response_model=BatchResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    summary="Answer many queries; a bad item gets its own error entry",
+)
+async def retrieve_batch(
+    body: BatchRequest, request: Request, settings: SettingsDep, registry: RegistryDep
+) -> Any:
+    """Results come back in request order, one per item, each with its `index` (and `id` when given)."""
+    if len(body.items) > settings.max_batch_items:
+        raise ApiError(
+            422,
+            "too_many_items",
+            f"{len(body.items)} items; the limit is {settings.max_batch_items} per request",
+            "items",
+        )
+    family = body.model or settings.default_family
+    ids: list[Any] = []
+    queries: list[ParsedQuery | SequenceError] = []
+    fields: list[str] = []
+    for i, raw in enumerate(body.items):
+        prefix = f"items[{i}]."
+        item_id = raw.get("id") if isinstance(raw, dict) else None
+        ids.append(item_id if isinstance(item_id, str | int) and not isinstance(item_id, bool) else None)
+        try:
+            item = BatchItem.model_validate(raw)
+        except ValidationError as exc:
+            message, field = validation_message(list(exc.errors()))
+            queries.append(
+                SequenceError("invalid_request", message, prefix + field if field else f"items[{i}]")
+            )
+            fields.append(f"items[{i}]")
+            continue
+        fields.append(prefix + ("sequence" if item.sequence is not None else "pairs"))
+        try:
+            queries.append(parse_query(item, settings.max_sequence_length, prefix))
+        except SequenceError as exc:
+            queries.append(exc)
+    version = family_version(registry, family)  # unknown family -> 404 even for an empty batch
+    results = await until_disconnect(
+        request, answer(registry, family, queries, top_k=body.top_k, explain=body.explain, fields=fields)
+    )
+    out = []
+    for i, r in enumerate(results):
+        entry: dict[str, Any] = {"index": i}
+        if ids[i] is not None:
+            entry["id"] = ids[i]
+        if isinstance(r, SequenceError):
+            entry["error"] = _error_dict(r)
+        else:
+            entry.update(_answer_dict(r, body.top_k, body.explain))
+        out.append(entry)
+    return JSONResponse({"model": family, "version": version, "results": out})

@@ -1,0 +1,151 @@
+"""Start a REAL server (`python -m service`, uvicorn) on a free 127.0.0.1 port; stop with SIGTERM.
+
+Reusable by every integration test (native, V2, client, docker)::
+
+    from tests.integration.server import start_server
+
+    with start_server({"FWS_MAX_BATCH_SIZE": "64"}) as server:   # waits until /v2/health/ready is 200
+        httpx.post(f"{server.url}/v1/retrieve", json={"sequence": "a1??a"})
+    # leaving the block sends SIGTERM and waits for exit (server.returncode)
+
+`env` holds FWS_* settings (strings); it is layered over the current environment with FWS_* variables of
+the calling process removed, so a developer's shell cannot change what a test sees. The model repository
+defaults to `default_repository()` (the bundled `model_repository/`, or `$FWS_TEST_REPOSITORY`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_repository() -> Path:
+    """The model repository tests serve: `$FWS_TEST_REPOSITORY` if set, else the bundled one."""
+    override = os.environ.get("FWS_TEST_REPOSITORY")
+    return Path(override) if override else REPO_ROOT / "model_repository"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerError(RuntimeError):
+    """The server exited or never became ready; the message carries the tail of its log."""
+
+
+class Server:
+    """A running `python -m service` subprocess. Use as a context manager, or call `stop()`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path, env: dict[str, str]):
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.env = env
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 60.0, path: str = "/v2/health/ready") -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise ServerError(
+                        f"server exited with {self.proc.returncode} before ready:\n{self.logs()[-4000:]}"
+                    )
+                try:
+                    if client.get(self.url + path).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise ServerError(f"server not ready at {self.url}{path} after {timeout}s:\n{self.logs()[-4000:]}")
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (for drain tests)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait for a graceful exit (SIGKILL after `timeout`), return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+
+
+def start_server(
+    env: dict[str, str] | None = None,
+    *,
+    repository: Path | str | None = None,
+    wait: bool = True,
+    ready_timeout: float = 60.0,
+    ready_path: str = "/v2/health/ready",
+) -> Server:
+    """Launch `python -m service` on a free port with FWS_* `env`; by default wait for `ready_path` 200."""
+    port = free_port()
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("FWS_")}
+    child_env.update(
+        {
+            "FWS_HOST": "127.0.0.1",
+            "FWS_PORT": str(port),
+            "FWS_MODEL_REPOSITORY": str(repository or default_repository()),
+            "FWS_INFERENCE_THREADS": "1",
+            "FWS_ORT_INTRA_OP_THREADS": "1",  # the CI machine has 2 cores shared with the test process
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    child_env.update(env or {})
+    fd, name = tempfile.mkstemp(prefix="fws-server-", suffix=".log")
+    log_path = Path(name)
+    with os.fdopen(fd, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            cwd=REPO_ROOT,
+            env=child_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(proc, port, log_path, child_env)
+    if wait:
+        try:
+            server.wait_ready(ready_timeout, ready_path)
+        except BaseException:
+            server.stop(5)
+            raise
+    return server
