@@ -1,0 +1,411 @@
+"""Open Inference Protocol V2 against a real server, with the STOCK `tritonclient.http` client (defaults).
+
+Read-only tests share the session server (conftest.py); tests that load/unload or need a slow model start
+their own.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from model.data import generate
+from model.vocab import parse_sequence
+from tests.integration.server import Server, start_server
+
+MODEL = "fastweights_t11"
+T = 11
+
+
+def triton(server: Server, **kwargs) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(server.url.removeprefix("http://"), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tc(server: Server) -> Iterator[httpclient.InferenceServerClient]:
+    client = triton(server)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def metadata(tc) -> dict:
+    return tc.get_model_metadata(MODEL)
+
+
+def encode(sequences: list[str], metadata: dict) -> np.ndarray:
+    """Encode queries from what the API itself publishes (no repository files, no project code)."""
+    params = metadata["parameters"]
+    vocab, pad, seq_len = params["vocab"], params["pad_id"], params["seq_len"]
+    tokens = np.full((len(sequences), seq_len), pad, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        ids = [vocab.index(ch) for ch in seq]
+        tokens[row, seq_len - len(ids) :] = ids
+    return tokens
+
+
+def tokens_input(tokens: np.ndarray, binary: bool = True) -> httpclient.InferInput:
+    inp = httpclient.InferInput("tokens", list(tokens.shape), "INT64")
+    inp.set_data_from_numpy(tokens, binary_data=binary)
+    return inp
+
+
+def reference(model_repository: Path, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """The same ONNX file run in-process: what the server must return, bit for bit up to float noise."""
+    sess = ort.InferenceSession(
+        str(model_repository / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    logits, attention = sess.run(["logits", "memory_attention"], {"tokens": tokens})
+    return {"logits": logits, "memory_attention": attention}
+
+
+def sequences(n: int = 64, seed: int = 4242) -> list[str]:
+    return generate(n, 1, 4, seed, length=T).sequences()
+
+
+# ---------------------------------------------------------------------------------------------- health
+
+
+def test_server_and_model_liveness_and_readiness(tc):
+    assert tc.is_server_live()
+    assert tc.is_server_ready()
+    assert tc.is_model_ready(MODEL)
+    assert tc.is_model_ready(MODEL, "1")
+    assert not tc.is_model_ready(MODEL, "7")
+    assert not tc.is_model_ready("no_such_model")
+
+
+def test_server_metadata_lists_only_implemented_extensions(tc):
+    meta = tc.get_server_metadata()
+    assert meta["name"] == "fastweights-serve" and meta["version"]
+    assert set(meta["extensions"]) == {"binary_tensor_data", "model_repository", "model_configuration"}
+
+
+def test_model_metadata_describes_the_contract_with_a_batch_dimension(metadata):
+    assert metadata["name"] == MODEL
+    assert metadata["versions"] == ["1"]
+    assert metadata["platform"] == "onnxruntime_onnx"
+    assert metadata["inputs"] == [{"name": "tokens", "datatype": "INT64", "shape": [-1, T]}]
+    assert {o["name"]: (o["datatype"], o["shape"]) for o in metadata["outputs"]} == {
+        "logits": ("FP32", [-1, 10]),
+        "memory_attention": ("FP32", [-1, T]),
+    }
+
+
+def test_the_vocabulary_and_padding_are_discoverable_through_the_api(metadata, tc):
+    params = metadata["parameters"]
+    assert params["vocab"][params["pad_id"]] == "<pad>"
+    assert set("abcxyz0189?") <= set(params["vocab"])
+    assert params["answer_classes"] == list("0123456789")
+    assert params["seq_len"] == T and params["padding"] == "left" and params["max_pairs"] == 4
+    config_params = tc.get_model_config(MODEL)["parameters"]
+    assert orjson.loads(config_params["vocab"]["string_value"]) == params["vocab"]
+
+
+def test_versioned_metadata_and_unknown_versions(tc):
+    assert tc.get_model_metadata(MODEL, "1")["versions"] == ["1"]
+    with pytest.raises(InferenceServerException) as err:
+        tc.get_model_metadata(MODEL, "9")
+    assert err.value.status() == "404" and "no version '9'" in err.value.message()
+
+
+def test_model_config_is_what_perf_analyzer_reads(tc, server):
+    config = tc.get_model_config(MODEL)
+    assert config["name"] == MODEL
+    assert config["max_batch_size"] == int(server.env.get("FWS_MAX_BATCH_SIZE", 256))
+    assert config["input"] == [{"name": "tokens", "data_type": "TYPE_INT64", "dims": [T]}]
+    assert [o["dims"] for o in config["output"]] == [[10], [T]]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 0
+    assert tc.get_model_config(MODEL, "1")["name"] == MODEL
+
+
+def test_repository_index_lists_every_bucket_ready(tc, model_repository):
+    index = tc.get_model_repository_index()
+    on_disk = sorted(p.name for p in model_repository.iterdir() if any(p.glob("*/model.onnx")))
+    assert sorted(row["name"] for row in index) == on_disk
+    assert all(row["state"] == "READY" and row["version"] == "1" for row in index)
+    assert {"name", "version", "state", "reason"} <= set(index[0])
+
+
+# ----------------------------------------------------------------------------------------------- infer
+
+
+def test_default_binary_infer_matches_the_onnx_file_and_answers_correctly(tc, metadata, model_repository):
+    seqs = sequences()
+    tokens = encode(seqs, metadata)
+    result = tc.infer(MODEL, [tokens_input(tokens)])
+    header = result.get_response()
+    assert header["model_name"] == MODEL and header["model_version"] == "1"
+    assert all("binary_data_size" in o["parameters"] for o in header["outputs"])
+    expected = reference(model_repository, tokens)
+    for name in ("logits", "memory_attention"):
+        np.testing.assert_allclose(result.as_numpy(name), expected[name], rtol=1e-5, atol=1e-6)
+    classes = metadata["parameters"]["answer_classes"]
+    answers = [classes[i] for i in result.as_numpy("logits").argmax(axis=1)]
+    truth = [parse_sequence(s).answer for s in seqs]
+    accuracy = np.mean([a == t for a, t in zip(answers, truth, strict=True)])
+    assert accuracy >= 0.95, f"V2 accuracy {accuracy:.3f} on {len(seqs)} queries"
+
+
+def test_json_infer_in_and_out(tc, metadata, model_repository):
+    tokens = encode(["c9k8j3f1??c", "a1b2??b"], metadata)
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in ("logits", "memory_attention")]
+    result = tc.infer(MODEL, [tokens_input(tokens, binary=False)], outputs=outputs, request_id="json-1")
+    header = result.get_response()
+    assert header["id"] == "json-1"
+    assert all("data" in o for o in header["outputs"])
+    np.testing.assert_allclose(
+        result.as_numpy("logits"), reference(model_repository, tokens)["logits"], rtol=1e-5
+    )
+    assert [str(i) for i in result.as_numpy("logits").argmax(axis=1)] == ["9", "2"]
+
+
+def test_requested_outputs_only_and_mixed_encodings(tc, metadata):
+    tokens = encode(["a1??a"], metadata)
+    outputs = [httpclient.InferRequestedOutput("logits", binary_data=True)]
+    result = tc.infer(MODEL, [tokens_input(tokens, binary=False)], outputs=outputs)
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["logits"]
+    assert result.as_numpy("memory_attention") is None
+    assert result.as_numpy("logits").shape == (1, 10)
+
+
+@pytest.mark.parametrize(
+    "request_algo,response_algo", [("gzip", "gzip"), ("deflate", "deflate"), ("gzip", None)]
+)
+def test_compressed_requests_and_responses(tc, metadata, request_algo, response_algo):
+    tokens = encode(["c9k8j3f1??c"], metadata)
+    plain = tc.infer(MODEL, [tokens_input(tokens)]).as_numpy("logits")
+    result = tc.infer(
+        MODEL,
+        [tokens_input(tokens)],
+        request_compression_algorithm=request_algo,
+        response_compression_algorithm=response_algo,
+    )
+    np.testing.assert_array_equal(result.as_numpy("logits"), plain)
+
+
+def test_versioned_infer_path(tc, metadata):
+    tokens = encode(["k3??k"], metadata)
+    result = tc.infer(MODEL, [tokens_input(tokens)], model_version="1")
+    assert result.get_response()["model_version"] == "1"
+    with pytest.raises(InferenceServerException) as err:
+        tc.infer(MODEL, [tokens_input(tokens)], model_version="2")
+    assert err.value.status() == "404"
+
+
+def test_a_v2_batch_of_b_rows_counts_b_rows_and_keeps_row_order(tc, metadata, model_repository):
+    seqs = sequences(200, seed=7)
+    tokens = encode(seqs, metadata)
+    result = tc.infer(MODEL, [tokens_input(tokens)])
+    np.testing.assert_allclose(
+        result.as_numpy("logits"), reference(model_repository, tokens)["logits"], rtol=1e-5, atol=1e-6
+    )
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def expect_error(call, status: str, *fragments: str) -> None:
+    with pytest.raises(InferenceServerException) as err:
+        call()
+    assert err.value.status() == status, err.value
+    for fragment in fragments:
+        assert fragment in err.value.message(), err.value.message()
+
+
+def test_bad_requests_are_400_with_a_reason_the_client_can_read(tc, metadata):
+    good = encode(["a1??a"], metadata)
+    wrong_len = np.zeros((1, T + 2), dtype=np.int64)
+    expect_error(lambda: tc.infer(MODEL, [tokens_input(wrong_len)]), "400", "shape is [1, 13]", "[-1, 11]")
+    bad_id = good.copy()
+    bad_id[0, 2] = 999
+    expect_error(lambda: tc.infer(MODEL, [tokens_input(bad_id)]), "400", "999", "not a valid token id")
+    as_int32 = httpclient.InferInput("tokens", [1, T], "INT32")
+    as_int32.set_data_from_numpy(good.astype(np.int32))
+    expect_error(lambda: tc.infer(MODEL, [as_int32]), "400", "INT32", "expects INT64")
+    wrong_name = httpclient.InferInput("ids", [1, T], "INT64")
+    wrong_name.set_data_from_numpy(good)
+    expect_error(lambda: tc.infer(MODEL, [wrong_name]), "400", "unexpected input 'ids'")
+    outputs = [httpclient.InferRequestedOutput("probabilities")]
+    expect_error(lambda: tc.infer(MODEL, [tokens_input(good)], outputs=outputs), "400", "unknown output")
+
+
+def test_unknown_model_is_404(tc, metadata):
+    tokens = encode(["a1??a"], metadata)
+    expect_error(lambda: tc.infer("no_such_model", [tokens_input(tokens)]), "404", "no_such_model")
+    expect_error(lambda: tc.get_model_metadata("no_such_model"), "404")
+    expect_error(lambda: tc.get_model_config("no_such_model"), "404")
+
+
+def test_every_v2_error_is_a_json_object_with_a_string_error(client):
+    cases = [
+        client.post(f"/v2/models/{MODEL}/infer", content=b"not json"),
+        client.post(f"/v2/models/{MODEL}/infer", content=b'{"inputs": []}'),
+        client.post(
+            f"/v2/models/{MODEL}/infer", content=b"{}", headers={"Inference-Header-Content-Length": "x"}
+        ),
+        client.post(f"/v2/models/{MODEL}/infer", content=b"{}", headers={"Content-Encoding": "br"}),
+        client.post(
+            f"/v2/models/{MODEL}/infer", content=b"\x1f\x8bnot gzip", headers={"Content-Encoding": "gzip"}
+        ),
+        client.get("/v2/models/no_such_model/ready"),
+        client.get(f"/v2/models/{MODEL}/nonsense"),
+        client.post("/v2/repository/index", content=b"[1"),
+        client.post("/v2/repository/models/no_such_model/load"),
+        client.post("/v2/repository/models/%2E%2E/load"),
+        client.post(f"/v2/repository/models/{MODEL}/load", json={"parameters": {"config": "{}"}}),
+        client.get(f"/v2/models/{MODEL}/infer"),
+    ]
+    statuses = [r.status_code for r in cases]
+    assert statuses == [400, 400, 400, 415, 400, 404, 404, 400, 404, 400, 400, 405]
+    for r in cases:
+        assert r.headers["content-type"].startswith("application/json")
+        body = r.json()
+        assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
+
+
+def test_plain_json_with_curl_style_headers(client, metadata):
+    tokens = encode(["c9k8??c"], metadata)
+    body = {"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, T], "data": tokens.tolist()}]}
+    r = client.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert r.status_code == 200 and "inference-header-content-length" not in r.headers
+    (logits,) = [o for o in r.json()["outputs"] if o["name"] == "logits"]
+    assert logits["shape"] == [1, 10] and len(logits["data"]) == 10
+    assert str(int(np.argmax(logits["data"]))) == "9"
+    gz = client.post(
+        f"/v2/models/{MODEL}/infer",
+        content=gzip.compress(orjson.dumps(body)),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert gz.status_code == 200 and gz.json()["outputs"] == r.json()["outputs"]
+
+
+def test_too_many_rows_is_refused_like_triton(client, server, metadata):
+    limit = int(server.env.get("FWS_MAX_BATCH_SIZE", 256))
+    rows = np.zeros((limit + 1, T), dtype=np.int64)
+    body = {
+        "inputs": [
+            {"name": "tokens", "datatype": "INT64", "shape": list(rows.shape), "data": rows.ravel().tolist()}
+        ]
+    }
+    r = client.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert r.status_code == 400 and f"exceeds max_batch_size {limit}" in r.json()["error"]
+
+
+# ----------------------------------------------------------------------- load/unload, overload, timeout
+
+
+@pytest.fixture(scope="module")
+def slow_server(model_repository: Path) -> Iterator[Server]:
+    """Slow runs (150 ms each), one row per run, a queue of 4 rows and an API key."""
+    env = {
+        "FWS_SIMULATED_RUN_DELAY_MS": "150",
+        "FWS_MAX_BATCH_SIZE": "1",
+        "FWS_MAX_QUEUE_ROWS": "4",
+        "FWS_API_KEY": "s3cret",
+        "FWS_RETRY_AFTER_S": "2",
+    }
+    with start_server(env, repository=model_repository) as srv:
+        yield srv
+
+
+def auth() -> dict[str, str]:
+    # A fresh dict per call: tritonclient writes Inference-Header-Content-Length into the dict it is given.
+    return {"Authorization": "Bearer s3cret"}
+
+
+def test_the_api_key_is_required_and_the_refusal_is_readable_by_the_client(slow_server):
+    anonymous = triton(slow_server)
+    assert anonymous.is_server_live()  # health stays public
+    expect_error(anonymous.get_model_repository_index, "401", "API key")
+    assert triton(slow_server).get_model_metadata(MODEL, headers=auth())["name"] == MODEL
+
+
+def test_unload_then_load_with_the_stock_client(slow_server, metadata):
+    tc = triton(slow_server)
+    tc.unload_model("fastweights_t5", headers=auth())
+    assert not tc.is_model_ready("fastweights_t5", headers=auth())
+    rows = {r["name"]: r for r in tc.get_model_repository_index(headers=auth())}
+    assert rows["fastweights_t5"]["state"] == "UNAVAILABLE" and rows["fastweights_t5"]["reason"] == "unloaded"
+    t5 = encode(["a1??a"], metadata)[:, -5:]  # "a1??a" fills T=5 exactly
+    r = httpx.post(
+        f"{slow_server.url}/v2/models/fastweights_t5/infer",
+        json={
+            "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 5], "data": t5.ravel().tolist()}]
+        },
+        headers=auth(),
+    )
+    assert r.status_code == 503 and "not" in r.json()["error"] and r.headers["retry-after"] == "2"
+    assert MODEL in {
+        r["name"] for r in tc.get_model_repository_index(headers=auth()) if r["state"] == "READY"
+    }
+    tc.load_model("fastweights_t5", headers=auth())
+    assert tc.is_model_ready("fastweights_t5", headers=auth())
+    result = tc.infer("fastweights_t5", [tokens_input(t5)], headers=auth())
+    assert result.as_numpy("logits").shape == (1, 10)
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once(slow_server, metadata):
+    tokens = encode(["a1??a"], metadata)
+    body = {
+        "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, T], "data": tokens.ravel().tolist()}]
+    }
+    responses: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        r = httpx.post(f"{slow_server.url}/v2/models/{MODEL}/infer", json=body, headers=auth(), timeout=30)
+        with lock:
+            responses.append(r)
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(r.status_code for r in responses)
+    assert 200 in statuses and 503 in statuses, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "2"
+            assert "Exceeds maximum queue size" in r.json()["error"]
+            assert r.elapsed.total_seconds() < 1.0
+
+
+def test_the_client_timeout_parameter_bounds_the_wait(slow_server, metadata):
+    tc = triton(slow_server)
+    tokens = encode(["a1??a"], metadata)
+    threads = [
+        threading.Thread(target=lambda: tc_infer_quietly(slow_server, tokens)) for _ in range(3)
+    ]  # keep the model busy
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    try:
+        expect_error(
+            lambda: tc.infer(MODEL, [tokens_input(tokens)], headers=auth(), timeout=50_000), "504", "deadline"
+        )
+    finally:
+        for t in threads:
+            t.join()
+
+
+def tc_infer_quietly(server: Server, tokens: np.ndarray) -> None:
+    client = triton(server)
+    try:
+        client.infer(MODEL, [tokens_input(tokens)], headers=auth())
+    except InferenceServerException:
+        pass
+    finally:
+        client.close()
