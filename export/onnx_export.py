@@ -37,6 +37,7 @@ from export.contract import (
     ModelMetadata,
     TensorSpec,
     check_io,
+    output_specs,
     parse_metadata,
 )
 from export.graph import export_module
@@ -125,7 +126,24 @@ def trace_to_onnx(model: nn.Module, seq_len: int, dynamo: bool = False) -> onnx.
                 **names,
             )
             proto = onnx.load_from_string(buf.getvalue())
+    _declare_output_shapes(proto, seq_len, model.config.num_classes)
     return proto
+
+
+def _declare_output_shapes(proto: onnx.ModelProto, seq_len: int, num_classes: int) -> None:
+    """Write the contract's output shapes into the graph where tracing left a dim symbolic.
+
+    The baselines' zero attention is ``new_zeros(B, T)``, whose T the tracer records as a computed dim.
+    """
+    specs = {s.name: s for s in output_specs(seq_len, num_classes)}
+    for out in proto.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        for dim, want in zip(dims, specs[out.name].shape, strict=True):
+            if isinstance(want, int):
+                dim.Clear()
+                dim.dim_value = want
+            elif not dim.HasField("dim_value"):
+                dim.dim_param = want
 
 
 def ort_optimize(proto: onnx.ModelProto, level: str = "basic") -> onnx.ModelProto:
