@@ -1,0 +1,212 @@
+"""The model repository: Triton layout, config.pbtxt that matches each graph, torch-free reading, and the
+committed default model (it must answer the task and honour the contract without any side file)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from export.contract import (
+    CONFIG_FILENAME,
+    DEFAULT_BUCKETS,
+    INPUT_TOKENS,
+    LOOP_OPS,
+    OUTPUT_ATTENTION,
+    OUTPUT_LOGITS,
+    PLATFORM,
+    ContractError,
+    check_io,
+    parse_metadata,
+    parse_pbtxt,
+    read_config_pbtxt,
+    render_config_pbtxt,
+    scan_repository,
+    smallest_bucket,
+)
+from export.onnx_export import graph_io, load_onnx
+from export.repository import export_repository
+from model.checkpoint import Checkpoint, build_model
+from model.config import ModelConfig
+from model.data import fixed_split
+from model.vocab import Vocabulary, max_pairs_for_length
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "model_repository"
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden_size=8, embed_size=8, head_size=8)
+    ckpt = Checkpoint(config=cfg, state_dict=build_model(cfg).state_dict())
+    root = tmp_path_factory.mktemp("repo")
+    export_repository(ckpt, root, buckets=(5, 9), family="tiny", max_batch_size=64)
+    return root
+
+
+def test_repository_has_the_triton_layout(tiny_repo):
+    assert sorted(str(p.relative_to(tiny_repo)) for p in tiny_repo.rglob("*") if p.is_file()) == [
+        "tiny_t5/1/model.onnx",
+        "tiny_t5/config.pbtxt",
+        "tiny_t9/1/model.onnx",
+        "tiny_t9/config.pbtxt",
+    ]
+    entries = scan_repository(tiny_repo)
+    assert [(e.name, e.family, e.seq_len, e.version) for e in entries] == [
+        ("tiny_t5", "tiny", 5, 1),
+        ("tiny_t9", "tiny", 9, 1),
+    ]
+
+
+def test_config_parsed_back_matches_the_onnx_graph(tiny_repo):
+    for entry in scan_repository(tiny_repo):
+        cfg = read_config_pbtxt(entry.config_path)
+        assert cfg.platform == PLATFORM == "onnxruntime_onnx"
+        assert cfg.max_batch_size == 64 and cfg.preferred_batch_sizes == (32,)
+        proto = onnx.load(str(entry.model_path))
+        inputs, outputs = graph_io(proto)
+        assert list(cfg.inputs) == inputs and list(cfg.outputs) == outputs
+        meta = parse_metadata({p.key: p.value for p in proto.metadata_props}, entry.model_path)
+        assert (meta.family, meta.seq_len) == (cfg.family, cfg.seq_len)
+        check_io(cfg.inputs, cfg.outputs, meta.seq_len, meta.num_classes, entry.config_path)
+
+
+def test_config_dims_leave_out_the_batch_axis_as_triton_expects(tiny_repo):
+    raw = parse_pbtxt((tiny_repo / "tiny_t9" / CONFIG_FILENAME).read_text())
+    assert raw["input"] == [{"name": "tokens", "data_type": "TYPE_INT64", "dims": [9]}]
+    assert {o["name"]: o["dims"] for o in raw["output"]} == {"logits": [10], "memory_attention": [9]}
+    assert raw["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+
+
+def test_pbtxt_reader_accepts_hand_written_triton_configs(tmp_path):
+    text = """
+    # written by hand, Triton style
+    name: "other_t11"
+    platform: "onnxruntime_onnx"
+    max_batch_size: 8
+    input [ { name: "tokens", data_type: TYPE_INT64, dims: [ 11 ] } ]
+    output { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] }
+    output { name: "memory_attention" data_type: TYPE_FP32 dims: [ 11 ] }
+    instance_group [ { count: 2, kind: KIND_CPU } ]
+    dynamic_batching { }
+    """
+    path = tmp_path / CONFIG_FILENAME
+    path.write_text(text)
+    cfg = read_config_pbtxt(path)
+    assert (cfg.name, cfg.family, cfg.seq_len, cfg.max_batch_size) == ("other_t11", "other", 11, 8)
+    assert [o.name for o in cfg.outputs] == ["logits", "memory_attention"]
+    check_io(cfg.inputs, cfg.outputs, 11, 10, path)
+
+
+def test_rendered_config_round_trips():
+    text = render_config_pbtxt("fam", 19, 10, max_batch_size=128, preferred_batch_sizes=(1, 512, 32))
+    raw = parse_pbtxt(text)
+    assert raw["name"] == "fam_t19" and raw["max_batch_size"] == 128
+    assert raw["dynamic_batching"]["preferred_batch_size"] == [1, 32]  # 512 > max_batch_size is dropped
+    assert {p["key"]: p["value"]["string_value"] for p in raw["parameters"]} == {
+        "family": "fam",
+        "seq_len": "19",
+    }
+
+
+@pytest.mark.parametrize("text", ['name: "x', "name: {", "input [ { name: } ]", "} name"])
+def test_malformed_config_is_a_contract_error_naming_the_file(text, tmp_path):
+    path = tmp_path / CONFIG_FILENAME
+    path.write_text(text)
+    with pytest.raises(ContractError, match=str(path)):
+        read_config_pbtxt(path)
+
+
+def test_reexport_with_fewer_buckets_removes_stale_ones_of_that_family_only(tmp_path):
+    cfg = ModelConfig(hidden_size=8, embed_size=8, head_size=8)
+    ckpt = Checkpoint(config=cfg, state_dict=build_model(cfg).state_dict())
+    export_repository(ckpt, tmp_path, buckets=(5, 7), family="a")
+    export_repository(ckpt, tmp_path, buckets=(5,), family="b")
+    (tmp_path / "a_tnotes").mkdir()  # not a model of family a: must survive
+    export_repository(ckpt, tmp_path, buckets=(7,), family="a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_t7", "a_tnotes", "b_t5"]
+
+
+def _broken_copy(tiny_repo: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(tiny_repo, root)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda r: (r / "tiny_t5" / CONFIG_FILENAME).unlink(), r"tiny_t5: model folder has no config\.pbtxt"),
+        (lambda r: shutil.rmtree(r / "tiny_t5" / "1"), r"tiny_t5: model folder has no numeric version"),
+        (
+            lambda r: (r / "tiny_t5" / "1" / "model.onnx").unlink(),
+            r"tiny_t5/1/model\.onnx: missing model file",
+        ),
+        (lambda r: (r / "tiny_t5").rename(r / "renamed"), r"config name 'tiny_t5' differs from its folder"),
+        (lambda r: [shutil.rmtree(p) for p in r.iterdir()], r"repo: model repository holds no models"),
+        (lambda r: shutil.rmtree(r), r"repo: model repository is not a directory"),
+    ],
+    ids=["no-config", "no-version", "no-model", "renamed", "empty", "missing"],
+)
+def test_a_broken_repository_is_a_contract_error_naming_the_path(breakage, message, tiny_repo, tmp_path):
+    root = _broken_copy(tiny_repo, tmp_path)
+    breakage(root)
+    with pytest.raises(ContractError, match=message):
+        scan_repository(root)
+
+
+def test_smallest_fitting_bucket_is_chosen(tiny_repo):
+    entries = scan_repository(tiny_repo)
+    assert smallest_bucket(entries, "tiny", 3).seq_len == 5
+    assert smallest_bucket(entries, "tiny", 5).seq_len == 5
+    assert smallest_bucket(entries, "tiny", 6).seq_len == 9
+    assert smallest_bucket(entries, "tiny", 10) is None
+    assert smallest_bucket(entries, "other", 5) is None
+
+
+# --- the committed default model ---
+
+
+def test_committed_repository_holds_every_default_bucket():
+    entries = scan_repository(COMMITTED)
+    assert [(e.family, e.seq_len) for e in entries] == [("fastweights", t) for t in DEFAULT_BUCKETS]
+
+
+@pytest.mark.parametrize("seq_len", DEFAULT_BUCKETS)
+def test_committed_graph_is_self_describing_unrolled_and_matches_its_config(seq_len):
+    entry = next(e for e in scan_repository(COMMITTED) if e.seq_len == seq_len)
+    proto = load_onnx(entry.model_path)
+    assert not {n.op_type for n in proto.graph.node} & LOOP_OPS
+    onnx.checker.check_model(proto, full_check=True)
+    meta = parse_metadata({p.key: p.value for p in proto.metadata_props}, entry.model_path)
+    assert meta.kind == "fast" and meta.seq_len == seq_len and meta.family == "fastweights"
+    assert meta.model_config["hidden_size"] == 50 and len(meta.source_sha256) == 64
+    assert "dynamo=False" in meta.exporter and meta.opset == 17
+    assert Vocabulary(meta.vocab, meta.pad_token).pad_id == 0 == meta.pad_id
+    inputs, outputs = graph_io(proto)
+    assert list(entry.config.inputs) == inputs and list(entry.config.outputs) == outputs
+
+
+@pytest.mark.parametrize("seq_len", DEFAULT_BUCKETS)
+def test_committed_model_answers_the_task_in_onnxruntime_alone(seq_len):
+    """No torch: tokens from the generator, answers from the graph, the retrieved pair from the attention."""
+    entry = next(e for e in scan_repository(COMMITTED) if e.seq_len == seq_len)
+    session = ort.InferenceSession(str(entry.model_path), providers=["CPUExecutionProvider"])
+    k_max = max_pairs_for_length(seq_len)
+    data = fixed_split("test", 1, k_max, size=2000, length=seq_len)
+    logits, attention = session.run([OUTPUT_LOGITS, OUTPUT_ATTENTION], {INPUT_TOKENS: data.tokens})
+    accuracy = float((logits.argmax(-1) == data.targets).mean())
+    trained = data.num_pairs <= 8  # the default model is trained on K = 1..8; K = 9..12 is extrapolation
+    assert float((logits.argmax(-1) == data.targets)[trained].mean()) >= 0.995, accuracy
+    # the fast memory's strongest weight sits on the queried pair (its key or its value)
+    key_pos = np.array([np.flatnonzero(row[:-3] == row[-1])[0] for row in data.tokens])
+    on_pair = np.isin(attention.argmax(-1) - key_pos, (0, 1))
+    assert on_pair[trained].mean() >= 0.9
+    assert attention.shape == data.tokens.shape and (attention[:, -1] == 0).all()
+    assert (attention[data.tokens == 0] == 0).all()  # PAD positions hold nothing
