@@ -85,6 +85,17 @@ def checked_name(name: str) -> str:
     return name
 
 
+def lookup(registry: ModelRegistry, name: str, version: str | None = None) -> LoadedModel:
+    """The serving model; an unknown name's 404 lists the V2 model names (one per length bucket)."""
+    try:
+        return registry.get(name, version)
+    except ModelNotFoundError as exc:
+        if version is not None and name in registry.names():
+            raise
+        known = ", ".join(registry.names()) or "none"
+        raise ModelNotFoundError(f"{exc}; V2 models here (one per sequence length): {known}") from None
+
+
 # ---------------------------------------------------------------------------------------- descriptions
 
 
@@ -181,16 +192,16 @@ async def server_metadata(request: Request) -> Response:
 
 @router.get("/models/{name}", responses=_ERRORS, summary="Model metadata (serving version)")
 async def metadata(name: ModelName, registry: RegistryDep) -> Response:
-    return JSONResponse(model_metadata(registry.get(name)))
+    return JSONResponse(model_metadata(lookup(registry, name)))
 
 
 @router.get("/models/{name}/versions/{version}", responses=_ERRORS, summary="Model metadata of one version")
 async def metadata_version(name: ModelName, version: Version, registry: RegistryDep) -> Response:
-    return JSONResponse(model_metadata(registry.get(name, version)))
+    return JSONResponse(model_metadata(lookup(registry, name, version)))
 
 
 def _ready(registry: ModelRegistry, name: str, version: str | None) -> Response:
-    registry.get(name, version)  # 404 unknown, 503 (+ Retry-After) not ready
+    lookup(registry, name, version)  # 404 unknown, 503 (+ Retry-After) not ready
     return JSONResponse({"name": name, "ready": True})
 
 
@@ -208,7 +219,7 @@ async def model_version_ready(name: ModelName, version: Version, registry: Regis
 
 @router.get("/models/{name}/config", responses=_ERRORS, summary="Model configuration (Triton's JSON form)")
 async def config(name: ModelName, registry: RegistryDep, settings: SettingsDep) -> Response:
-    return JSONResponse(model_config(registry.get(name), settings))
+    return JSONResponse(model_config(lookup(registry, name), settings))
 
 
 @router.get(
@@ -217,7 +228,7 @@ async def config(name: ModelName, registry: RegistryDep, settings: SettingsDep) 
 async def config_version(
     name: ModelName, version: Version, registry: RegistryDep, settings: SettingsDep
 ) -> Response:
-    return JSONResponse(model_config(registry.get(name, version), settings))
+    return JSONResponse(model_config(lookup(registry, name, version), settings))
 
 
 # ----------------------------------------------------------------------------------------------- infer
@@ -264,7 +275,7 @@ async def _infer(
     except V2Error as exc:
         raise bad_request(exc) from None
     # From here to the submit there is no await: the version validated is the version that computes.
-    model = registry.get(name, version)
+    model = lookup(registry, name, version)
     inputs, outputs = tensor_metas(model)
     try:
         tensors = validate_inputs(

@@ -204,13 +204,23 @@ def test_versioned_infer_path(tc, metadata):
     assert err.value.status() == "404"
 
 
-def test_a_v2_batch_of_b_rows_counts_b_rows_and_keeps_row_order(tc, metadata, model_repository):
+def batch_metric(client: httpx.Client, suffix: str) -> float:
+    needle = f'fws_batch_size_rows_{suffix}{{model="{MODEL}"}}'
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(needle)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_a_v2_batch_of_b_rows_counts_b_rows_and_keeps_row_order(tc, client, metadata, model_repository):
     seqs = sequences(200, seed=7)
     tokens = encode(seqs, metadata)
+    rows_before, runs_before = batch_metric(client, "sum"), batch_metric(client, "count")
     result = tc.infer(MODEL, [tokens_input(tokens)])
     np.testing.assert_allclose(
         result.as_numpy("logits"), reference(model_repository, tokens)["logits"], rtol=1e-5, atol=1e-6
     )
+    # Through the dynamic batcher: one onnxruntime run of 200 rows (max_batch_size 256), counted as rows.
+    assert batch_metric(client, "sum") - rows_before == 200
+    assert batch_metric(client, "count") - runs_before == 1
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -244,7 +254,7 @@ def test_bad_requests_are_400_with_a_reason_the_client_can_read(tc, metadata):
 def test_unknown_model_is_404(tc, metadata):
     tokens = encode(["a1??a"], metadata)
     expect_error(lambda: tc.infer("no_such_model", [tokens_input(tokens)]), "404", "no_such_model")
-    expect_error(lambda: tc.get_model_metadata("no_such_model"), "404")
+    expect_error(lambda: tc.get_model_metadata("fastweights"), "404", "one per sequence length", MODEL)
     expect_error(lambda: tc.get_model_config("no_such_model"), "404")
 
 
