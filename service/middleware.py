@@ -21,6 +21,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
@@ -37,8 +38,12 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 CLIENT_GONE_STATUS = 499  # nginx's convention for "client closed the request"
 
 
-class BodyTooLargeError(Exception):
-    pass
+class BodyTooLargeError(HTTPException):
+    """Raised from `receive` once a streamed body passes the limit. An HTTPException, so FastAPI's body
+    reader lets it through (it wraps other exceptions in a 400) and the error handlers answer 413."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body larger than the limit of {limit} bytes")
 
 
 class ServiceMiddleware:
@@ -89,7 +94,7 @@ class ServiceMiddleware:
             if message["type"] == "http.request":
                 state["bytes"] += len(message.get("body", b""))
                 if state["bytes"] > limit:
-                    raise BodyTooLargeError
+                    raise BodyTooLargeError(limit)
             return message
 
         try:

@@ -1,0 +1,138 @@
+"""The predictor without HTTP: the bundled repository, provider choice, encoding, decoding, load errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from model.data import VOCAB, generate
+from model.vocab import parse_sequence
+from service import predictor
+from service.predictor import ModelLoadError, decode, load_model, model_names, softmax, versions
+
+REPO = Path(__file__).resolve().parents[2] / "model_repository"
+T11 = REPO / "fastweights_t11" / "1" / "model.onnx"
+
+
+@pytest.fixture(scope="module")
+def t11() -> predictor.LoadedModel:
+    return load_model(T11, "fastweights_t11", "1", device="cpu")
+
+
+def test_the_bundled_repository_has_the_four_length_buckets_each_with_a_numeric_version() -> None:
+    assert model_names(REPO) == ["fastweights_t11", "fastweights_t19", "fastweights_t27", "fastweights_t5"]
+    assert all(versions(REPO, n) == ["1"] for n in model_names(REPO))
+
+
+def test_a_loaded_model_describes_itself_from_its_own_metadata(t11: predictor.LoadedModel) -> None:
+    info = t11.info
+    assert (info.name, info.version, info.family, info.seq_len) == ("fastweights_t11", "1", "fastweights", 11)
+    assert info.vocab_tokens == VOCAB.tokens and info.pad_id == VOCAB.pad_id
+    assert info.answer_classes == tuple("0123456789")
+    assert info.model_config["hidden_size"] == 50
+    assert [s.name for s in info.inputs] == ["tokens"]
+    assert [s.name for s in info.outputs] == ["logits", "memory_attention"]
+    assert info.providers == ("CPUExecutionProvider",)  # what the session really uses
+    assert info.max_pairs == 4
+
+
+def test_cuda_is_requested_only_when_a_gpu_is_really_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert predictor.choose_providers("cpu")[0] == ["CPUExecutionProvider"]
+    monkeypatch.setattr(predictor, "gpu_present", lambda: False)
+    providers, why = predictor.choose_providers("auto")
+    assert providers == ["CPUExecutionProvider"] and why
+    monkeypatch.setattr(predictor, "gpu_present", lambda: True)
+    monkeypatch.setattr(
+        predictor.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert predictor.choose_providers("auto")[0] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_encoding_left_pads_to_the_bucket_length(t11: predictor.LoadedModel) -> None:
+    tokens = t11.encode([parse_sequence("a1??a"), parse_sequence("c9k8j3f1??c")])
+    assert tokens.shape == (2, 11) and tokens.dtype == np.int64
+    assert tokens[0, :6].tolist() == [VOCAB.pad_id] * 6
+    assert VOCAB.decode(tokens[0]) == "a1??a" and VOCAB.decode(tokens[1]) == "c9k8j3f1??c"
+
+
+def test_the_bundled_model_answers_fresh_sequences_correctly(t11: predictor.LoadedModel) -> None:
+    batch = generate(1000, 1, 4, seed=20261128, length=11)
+    out = t11.run(batch.tokens)
+    accuracy = float((out["logits"].argmax(1) == batch.targets).mean())
+    assert accuracy >= 0.995, accuracy
+
+
+def test_decode_gives_top_k_probabilities_and_an_attention_explanation_that_sums_to_one(
+    t11: predictor.LoadedModel,
+) -> None:
+    queries = [parse_sequence("c9k8j3f1??c"), parse_sequence("a1??a")]
+    out = t11.run(t11.encode(queries))
+    preds = decode(
+        queries, out["logits"], out["memory_attention"], t11.info.answer_classes, top_k=3, explain=True
+    )
+    assert [p.value for p in preds] == ["9", "1"]
+    first = preds[0]
+    assert len(first.top_k) == 3 and first.top_k[0] == (first.value, first.confidence)
+    probs = [p for _, p in first.top_k]
+    assert probs == sorted(probs, reverse=True)
+    weights = [w for *_, w in first.explanation]
+    assert sorted((k, v, pos) for k, v, pos, _ in first.explanation) == [
+        ("c", "9", 0),
+        ("f", "1", 6),
+        ("j", "3", 4),
+        ("k", "8", 2),
+    ]
+    assert sum(weights) == pytest.approx(1.0) and weights == sorted(weights, reverse=True)
+    assert preds[1].explanation == [("a", "1", 0, pytest.approx(1.0))]
+
+
+def test_softmax_is_stable_for_large_logits() -> None:
+    p = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]]))
+    assert np.allclose(p, [[1.0, 0.0], [0.5, 0.5]])
+
+
+def test_a_missing_file_is_a_load_error_naming_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=r"no model\.onnx"):
+        load_model(tmp_path / "model.onnx", "m", "1")
+
+
+def test_a_corrupt_file_is_a_load_error_not_a_crash(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"this is not an onnx graph")
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_model(bad, "m", "1")
+
+
+def test_a_graph_without_our_metadata_is_refused(tmp_path: Path) -> None:
+    graph = onnx.load(str(T11))
+    del graph.metadata_props[:]
+    path = tmp_path / "model.onnx"
+    onnx.save(graph, str(path))
+    with pytest.raises(ModelLoadError, match="metadata lacks"):
+        load_model(path, "m", "1")
+
+
+def test_a_graph_whose_metadata_disagrees_with_its_shape_is_refused(tmp_path: Path) -> None:
+    graph = onnx.load(str(T11))
+    for prop in graph.metadata_props:
+        if prop.key == "fastweights.seq_len":
+            prop.value = "19"
+    path = tmp_path / "model.onnx"
+    onnx.save(graph, str(path))
+    with pytest.raises(ModelLoadError, match=r"int64 \[batch, 19\]"):
+        load_model(path, "m", "1")
+
+
+def test_run_rejects_tokens_of_the_wrong_length(t11: predictor.LoadedModel) -> None:
+    with pytest.raises(ValueError, match=r"shape \(B, 11\)"):
+        t11.run(np.zeros((1, 5), dtype=np.int64))
+
+
+def test_copying_a_model_directory_gives_a_loadable_model(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "fastweights_t5", tmp_path / "fastweights_t5")
+    m = load_model(tmp_path / "fastweights_t5" / "1" / "model.onnx", "fastweights_t5", "1")
+    assert m.info.seq_len == 5
