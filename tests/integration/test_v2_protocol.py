@@ -276,9 +276,15 @@ def test_every_v2_error_is_a_json_object_with_a_string_error(client):
         client.post("/v2/repository/models/%2E%2E/load"),
         client.post(f"/v2/repository/models/{MODEL}/load", json={"parameters": {"config": "{}"}}),
         client.get(f"/v2/models/{MODEL}/infer"),
+        client.post(f"/v2/models/{MODEL}/infer", content=b" " * (4 * 1024 * 1024 + 1)),
+        client.post(
+            f"/v2/models/{MODEL}/infer",
+            content=gzip.compress(b" " * (5 * 1024 * 1024)),
+            headers={"Content-Encoding": "gzip"},
+        ),
     ]
     statuses = [r.status_code for r in cases]
-    assert statuses == [400, 400, 400, 415, 400, 404, 404, 400, 404, 400, 400, 405]
+    assert statuses == [400, 400, 400, 415, 400, 404, 404, 400, 404, 400, 400, 405, 413, 413]
     for r in cases:
         assert r.headers["content-type"].startswith("application/json")
         body = r.json()
@@ -373,17 +379,20 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(slow_server, metadata
     }
     responses: list[httpx.Response] = []
     lock = threading.Lock()
+    start = threading.Barrier(12)
 
-    def one() -> None:
-        r = httpx.post(f"{slow_server.url}/v2/models/{MODEL}/infer", json=body, headers=auth(), timeout=30)
+    def one(client: httpx.Client) -> None:
+        start.wait()  # 12 requests at once against room for 1 running + 4 queued rows
+        r = client.post(f"/v2/models/{MODEL}/infer", json=body, headers=auth())
         with lock:
             responses.append(r)
 
-    threads = [threading.Thread(target=one) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with httpx.Client(base_url=slow_server.url, timeout=30) as shared:
+        threads = [threading.Thread(target=one, args=(shared,)) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     statuses = sorted(r.status_code for r in responses)
     assert 200 in statuses and 503 in statuses, statuses
     for r in responses:
