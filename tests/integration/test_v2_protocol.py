@@ -7,6 +7,7 @@ their own.
 from __future__ import annotations
 
 import gzip
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -428,3 +429,42 @@ def tc_infer_quietly(server: Server, tokens: np.ndarray) -> None:
         pass
     finally:
         client.close()
+
+
+def metric_value(server: Server, prefix: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", headers=auth()).text
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_a_request_whose_client_went_away_is_never_computed(slow_server, metadata):
+    tokens = encode(["a1??a"], metadata)
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "tokens", "datatype": "INT64", "shape": [1, T], "data": tokens.ravel().tolist()}
+            ]
+        }
+    )
+    gone = f'fws_requests_rejected_total{{model="{MODEL}",reason="client_gone"}}'
+    runs = f'fws_batch_size_rows_count{{model="{MODEL}"}}'
+    gone_before, runs_before = metric_value(slow_server, gone), metric_value(slow_server, runs)
+    busy = [threading.Thread(target=tc_infer_quietly, args=(slow_server, tokens)) for _ in range(2)]
+    for t in busy:
+        t.start()
+    deadline = time.monotonic() + 10
+    while metric_value(slow_server, f'fws_queue_depth_rows{{model="{MODEL}"}}') < 1:  # the model is busy
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with socket.create_connection(("127.0.0.1", slow_server.port)) as sock:
+        head = (
+            f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+        time.sleep(0.05)  # queued behind the busy runs; then the client hangs up
+    for t in busy:
+        t.join()
+    time.sleep(3 * 0.15)
+    assert metric_value(slow_server, gone) == gone_before + 1
+    assert metric_value(slow_server, runs) == runs_before + 2  # only the two busy requests ran
