@@ -89,11 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.draining = False
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(metrics.router)
-    app.include_router(native.router)
+    routers = [health.router, metrics.router, native.router]
     if importlib.util.find_spec("service.routes.v2") is not None:
-        v2 = importlib.import_module("service.routes.v2")
-        app.include_router(v2.router)
-    app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics_)
+        routers.append(importlib.import_module("service.routes.v2").router)
+    for router in routers:
+        app.include_router(router)
+    # The middleware labels requests it rejects before routing (401, 413) by these routes' templates.
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics_, routes=lambda: routes)
     return app

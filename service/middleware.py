@@ -19,9 +19,11 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
@@ -47,10 +49,17 @@ class BodyTooLargeError(HTTPException):
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics):
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        metrics: Metrics,
+        routes: Callable[[], Sequence[BaseRoute]] | None = None,
+    ):
         self.app = app
         self.settings = settings
         self.metrics = metrics
+        self._routes = routes  # to label requests rejected before routing (401, 413) by their template
         key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
         self._expected = f"Bearer {key}".encode() if key else None
 
@@ -118,8 +127,7 @@ class ServiceMiddleware:
                 await reject(500, "internal", "internal server error")
         finally:
             elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = self._template(scope)
             status = str(state["status"])
             method = scope.get("method", "")
             self.metrics.http_requests.labels(method, template, status).inc()
@@ -136,6 +144,12 @@ class ServiceMiddleware:
                     },
                 )
             request_id_var.reset(token)
+
+    def _template(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None and self._routes is not None:
+            route = next((r for r in self._routes() if r.matches(scope)[0] is Match.FULL), None)
+        return getattr(route, "path", None) or "unmatched"
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         assert self._expected is not None

@@ -108,9 +108,7 @@ async def answer(
         groups.setdefault(model.info.name, (model, []))[1].append(i)
 
     async def run(model: LoadedModel, rows: list[int]) -> None:
-        group = [queries[i] for i in rows]
-        assert all(isinstance(q, ParsedQuery) for q in group)
-        parsed: list[ParsedQuery] = group  # type: ignore[assignment]
+        parsed = [q for q in (queries[i] for i in rows) if isinstance(q, ParsedQuery)]
         tokens = model.encode(parsed)  # (B, T)
         out = await registry.infer(model.info.name, tokens, deadline=deadline)
         preds = decode(

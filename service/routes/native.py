@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Security
+from fastapi import APIRouter, Body, Depends, Request, Security
 from fastapi.security import HTTPBearer
 from pydantic import ValidationError
 
@@ -47,6 +47,31 @@ def get_settings(request: Request) -> Settings:
 def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
+
+RETRIEVE_EXAMPLES: dict[str, Any] = {
+    "sequence": {"summary": "A sequence", "value": {"sequence": "c9k8j3f1??c"}},
+    "pairs": {
+        "summary": "Pairs and a query, with top_k and explain",
+        "value": {"pairs": [["c", "9"], ["k", "8"]], "query": "k", "top_k": 3, "explain": True},
+    },
+    "error": {"summary": "An invalid sequence (422 duplicate_key)", "value": {"sequence": "a1a2??a"}},
+}
+BATCH_EXAMPLES: dict[str, Any] = {
+    "mixed": {
+        "summary": "Both forms, ids echoed, one bad item",
+        "value": {
+            "items": [
+                {"id": "a1", "sequence": "c9k8j3f1??c"},
+                {"id": "a2", "pairs": [["x", "1"], ["y", "2"]], "query": "y"},
+                {"id": "a3", "sequence": "a1a2??a"},
+            ]
+        },
+    },
+    "options": {
+        "summary": "top_k and explain for every item",
+        "value": {"items": [{"sequence": "a1b2??b"}, {"sequence": "q5??q"}], "top_k": 2, "explain": True},
+    },
+}
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
@@ -97,7 +122,10 @@ def _error_dict(exc: SequenceError) -> dict[str, Any]:
     summary="Answer one associative-retrieval query",
 )
 async def retrieve(
-    body: RetrieveRequest, request: Request, settings: SettingsDep, registry: RegistryDep
+    body: Annotated[RetrieveRequest, Body(openapi_examples=RETRIEVE_EXAMPLES)],
+    request: Request,
+    settings: SettingsDep,
+    registry: RegistryDep,
 ) -> Any:
     """`c9k8j3f1??c` -> `9`: give the sequence, or the pairs and the query key."""
     family = body.model or settings.default_family
@@ -121,7 +149,10 @@ async def retrieve(
     summary="Answer many queries; a bad item gets its own error entry",
 )
 async def retrieve_batch(
-    body: BatchRequest, request: Request, settings: SettingsDep, registry: RegistryDep
+    body: Annotated[BatchRequest, Body(openapi_examples=BATCH_EXAMPLES)],
+    request: Request,
+    settings: SettingsDep,
+    registry: RegistryDep,
 ) -> Any:
     """Results come back in request order, one per item, each with its `index` (and `id` when given)."""
     if len(body.items) > settings.max_batch_items:

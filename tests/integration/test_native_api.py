@@ -269,6 +269,19 @@ def test_openapi_docs_are_served_with_examples(client: httpx.Client) -> None:
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
 
 
+def test_every_openapi_example_request_works_as_documented(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    tried = 0
+    for path in ("/v1/retrieve", "/v1/retrieve/batch"):
+        examples = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
+        for name, example in examples.items():
+            r = client.post(path, json=example["value"])
+            expected = 422 if name == "error" else 200
+            assert r.status_code == expected, (path, name, r.text)
+            tried += 1
+    assert tried >= 5
+
+
 # -- limits and auth (own server) ------------------------------------------------------------------
 
 
@@ -293,7 +306,9 @@ def test_the_api_key_is_required_except_on_health_and_docs(guarded: Server) -> N
             == 401
         )
         assert c.post("/v1/retrieve", json={"sequence": SEQ}, headers=AUTH).json()["value"] == "9"
-        assert c.get("/metrics").status_code == 401 and c.get("/metrics", headers=AUTH).status_code == 200
+        assert c.get("/metrics").status_code == 401
+        text = c.get("/metrics", headers=AUTH).text
+        assert 'fws_http_requests_total{method="POST",route="/v1/retrieve",status="401"} 3.0' in text
         assert c.get("/v2/health/live").status_code == 200 and c.get("/v2/health/ready").status_code == 200
         assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
         r = c.get("/v2/models/fastweights_t11")  # V2 routes too, with the V2 error shape
