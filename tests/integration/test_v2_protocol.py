@@ -7,7 +7,10 @@ their own.
 from __future__ import annotations
 
 import gzip
+import re
+import shlex
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +26,8 @@ from tritonclient.utils import InferenceServerException
 
 from model.data import generate
 from model.vocab import parse_sequence
-from tests.integration.server import Server, start_server
+from tests.integration.server import REPO_ROOT, Server, start_server
+from tests.integration.test_readme import matches
 
 MODEL = "fastweights_t11"
 T = 11
@@ -468,3 +472,35 @@ def test_a_request_whose_client_went_away_is_never_computed(slow_server, metadat
     time.sleep(3 * 0.15)
     assert metric_value(slow_server, gone) == gone_before + 1
     assert metric_value(slow_server, runs) == runs_before + 2  # only the two busy requests ran
+
+
+# ------------------------------------------------------------------------------------ README examples
+
+README_SECTION = "## Serving: Open Inference Protocol V2"
+README_URL = "http://127.0.0.1:8000"
+
+
+def readme_blocks(language: str) -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index(README_SECTION)
+    end = text.find("\n## ", start + len(README_SECTION))
+    return re.findall(rf"```{language}\n(.*?)```", text[start:end], flags=re.S)
+
+
+def test_the_readme_tritonclient_example_runs_as_shown(server, capsys):
+    (code,) = readme_blocks("python")
+    expected = re.search(r"# (\[.*\])\s*$", code.strip()).group(1)
+    exec(compile(code.replace("127.0.0.1:8000", server.url.removeprefix("http://")), "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == expected
+
+
+def test_the_readme_curl_example_runs_as_shown(server):
+    (block,) = readme_blocks("bash")
+    lines = block.replace("\\\n", " ").splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("curl "))
+    argv = [a.replace(README_URL, server.url) for a in shlex.split(lines[i])]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    matches(orjson.loads(run.stdout), orjson.loads(lines[i + 1].removeprefix("# => ")))
+    (logits,) = orjson.loads(run.stdout)["outputs"]
+    assert int(np.argmax(logits["data"])) == 9  # 'c9k8??c' -> 9
