@@ -446,9 +446,18 @@ def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | Non
     """Compress a response for a client that asked for gzip or deflate (`Accept-Encoding`), else as is."""
     if not accept_encoding:
         return body, None
-    offered = [part.split(";")[0].strip().lower() for part in accept_encoding.split(",")]
-    if "gzip" in offered:
+    accepted = set()
+    for part in accept_encoding.split(","):
+        coding, _, params = part.strip().partition(";")
+        q = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
+        try:
+            if float(q) <= 0:
+                continue
+        except ValueError:
+            continue
+        accepted.add(coding.strip().lower())
+    if "gzip" in accepted:
         return gzip.compress(body, compresslevel=1), "gzip"
-    if "deflate" in offered:
+    if "deflate" in accepted:
         return zlib.compress(body, 1), "deflate"
     return body, None

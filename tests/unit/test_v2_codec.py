@@ -340,7 +340,16 @@ def test_mixed_binary_and_json_outputs_decode():
 
 
 @pytest.mark.parametrize(
-    "accept,expected", [("gzip", "gzip"), ("deflate", "deflate"), ("br", None), (None, None)]
+    "accept,expected",
+    [
+        ("gzip", "gzip"),
+        ("deflate", "deflate"),
+        ("br", None),
+        (None, None),
+        ("deflate, gzip;q=0.5", "gzip"),
+        ("gzip;q=0, deflate", "deflate"),
+        ("gzip;q=0", None),
+    ],
 )
 def test_responses_are_compressed_only_when_asked(accept, expected):
     body = b'{"a": 1}' * 100
