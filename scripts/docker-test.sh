@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# End-to-end test of the Docker deployment, for real: build the image, `docker-compose up` two replicas behind
+# the nginx load balancer, send requests through it on 127.0.0.1, stop a replica, `docker-compose down`.
+#
+# No container registry is reachable from CI or the dev machines, so `FROM python:3.11-slim` / `nginx` cannot be
+# pulled. This script builds its own TEST-ONLY base images with debootstrap from Debian's packages (python3 for
+# the service, nginx for the load balancer), imports them with `docker import` and passes them to the build as
+# `--build-arg BASE_IMAGE=...`. They are cached in the daemon's image store (tag carries a recipe version), so
+# only the first run pays for them. The product Dockerfile keeps its public default base.
+#
+# When no daemon is running it installs docker.io / docker-compose / debootstrap with apt (root) and starts
+# dockerd itself, and stops only that daemon at the end. If docker truly cannot run it FAILS, loudly.
+#
+# Environment:
+#   FWS_DOCKER_KEEP=1          leave the compose project and the daemon running (debugging)
+#   FWS_DOCKER_ONNXRUNTIME=cpu  which onnxruntime build the tested image gets (cpu|gpu)
+# Usage: scripts/docker-test.sh [all|bases]   (bases: only the daemon and the cached base images)
+#   DEBIAN_MIRROR=...           override the mirror debootstrap uses (default: this machine's apt sources)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RECIPE_VERSION=1 # bump when the base-image recipes below change: a new tag forces a rebuild
+SUITE=bookworm
+PY_BASE="local/fws-python-base:${SUITE}-r${RECIPE_VERSION}"
+LB_BASE="local/fws-nginx-base:${SUITE}-r${RECIPE_VERSION}"
+APP_IMAGE="fastweights-serve:docker-test"
+ONNXRUNTIME="${FWS_DOCKER_ONNXRUNTIME:-cpu}"
+PYTHON="${PYTHON:-.venv/bin/python}"
+WORK="$(mktemp -d /tmp/fws-docker-test.XXXXXX)"
+STARTED_DOCKERD_PID=""
+# The preinstalled docker client is newer than Debian's daemon; BuildKit would need buildx, which is absent.
+export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
+
+log() { printf '== docker-test: %s\n' "$*" >&2; }
+die() {
+	printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n' >&2
+	printf '!! docker-test FAILED: %s\n' "$*" >&2
+	printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n' >&2
+	exit 1
+}
+
+cleanup() {
+	local rc=$?
+	if [[ -n "$STARTED_DOCKERD_PID" && "${FWS_DOCKER_KEEP:-0}" != 1 ]]; then
+		log "stopping the dockerd this script started (pid $STARTED_DOCKERD_PID)"
+		kill "$STARTED_DOCKERD_PID" 2>/dev/null || true
+		for _ in $(seq 1 30); do kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+	fi
+	rm -rf "$WORK"
+	exit "$rc"
+}
+trap cleanup EXIT
+
+as_root() {
+	if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi
+}
+
+ensure_tools() {
+	local missing=()
+	command -v dockerd >/dev/null || missing+=(docker.io)
+	command -v docker-compose >/dev/null || missing+=(docker-compose)
+	command -v debootstrap >/dev/null || missing+=(debootstrap)
+	[[ ${#missing[@]} -eq 0 ]] && return 0
+	log "installing ${missing[*]} with apt"
+	as_root apt-get update -qq || die "apt-get update failed (root needed to install ${missing[*]})"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >"$WORK/apt.log" 2>&1 ||
+		{ tail -20 "$WORK/apt.log" >&2; die "could not install ${missing[*]}"; }
+}
+
+ensure_daemon() {
+	if docker info >/dev/null 2>&1; then
+		log "using the running docker daemon ($(docker info -f '{{.ServerVersion}}'))"
+		return 0
+	fi
+	log "no docker daemon answers: starting dockerd"
+	local logfile=/tmp/fws-dockerd.log
+	# setsid: the daemon must not get this script's terminal signals; its pid is kept to stop only it.
+	as_root setsid /usr/sbin/dockerd >"$logfile" 2>&1 </dev/null &
+	STARTED_DOCKERD_PID=$!
+	for _ in $(seq 1 60); do
+		docker info >/dev/null 2>&1 && break
+		kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || break
+		sleep 0.5
+	done
+	if ! docker info >/dev/null 2>&1; then
+		tail -30 "$logfile" >&2 || true
+		STARTED_DOCKERD_PID=""
+		die "dockerd did not start (log: $logfile): docker cannot run on this machine"
+	fi
+	log "dockerd $(docker info -f '{{.ServerVersion}}') started (pid $STARTED_DOCKERD_PID)"
+}
+
+debian_mirror() {
+	if [[ -n "${DEBIAN_MIRROR:-}" ]]; then
+		echo "$DEBIAN_MIRROR"
+		return
+	fi
+	# The first `URIs:` (deb822) or `deb` line of this machine's own apt sources: it is what apt reaches here.
+	local uri
+	uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -1 || true)
+	[[ -z "$uri" ]] && uri=$(grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}' | head -1 || true)
+	echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# debootstrap a minimal Debian with the given packages into $1, trust the host's extra CAs (the TLS proxy here
+# re-signs package downloads), trim docs and caches.
+bootstrap_root() {
+	local root=$1 include=$2 mirror
+	mirror=$(debian_mirror)
+	log "debootstrap $SUITE (+$include) from $mirror"
+	as_root debootstrap --variant=minbase --include="$include" "$SUITE" "$root" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
+		{ tail -30 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
+	if [[ -d "$root/usr/local/share/ca-certificates" ]] && compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+		as_root cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+		as_root chroot "$root" update-ca-certificates >/dev/null 2>&1 || true
+	fi
+	as_root rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
+		"$root"/usr/share/locale/* "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+		"$root"/var/cache/debconf/*-old "$root"/var/log/*.log
+}
+
+ensure_python_base() {
+	if docker image inspect "$PY_BASE" >/dev/null 2>&1; then
+		log "base image $PY_BASE: cached"
+		return
+	fi
+	local root="$WORK/python-root" t0=$SECONDS
+	bootstrap_root "$root" python3,python3-venv,ca-certificates
+	# `docker import` keeps no ENV/CMD: give them here. The CA variables make pip (inside the venv the product
+	# Dockerfile creates) trust the re-signing proxy; they exist only in this test base.
+	local ca=/etc/ssl/certs/ca-certificates.crt
+	as_root tar -C "$root" -c . | docker import \
+		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+		--change 'ENV LANG=C.UTF-8' \
+		--change "ENV PIP_CERT=$ca SSL_CERT_FILE=$ca REQUESTS_CA_BUNDLE=$ca" \
+		--change 'CMD ["python3"]' - "$PY_BASE" >/dev/null
+	as_root rm -rf "$root"
+	log "built $PY_BASE in $((SECONDS - t0)) s ($(image_size "$PY_BASE"))"
+}
+
+ensure_lb_base() {
+	if docker image inspect "$LB_BASE" >/dev/null 2>&1; then
+		log "base image $LB_BASE: cached"
+		return
+	fi
+	local root="$WORK/nginx-root" t0=$SECONDS
+	bootstrap_root "$root" nginx-light
+	as_root tar -C "$root" -c . | docker import \
+		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+		--change 'CMD ["nginx", "-g", "daemon off;"]' - "$LB_BASE" >/dev/null
+	as_root rm -rf "$root"
+	log "built $LB_BASE in $((SECONDS - t0)) s ($(image_size "$LB_BASE"))"
+}
+
+image_size() {
+	docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1 / 1e6}'
+}
+
+build_app_image() {
+	local t0=$SECONDS
+	log "docker build $APP_IMAGE (BASE_IMAGE=$PY_BASE, ONNXRUNTIME=$ONNXRUNTIME)"
+	docker build --build-arg "BASE_IMAGE=$PY_BASE" --build-arg "ONNXRUNTIME=$ONNXRUNTIME" \
+		-t "$APP_IMAGE" . >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; die "docker build failed"; }
+	log "built $APP_IMAGE in $((SECONDS - t0)) s ($(image_size "$APP_IMAGE"))"
+}
+
+main() {
+	local t0=$SECONDS
+	[[ -d model_repository ]] || die "model_repository/ is missing: the image bundles it (make model)"
+	ensure_tools
+	ensure_daemon
+	command -v docker-compose >/dev/null || die "docker-compose is not installed"
+	ensure_python_base
+	ensure_lb_base
+	build_app_image
+	log "running the end-to-end tests (tests/deploy, marker docker)"
+	FWS_DOCKER_IMAGE="$APP_IMAGE" FWS_DOCKER_LB_IMAGE="$LB_BASE" \
+		"$PYTHON" -m pytest tests/deploy -m docker -p no:cacheprovider --durations=0 -v ||
+		die "end-to-end docker tests failed (see above)"
+	log "done in $((SECONDS - t0)) s; image sizes: $APP_IMAGE $(image_size "$APP_IMAGE"), $PY_BASE $(image_size "$PY_BASE"), $LB_BASE $(image_size "$LB_BASE")"
+}
+
+case "${1:-all}" in
+all) main ;;
+bases) # only prepare the daemon and the cached base images (e.g. ahead of time)
+	ensure_tools
+	ensure_daemon
+	ensure_python_base
+	ensure_lb_base
+	;;
+*) die "usage: $0 [all|bases]" ;;
+esac

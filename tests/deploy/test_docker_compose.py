@@ -1,0 +1,259 @@
+"""The compose deployment, for real: two replicas behind nginx, requests on 127.0.0.1, failover, down.
+
+Run by `make docker-test` (scripts/docker-test.sh), which builds the images from locally made base images and
+sets FWS_DOCKER_IMAGE / FWS_DOCKER_LB_IMAGE. Every request goes to the load balancer's published port on
+127.0.0.1; the replicas are told apart by the `X-Upstream-Addr` header nginx adds (the replica's address on
+the compose network, matched against `docker inspect`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+QUERY = {"sequence": "c9k8j3f1??c"}
+HEALTHY_TIMEOUT_S = 120
+REQUESTS = 24
+
+
+def compose_command() -> list[str]:
+    """Compose v1 (`docker-compose`, what Debian has) or the v2 plugin (`docker compose`)."""
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        return ["docker", "compose"]
+    raise RuntimeError("neither docker-compose nor the docker compose plugin is installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> str:
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def inspect(container: str) -> dict:
+    return json.loads(run(["docker", "inspect", container]))[0]
+
+
+def health(container: str) -> str:
+    state = inspect(container)["State"]
+    return state["Health"]["Status"] if "Health" in state else state["Status"]
+
+
+def replica_address(container: str) -> str:
+    networks = inspect(container)["NetworkSettings"]["Networks"]
+    (network,) = networks.values()
+    return f"{network['IPAddress']}:8000"
+
+
+@dataclass
+class Stack:
+    compose: list[str]
+    env: dict[str, str]
+    base_url: str
+
+    def containers(self, service: str) -> list[str]:
+        return run([*self.compose, "ps", "-q", service], env=self.env).split()
+
+    def wait_healthy(self, containers: list[str], timeout: float = HEALTHY_TIMEOUT_S) -> float:
+        t0 = time.monotonic()
+        while True:
+            states = {c[:12]: health(c) for c in containers}
+            if all(s == "healthy" for s in states.values()):
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"replicas not healthy after {timeout:.0f} s: {states}\n{self.logs()}")
+            time.sleep(0.5)
+
+    def logs(self) -> str:
+        done = subprocess.run(
+            [*self.compose, "logs", "--no-color", "--tail", "40"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        return done.stdout + done.stderr
+
+    def retrieve_many(self, n: int) -> list[httpx.Response]:
+        # A fresh connection per request: what new clients see (nginx balances per request anyway).
+        out = []
+        for _ in range(n):
+            with httpx.Client(base_url=self.base_url, timeout=15) as client:
+                out.append(client.post("/v1/retrieve", json=QUERY))
+        return out
+
+
+@pytest.fixture(scope="module")
+def stack() -> Stack:
+    image = os.environ.get("FWS_DOCKER_IMAGE")
+    lb_image = os.environ.get("FWS_DOCKER_LB_IMAGE")
+    if not image or not lb_image:
+        raise RuntimeError(
+            "FWS_DOCKER_IMAGE and FWS_DOCKER_LB_IMAGE must name built images: run make docker-test"
+        )
+    port = free_port()
+    project = f"fwstest{os.getpid()}"
+    env = {
+        **os.environ,
+        "FWS_IMAGE": image,
+        "LB_IMAGE": lb_image,
+        "LB_BIND": "127.0.0.1",
+        "LB_PORT": str(port),
+        "MODEL_REPOSITORY_DIR": str(REPO / "model_repository"),
+    }
+    compose = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project]
+    run([*compose, "up", "-d", "--no-build"], env=env, timeout=180)
+    s = Stack(compose=compose, env=env, base_url=f"http://127.0.0.1:{port}")
+    try:
+        yield s
+    finally:
+        print(s.logs())
+        subprocess.run([*compose, "down", "--remove-orphans", "-t", "15"], env=env, timeout=120, check=False)
+
+
+def test_compose_starts_two_replicas_that_become_healthy(stack: Stack) -> None:
+    replicas = stack.containers("fws")
+    assert len(replicas) == 2, replicas
+    waited = stack.wait_healthy(replicas)
+    print(f"both replicas healthy after {waited:.1f} s")
+    # Health comes from the image's HEALTHCHECK command, i.e. the V2 readiness endpoint inside the container.
+    for container in replicas:
+        config = inspect(container)["Config"]
+        assert config["Healthcheck"]["Test"][-1] == "/opt/fws/healthcheck.py"
+        assert config["User"] == "fws:fws"
+        assert run(["docker", "exec", container, "id", "-u"]).strip() != "0"
+
+
+def test_the_model_repository_is_mounted_read_only(stack: Stack) -> None:
+    container = stack.containers("fws")[0]
+    mounts = {m["Destination"]: m for m in inspect(container)["Mounts"]}
+    assert mounts["/models"]["RW"] is False
+    probe = subprocess.run(
+        ["docker", "exec", container, "touch", "/models/x"], capture_output=True, check=False
+    )
+    assert probe.returncode != 0
+
+
+def test_requests_through_the_load_balancer_reach_both_replicas(stack: Stack) -> None:
+    replicas = stack.containers("fws")
+    stack.wait_healthy(replicas)
+    addresses = {replica_address(c): c for c in replicas}
+    responses = stack.retrieve_many(REQUESTS)
+    assert [r.status_code for r in responses] == [200] * REQUESTS
+    assert {r.json()["value"] for r in responses} == {"9"}
+    served_by = Counter(r.headers["x-upstream-addr"] for r in responses)
+    print(f"served by: {dict(served_by)}")
+    assert set(served_by) == set(addresses), (served_by, addresses)
+
+
+def test_v2_protocol_and_typed_errors_pass_through_the_load_balancer(stack: Stack) -> None:
+    with httpx.Client(base_url=stack.base_url, timeout=15) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").status_code == 200
+        assert client.get("/lb/health").status_code == 200
+        infer = client.post(
+            "/v2/models/fastweights_t11/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "tokens",
+                        "shape": [1, 11],
+                        "datatype": "INT64",
+                        "data": metadata_tokens(client, "c9k8j3f1??c"),
+                    }
+                ]
+            },
+        )
+        assert infer.status_code == 200, infer.text
+        assert {o["name"] for o in infer.json()["outputs"]} >= {"logits"}
+        bad = client.post("/v1/retrieve", json={"sequence": "c9c8??c"})
+        assert bad.status_code == 422
+        assert bad.json()["error"]["code"] == "duplicate_key"
+        # The caller's request id reaches the replica and comes back.
+        echoed = client.post("/v1/retrieve", json=QUERY, headers={"X-Request-ID": "docker-test-1"})
+        assert echoed.headers["x-request-id"] == "docker-test-1"
+
+
+def metadata_tokens(client: httpx.Client, sequence: str) -> list[int]:
+    """Encode with the vocabulary the served model publishes in its V2 metadata (no local model code)."""
+    metadata = client.get("/v2/models/fastweights_t11")
+    assert metadata.status_code == 200, metadata.text
+    params = metadata.json().get("parameters", {})
+    vocab = params.get("vocab")
+    if isinstance(vocab, str):
+        vocab = json.loads(vocab)
+    assert vocab, f"model metadata carries no vocab: {metadata.json()}"
+    return [vocab.index(ch) for ch in sequence]
+
+
+def test_a_stopped_replica_is_routed_around(stack: Stack) -> None:
+    replicas = stack.containers("fws")
+    stack.wait_healthy(replicas)
+    victim, survivor = replicas
+    survivor_address = replica_address(survivor)
+    t0 = time.monotonic()
+    run(["docker", "stop", "-t", "15", victim])
+    stop_s = time.monotonic() - t0
+    # Exec-form entrypoint + init: SIGTERM reaches the server, which drains and exits 0 well within the grace.
+    assert inspect(victim)["State"]["ExitCode"] == 0
+    assert stop_s < 10, f"docker stop took {stop_s:.1f} s: SIGTERM was not handled"
+    responses = stack.retrieve_many(REQUESTS)
+    assert [r.status_code for r in responses] == [200] * REQUESTS
+    assert {r.headers["x-upstream-addr"].split(", ")[-1] for r in responses} == {survivor_address}
+    print(f"replica stopped in {stop_s:.1f} s; {REQUESTS}/{REQUESTS} requests answered by the survivor")
+    run(["docker", "start", victim])
+    stack.wait_healthy(replicas)
+
+
+def test_a_crashed_replica_fails_over_and_is_restarted(stack: Stack) -> None:
+    replicas = stack.containers("fws")
+    stack.wait_healthy(replicas)
+    victim = replicas[0]
+    restarts = inspect(victim)["RestartCount"]
+    # SIGKILL every process of the service user except the init (PID 1 ignores it): the server dies hard.
+    # (The shell's kill: the image has no procps.) The exec dies with the rest: its status means nothing.
+    subprocess.run(["docker", "exec", victim, "sh", "-c", "kill -KILL -1"], capture_output=True, check=False)
+    responses = stack.retrieve_many(REQUESTS)
+    assert [r.status_code for r in responses] == [200] * REQUESTS
+    # restart: unless-stopped brings it back; it rejoins once healthy.
+    deadline = time.monotonic() + 60
+    while inspect(victim)["RestartCount"] == restarts:
+        assert time.monotonic() < deadline, "the crashed replica was not restarted"
+        time.sleep(0.5)
+    stack.wait_healthy(replicas)
+    served_by = Counter(r.headers["x-upstream-addr"] for r in stack.retrieve_many(REQUESTS))
+    assert set(served_by) == {replica_address(c) for c in replicas}, served_by
+
+
+def test_compose_down_removes_everything_quickly(stack: Stack) -> None:
+    t0 = time.monotonic()
+    run([*stack.compose, "down", "--remove-orphans", "-t", "15"], env=stack.env)
+    down_s = time.monotonic() - t0
+    print(f"compose down in {down_s:.1f} s")
+    assert stack.containers("fws") == []
+    assert stack.containers("lb") == []
+    assert down_s < 30
