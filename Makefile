@@ -10,7 +10,7 @@ DEFAULT_CKPT := checkpoints/default.pt
 DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 30000 --lr-schedule cosine \
 	--eval-every 1000 --seed 0 --threads 2
 
-.PHONY: install install-serve serve test test-unit test-integration model lint format typecheck bench reproduce clean
+.PHONY: install install-serve serve test test-unit test-integration docker-test model lint format typecheck bench reproduce clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-unit: $(VENV)/.all
 
 test-integration: $(VENV)/.all
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# The Docker deployment end to end (image, compose, load balancer, failover); starts dockerd if none runs.
+docker-test: $(VENV)/.all
+	PYTHON=$(PY) bash scripts/docker-test.sh
 
 lint: $(VENV)/.all
 	$(BIN)/ruff check .
