@@ -31,7 +31,7 @@ from client.outputs import (
     scan_for_resume,
 )
 from client.retry import RetryPolicy
-from client.scorer import RunFailed, ScoreConfig, Scorer, chunked, run_pipeline
+from client.scorer import PROTOCOLS, RunFailed, ScoreConfig, Scorer, chunked, run_pipeline
 from client.stats import Stats
 
 EXIT_OK = 0
@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $FWS_URL or http://127.0.0.1:8000)",
     )
     p.add_argument("--model", help="model family to ask for (server default when omitted)")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="rest",
+        help="rest: the native /v1/retrieve/batch (default; the server validates the grammar); v2: token "
+        "tensors through /v2/models/<bucket>/infer, encoded here from the V2 metadata (no grammar check)",
+    )
     p.add_argument("--chunk-size", type=int, default=512, help="rows per request (server max: 1024 default)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
@@ -123,6 +130,7 @@ async def _score(
     )
     async with httpx.AsyncClient(timeout=config.timeout, limits=limits) as http:
         scorer = Scorer(config, http, stats)
+        await scorer.prepare()
         await run_pipeline(chunked(rows, config.chunk_size), scorer.score_chunk, write, config.concurrency)
     return scored
 
@@ -178,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         timeout=args.timeout,
         api_key=args.api_key,
+        protocol=args.protocol,
         policy=RetryPolicy(max_attempts=args.max_attempts, base=args.backoff_base, cap=args.backoff_cap),
     )
     progress = None

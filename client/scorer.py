@@ -21,8 +21,10 @@ from client.inputs import Row
 from client.outputs import dumps, loads
 from client.retry import RetryPolicy, classify, parse_retry_after
 from client.stats import Stats
+from client.v2 import Bucket, V2Codec, V2Error, bucket_names, parse_buckets
 
 BATCH_PATH = "/v1/retrieve/batch"
+PROTOCOLS = ("rest", "v2")
 
 
 class RunFailed(Exception):
@@ -39,6 +41,7 @@ class ScoreConfig:
     timeout: float = 60.0
     api_key: str | None = None
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    protocol: str = "rest"  # or "v2": token tensors through /v2/models/{bucket}/infer (see client.v2)
 
 
 def chunked(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -82,18 +85,50 @@ class Scorer:
     def __init__(self, config: ScoreConfig, http: httpx.AsyncClient, stats: Stats):
         if not config.urls:
             raise ValueError("at least one server URL is needed")
+        if config.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {config.protocol!r}")
         self.config = config
         self.http = http
         self.stats = stats
-        self._round_robin = itertools.cycle([u.rstrip("/") + BATCH_PATH for u in config.urls])
-        self.headers = {"Content-Type": "application/json"}
-        if config.api_key:
-            self.headers["Authorization"] = f"Bearer {config.api_key}"
+        self._round_robin = itertools.cycle([u.rstrip("/") for u in config.urls])
+        self.auth: dict[str, str] = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self.codec: V2Codec | None = None
+
+    async def prepare(self) -> None:
+        """For V2: discover the family's buckets and how to encode for them (retried like any request)."""
+        if self.config.protocol != "v2":
+            return
+        family = self.config.model or "fastweights"
+        index = await self._json("POST", "/v2/repository/index")
+        names = bucket_names(family, index)
+        metadata = {name: await self._json("GET", f"/v2/models/{name}") for name in names}
+        configs = {name: await self._json("GET", f"/v2/models/{name}/config") for name in names}
+        try:
+            self.codec = V2Codec(parse_buckets(family, index, metadata, configs))
+        except V2Error as exc:
+            raise RunFailed(f"V2: {exc}") from None
+
+    async def _json(self, method: str, path: str) -> Any:
+        response = await self._send(method, path, b"", {}, 0)
+        try:
+            payload = loads(response.content)
+        except ValueError:
+            payload = None
+        if response.status_code != 200 or payload is None:
+            raise RunFailed(f"{method} {path}: HTTP {response.status_code}: {response.text[:200]}")
+        return payload
 
     async def score_chunk(self, rows: list[Row]) -> list[dict[str, Any]]:
         """Answers (or errors) for every row of a chunk, in order."""
         sendable = [row for row in rows if row.item is not None]
-        results = iter(await self._score_items([row.item for row in sendable]) if sendable else [])
+        items = [row.item for row in sendable]
+        if not sendable:
+            answers: list[dict[str, Any]] = []
+        elif self.config.protocol == "v2":
+            answers = await self._score_items_v2(items)
+        else:
+            answers = await self._score_items(items)
+        results = iter(answers)
         records = []
         for row in rows:
             if row.item is None:
@@ -110,18 +145,14 @@ class Scorer:
             body = dumps(envelope)
         except (TypeError, ValueError) as exc:  # e.g. an integer too large for JSON encoders
             if len(items) == 1:
-                return [
-                    {
-                        "error": {
-                            "code": "invalid_row",
-                            "message": f"cannot encode as JSON: {exc}",
-                            "field": "",
-                        }
-                    }
-                ]
-            return await self._split(items)
-        status, payload = await self._post(body, len(items))
-        if status == 200:
+                message = f"cannot encode as JSON: {exc}"
+                return [{"error": {"code": "invalid_row", "message": message, "field": ""}}]
+            return await self._split(self._score_items, items)
+        response = await self._send(
+            "POST", BATCH_PATH, body, {"Content-Type": "application/json"}, len(items)
+        )
+        payload = self._payload(response)
+        if response.status_code == 200:
             results = payload.get("results") if isinstance(payload, dict) else None
             if not isinstance(results, list) or len(results) != len(items):
                 raise RunFailed(
@@ -132,21 +163,79 @@ class Scorer:
         # The request as a whole was refused (413 too large, 422 too many items, 500...): halve it until
         # the rows at fault are alone; a lone row's refusal is that row's error, the others are answered.
         if len(items) == 1:
-            return [{"error": _error_from_body(status, payload)}]
-        return await self._split(items)
+            return [{"error": _error_from_body(response.status_code, payload)}]
+        return await self._split(self._score_items, items)
 
-    async def _split(self, items: list[Any]) -> list[dict[str, Any]]:
+    async def _score_items_v2(self, items: list[Any]) -> list[dict[str, Any]]:
+        assert self.codec is not None, "prepare() first"
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        groups: dict[str, tuple[Bucket, list[tuple[int, list[int], int]]]] = {}
+        for pos, item in enumerate(items):
+            encoded = self.codec.bucket_for(item)
+            if isinstance(encoded, dict):
+                results[pos] = encoded
+            else:
+                bucket, ids, length = encoded
+                groups.setdefault(bucket.name, (bucket, []))[1].append((pos, ids, length))
+        # One request per bucket (and per max_batch rows), one after the other: the chunk keeps its one
+        # slot of the `concurrency` requests in flight.
+        for bucket, members in groups.values():
+            for lo in range(0, len(members), bucket.max_batch):
+                part = members[lo : lo + bucket.max_batch]
+                answers = await self._infer_v2(bucket, [m[1] for m in part], [m[2] for m in part])
+                for (pos, _, _), answer in zip(part, answers, strict=True):
+                    results[pos] = answer
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    async def _infer_v2(
+        self, bucket: Bucket, rows: list[list[int]], lengths: list[int]
+    ) -> list[dict[str, Any]]:
+        assert self.codec is not None
+        body, headers = self.codec.request(rows, bucket.seq_len)
+        response = await self._send("POST", f"/v2/models/{bucket.name}/infer", body, headers, len(rows))
+        if response.status_code != 200:
+            if len(rows) == 1:
+                return [{"error": _error_from_body(response.status_code, self._payload(response))}]
+            mid = len(rows) // 2
+            return await self._infer_v2(bucket, rows[:mid], lengths[:mid]) + await self._infer_v2(
+                bucket, rows[mid:], lengths[mid:]
+            )
+        try:
+            flat = self.codec.logits(
+                response.content,
+                response.headers.get("Inference-Header-Content-Length"),
+                len(rows),
+                len(bucket.classes),
+            )
+        except (V2Error, ValueError, KeyError, TypeError) as exc:
+            raise RunFailed(f"V2 infer response of {bucket.name} not understood: {exc}") from None
+        return self.codec.answers(flat, bucket, lengths)
+
+    @staticmethod
+    def _payload(response: httpx.Response) -> Any:
+        try:
+            return loads(response.content)
+        except ValueError:
+            return {"error": response.text[:200]}
+
+    async def _split(self, score: Callable[[list[Any]], Awaitable[list[dict[str, Any]]]], items: list[Any]):
         mid = len(items) // 2
-        return await self._score_items(items[:mid]) + await self._score_items(items[mid:])
+        return await score(items[:mid]) + await score(items[mid:])
 
-    async def _post(self, body: bytes, n_items: int) -> tuple[int, Any]:
+    async def _send(
+        self, method: str, path: str, body: bytes, headers: dict[str, str], n_items: int
+    ) -> httpx.Response:
+        """One request, retried on transient failures, each attempt to the next server. Returns a 200 or a
+        refusal worth splitting; raises RunFailed on a fatal status or when the attempts run out."""
         policy = self.config.policy
+        headers = {**headers, **self.auth}
         for attempt in itertools.count():
-            url = next(self._round_robin)
+            url = next(self._round_robin) + path
             retry_after: float | None = None
             try:
                 self.stats.requests += 1
-                response = await self.http.post(url, content=body, headers=self.headers)
+                response = await self.http.request(method, url, content=body, headers=headers)
             except (
                 httpx.TransportError
             ) as exc:  # connect/read errors and timeouts: the server may be restarting
@@ -154,19 +243,14 @@ class Scorer:
             else:
                 kind = classify(response.status_code)
                 if kind in ("ok", "split"):
-                    try:
-                        payload = loads(response.content)
-                    except ValueError:
-                        payload = {"error": response.text[:200]}
-                    return response.status_code, payload
+                    return response
                 reason = f"{url}: HTTP {response.status_code}: {response.text[:200]}"
                 if kind == "fatal":
                     raise RunFailed(reason)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if not policy.should_retry(attempt):
-                raise RunFailed(
-                    f"gave up on a chunk of {n_items} rows after {attempt + 1} attempts; last: {reason}"
-                )
+                what = f"a chunk of {n_items} rows" if n_items else f"{method} {path}"
+                raise RunFailed(f"gave up on {what} after {attempt + 1} attempts; last: {reason}")
             self.stats.retries += 1
             await asyncio.sleep(policy.delay(attempt, retry_after))
         raise AssertionError("unreachable")

@@ -311,3 +311,27 @@ def test_an_unreachable_server_fails_the_run_with_exit_code_3_and_a_resume_hint(
     done = run_client(client_cmd(inp, out, url, extra=("--max-attempts", "3", "--backoff-base", "0.01")))
     assert done.returncode == 3, done.stderr
     assert "3 attempts" in done.stderr and "--resume" in done.stderr
+
+
+def test_the_v2_protocol_option_encodes_from_the_v2_metadata_and_gives_the_same_answers(
+    server: Server, data: Reference, tmp_path: Path
+) -> None:
+    n = 10_000
+    inp, out, summary = (
+        write_jsonl(tmp_path / "in.jsonl", data, n),
+        tmp_path / "out.jsonl",
+        tmp_path / "s.json",
+    )
+    with inp.open("a") as f:  # what V2 can still catch client-side
+        f.write('{"id": "bad", "sequence": "c9k8??C"}\n{"id": "long", "sequence": "' + "a1" * 20 + '??a"}\n')
+    done = run_client(
+        client_cmd(inp, out, server.url, extra=("--protocol", "v2", "--summary-json", str(summary)))
+    )
+    assert done.returncode == 1, done.stderr
+    got = records(out)
+    assert [r["error"]["code"] for r in got[n:]] == ["unknown_character", "too_long"]
+    (out.with_name("answers.jsonl")).write_text("".join(json.dumps(r) + "\n" for r in got[:n]))
+    answered = assert_complete_and_right(out.with_name("answers.jsonl"), data, n)
+    assert all(r["num_pairs"] == (len(data.sequences[r["line"] - 1]) - 3) // 2 for r in answered)
+    s = json.loads(summary.read_text())
+    assert s["requests"] >= 3 * (n // 512)  # a request per bucket (K = 1, 2-4, 5-8) per chunk
