@@ -274,23 +274,32 @@ async def _infer(
         )
     except V2Error as exc:
         raise bad_request(exc) from None
-    # From here to the submit there is no await: the version validated is the version that computes.
-    model = lookup(registry, name, version)
-    inputs, outputs = tensor_metas(model)
-    try:
-        tensors = validate_inputs(
-            parsed,
-            inputs,
-            outputs,
-            max_batch_size=settings.max_batch_size,
-            token_range={"tokens": (0, len(model.info.vocab_tokens))},
-        )
-    except V2Error as exc:
-        raise bad_request(exc) from None
     deadline = None if parsed.timeout_us is None else time.monotonic() + parsed.timeout_us / 1e6
-    results = await until_disconnect(
-        request, registry.infer(name, tensors["tokens"], model.info.version, deadline)
-    )
+    for attempt in range(2):
+        model = lookup(registry, name, version)
+        inputs, outputs = tensor_metas(model)
+        try:
+            tensors = validate_inputs(
+                parsed,
+                inputs,
+                outputs,
+                max_batch_size=settings.max_batch_size,
+                token_range={"tokens": (0, len(model.info.vocab_tokens))},
+            )
+        except V2Error as exc:
+            raise bad_request(exc) from None
+        # Pin the version validated here: the answer must come from it and say so.
+        try:
+            results = await until_disconnect(
+                request, registry.infer(name, tensors["tokens"], model.info.version, deadline)
+            )
+            break
+        except ModelNotFoundError:
+            # A reload swapped versions between the lookup and the submit: a request that named no version
+            # goes to the new one (validated again); one that named the old version gets the 404.
+            if version is not None or attempt == 1 or not registry.is_ready(name):
+                raise
+    payload, header_length = build_infer_response(model.info.name, model.info.version, results, parsed)
     payload, header_length = build_infer_response(model.info.name, model.info.version, results, parsed)
     headers: dict[str, str] = {}
     if header_length is not None:

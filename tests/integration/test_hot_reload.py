@@ -18,8 +18,11 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.http as httpclient
+from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
+from service.config import Settings
+from service.main import create_app
 from tests.integration.server import Server, start_server
 
 MODEL = "fastweights_t11"
@@ -159,3 +162,60 @@ def test_a_good_new_version_is_picked_up_while_in_flight_requests_finish_on_thei
     finally:
         # Keep the served version on disk (it stays the newest), so later loads see a consistent repository.
         pass
+
+
+def test_reloads_under_a_steady_stream_of_requests_fail_none_of_them(repo, reload_server, tc):
+    first = int(served_version(reload_server))
+    versions = [str(first + i) for i in range(1, 4)]
+    stop = threading.Event()
+    responses: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def stream(client: httpx.Client) -> None:
+        while not stop.is_set():
+            r = client.post(f"/v2/models/{MODEL}/infer", json=infer_body())
+            with lock:
+                responses.append(r)
+
+    with httpx.Client(base_url=reload_server.url, timeout=30) as shared:
+        threads = [threading.Thread(target=stream, args=(shared,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            for v in versions:
+                (repo / MODEL / v).mkdir()
+                shutil.copy(repo / MODEL / "1" / "model.onnx", repo / MODEL / v / "model.onnx")
+                tc.load_model(MODEL)
+                time.sleep(RUN_DELAY_S)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+    assert responses and all(r.status_code == 200 for r in responses), [r.text for r in responses[:3]]
+    assert {r.json()["model_version"] for r in responses} <= {str(first), *versions}
+    assert served_version(reload_server) == versions[-1]
+
+
+def test_a_swap_between_validation_and_submit_is_retried_on_the_new_version(model_repository, tmp_path):
+    """Force the race: a reload lands after the route validated against version 1 but before it queued."""
+    shutil.copytree(model_repository / MODEL, tmp_path / MODEL)
+    app = create_app(Settings(model_repository=tmp_path, device="cpu", ort_intra_op_threads=1))
+    with TestClient(app) as client:
+        registry = app.state.registry
+        original = registry.infer
+        swaps = []
+
+        async def infer_after_a_swap(name, tokens, version=None, deadline=None):
+            if not swaps:
+                new = tmp_path / MODEL / "2"
+                new.mkdir()
+                shutil.copy(tmp_path / MODEL / "1" / "model.onnx", new / "model.onnx")
+                swaps.append(await registry.load(name))
+            return await original(name, tokens, version, deadline)
+
+        registry.infer = infer_after_a_swap
+        r = client.post(f"/v2/models/{MODEL}/infer", json=infer_body())
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == "2" and len(swaps) == 1
+        pinned = client.post(f"/v2/models/{MODEL}/versions/1/infer", json=infer_body())
+        assert pinned.status_code == 404 and "no version '1'" in pinned.json()["error"]
