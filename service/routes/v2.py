@@ -300,7 +300,6 @@ async def _infer(
             if version is not None or attempt == 1 or not registry.is_ready(name):
                 raise
     payload, header_length = build_infer_response(model.info.name, model.info.version, results, parsed)
-    payload, header_length = build_infer_response(model.info.name, model.info.version, results, parsed)
     headers: dict[str, str] = {}
     if header_length is not None:
         headers["Inference-Header-Content-Length"] = str(header_length)
