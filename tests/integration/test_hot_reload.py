@@ -132,14 +132,17 @@ def test_a_good_new_version_is_picked_up_while_in_flight_requests_finish_on_thei
         shutil.copy(repo / MODEL / "1" / "model.onnx", new / "model.onnx")
         results: list[tuple[float, httpx.Response]] = []
         lock = threading.Lock()
+        go = threading.Barrier(6)
 
-        def one() -> None:
-            r = httpx.post(f"{reload_server.url}/v2/models/{MODEL}/infer", json=infer_body(), timeout=30)
+        def one(client: httpx.Client) -> None:
+            go.wait()
+            r = client.post(f"/v2/models/{MODEL}/infer", json=infer_body())
             with lock:
                 results.append((time.monotonic(), r))
 
         # 6 requests queue behind each other on the old version (one row per run, RUN_DELAY_S each): ~1.2 s.
-        threads = [threading.Thread(target=one) for _ in range(6)]
+        shared = httpx.Client(base_url=reload_server.url, timeout=30)
+        threads = [threading.Thread(target=one, args=(shared,)) for _ in range(6)]
         for t in threads:
             t.start()
         wait_for_queued_rows(reload_server, 2)  # one request running, the others queued on the old version
@@ -148,6 +151,7 @@ def test_a_good_new_version_is_picked_up_while_in_flight_requests_finish_on_thei
         assert served_version(reload_server) == new.name
         for t in threads:
             t.join()
+        shared.close()
         assert [r.status_code for _, r in results] == [200] * 6
         assert {r.json()["model_version"] for _, r in results} == {serving}
         assert any(done > swapped_at for done, _ in results), "no request was still in flight at the swap"

@@ -453,12 +453,19 @@ def test_a_request_whose_client_went_away_is_never_computed(slow_server, metadat
     gone = f'fws_requests_rejected_total{{model="{MODEL}",reason="client_gone"}}'
     runs = f'fws_batch_size_rows_count{{model="{MODEL}"}}'
     gone_before, runs_before = metric_value(slow_server, gone), metric_value(slow_server, runs)
-    busy = [threading.Thread(target=tc_infer_quietly, args=(slow_server, tokens)) for _ in range(2)]
+    go = threading.Barrier(4)
+
+    def busy_request(client: httpx.Client) -> None:
+        go.wait()
+        client.post(f"/v2/models/{MODEL}/infer", content=body, headers=auth())
+
+    shared = httpx.Client(base_url=slow_server.url, timeout=30)
+    busy = [threading.Thread(target=busy_request, args=(shared,)) for _ in range(4)]  # 1 runs, 3 queue
     for t in busy:
         t.start()
     deadline = time.monotonic() + 10
-    while metric_value(slow_server, f'fws_queue_depth_rows{{model="{MODEL}"}}') < 1:  # the model is busy
-        assert time.monotonic() < deadline
+    while metric_value(slow_server, f'fws_queue_depth_rows{{model="{MODEL}"}}') < 2:  # >= 0.3 s of work ahead
+        assert time.monotonic() < deadline, "the busy requests never queued"
         time.sleep(0.01)
     with socket.create_connection(("127.0.0.1", slow_server.port)) as sock:
         head = (
@@ -469,9 +476,10 @@ def test_a_request_whose_client_went_away_is_never_computed(slow_server, metadat
         time.sleep(0.05)  # queued behind the busy runs; then the client hangs up
     for t in busy:
         t.join()
-    time.sleep(3 * 0.15)
+    shared.close()
+    time.sleep(0.15)
     assert metric_value(slow_server, gone) == gone_before + 1
-    assert metric_value(slow_server, runs) == runs_before + 2  # only the two busy requests ran
+    assert metric_value(slow_server, runs) == runs_before + 4  # only the busy requests ran
 
 
 # ------------------------------------------------------------------------------------ README examples
