@@ -132,7 +132,7 @@ def test_a_good_new_version_is_picked_up_while_in_flight_requests_finish_on_thei
         shutil.copy(repo / MODEL / "1" / "model.onnx", new / "model.onnx")
         results: list[tuple[float, httpx.Response]] = []
         lock = threading.Lock()
-        go = threading.Barrier(6)
+        go = threading.Barrier(8)
 
         def one(client: httpx.Client) -> None:
             go.wait()
@@ -140,9 +140,9 @@ def test_a_good_new_version_is_picked_up_while_in_flight_requests_finish_on_thei
             with lock:
                 results.append((time.monotonic(), r))
 
-        # 6 requests queue behind each other on the old version (one row per run, RUN_DELAY_S each): ~1.2 s.
+        # 8 requests queue behind each other on the old version (one row per run, RUN_DELAY_S each): ~1.6 s.
         shared = httpx.Client(base_url=reload_server.url, timeout=30)
-        threads = [threading.Thread(target=one, args=(shared,)) for _ in range(6)]
+        threads = [threading.Thread(target=one, args=(shared,)) for _ in range(8)]
         for t in threads:
             t.start()
         wait_for_queued_rows(reload_server, 2)  # one request running, the others queued on the old version
@@ -152,7 +152,7 @@ def test_a_good_new_version_is_picked_up_while_in_flight_requests_finish_on_thei
         for t in threads:
             t.join()
         shared.close()
-        assert [r.status_code for _, r in results] == [200] * 6
+        assert [r.status_code for _, r in results] == [200] * 8
         assert {r.json()["model_version"] for _, r in results} == {serving}
         assert any(done > swapped_at for done, _ in results), "no request was still in flight at the swap"
         # Same weights in both versions: the answers agree, so nothing was mixed up on the way.
