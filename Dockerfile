@@ -45,7 +45,8 @@ LABEL org.opencontainers.image.title="fastweights-serve" \
       org.opencontainers.image.description="Fast-weight associative-memory RNNs served with onnxruntime (native JSON API + Open Inference Protocol V2)" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.fastweights.onnxruntime="${ONNXRUNTIME}"
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin fws
+RUN groupadd --system --gid 10001 fws \
+    && useradd --system --uid 10001 --gid fws --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin fws
 COPY --from=build /opt/fws /opt/fws
 RUN cp /opt/fws/nvidia-libs.conf /etc/ld.so.conf.d/fws-nvidia.conf && ldconfig
 COPY deploy/healthcheck.py /opt/fws/healthcheck.py

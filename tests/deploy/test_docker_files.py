@@ -1,0 +1,250 @@
+"""Static checks of the Docker deployment files (no daemon needed), and the two helper scripts the image runs:
+deploy/serve_requirements.py (at build time) and deploy/healthcheck.py (the HEALTHCHECK, against a real HTTP
+server on 127.0.0.1). The end-to-end behaviour is in test_docker_compose.py (make docker-test)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy import healthcheck
+from deploy.serve_requirements import serve_requirements, split_requirement
+from service.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = (REPO / "Dockerfile").read_text()
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+NGINX = (REPO / "deploy" / "nginx" / "nginx.conf").read_text()
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+SETTINGS = {f"FWS_{name.upper()}" for name in Settings.model_fields}
+
+
+def instructions(keyword: str) -> list[str]:
+    """Arguments of every `KEYWORD ...` instruction of the Dockerfile (continuation lines joined)."""
+    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    return [m.group(1).strip() for m in re.finditer(rf"^{keyword}\s+(.*)$", joined, re.M)]
+
+
+# Dockerfile
+
+
+def test_dockerfile_defaults_to_a_public_python_base_and_offers_cpu_or_gpu_onnxruntime() -> None:
+    assert instructions("ARG")[0] == "BASE_IMAGE=python:3.11-slim"
+    assert "ONNXRUNTIME=cpu" in instructions("ARG")
+    stages = instructions("FROM")
+    assert stages == ["${BASE_IMAGE} AS build", "${BASE_IMAGE} AS runtime"]
+
+
+def test_runtime_stage_runs_as_non_root_with_an_exec_form_entrypoint_and_v2_healthcheck() -> None:
+    (user,) = instructions("USER")
+    assert user.split(":")[0] not in ("root", "0")
+    (entrypoint,) = instructions("ENTRYPOINT")
+    assert json.loads(entrypoint) == ["/opt/fws/bin/python", "-m", "service"]  # exec form: JSON array
+    (check,) = instructions("HEALTHCHECK")
+    command = json.loads(check.split("CMD", 1)[1])
+    assert command == ["/opt/fws/bin/python", "/opt/fws/healthcheck.py"]
+    assert healthcheck.READY_PATH == "/v2/health/ready"
+
+
+def test_runtime_image_is_configured_through_real_service_settings() -> None:
+    env = " ".join(instructions("ENV"))
+    names = set(re.findall(r"\b(FWS_[A-Z_]+)=", env))
+    assert names >= {"FWS_HOST", "FWS_PORT", "FWS_MODEL_REPOSITORY"}
+    assert names <= SETTINGS, names - SETTINGS
+    assert "FWS_MODEL_REPOSITORY=/models" in env
+    assert "COPY model_repository /models" in DOCKERFILE
+
+
+def test_runtime_stage_gets_no_torch_and_no_build_tools() -> None:
+    runtime = DOCKERFILE.split("AS runtime", 1)[1]
+    assert "pip install" not in runtime
+    assert not re.search(r"apt-get|gcc|build-essential", DOCKERFILE)
+    # The build itself fails if torch ever sneaks into the venv.
+    assert '! /opt/fws/bin/python -c "import torch"' in DOCKERFILE
+    assert "pip uninstall -q -y pip setuptools" in DOCKERFILE
+
+
+def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    sources = set()
+    for copy in instructions("COPY"):
+        if copy.startswith("--from"):
+            continue
+        sources |= set(copy.split()[:-1])
+    sources = {s.rstrip("/") for s in sources}
+    assert sources <= allowed, sources - allowed
+    for path in allowed:
+        assert (REPO / path).exists(), path
+
+
+# serve_requirements.py
+
+
+def test_cpu_image_swaps_onnxruntime_gpu_for_the_cpu_wheel_with_the_same_bound() -> None:
+    cpu = serve_requirements(PYPROJECT, "cpu")
+    gpu = serve_requirements(PYPROJECT, "gpu")
+    (cpu_ort,) = [r for r in cpu if split_requirement(r)[0].startswith("onnxruntime")]
+    (gpu_ort,) = [r for r in gpu if split_requirement(r)[0].startswith("onnxruntime")]
+    assert split_requirement(cpu_ort)[:2] == ("onnxruntime", "")
+    assert split_requirement(gpu_ort)[:2] == ("onnxruntime-gpu", "[cuda,cudnn]")
+    assert split_requirement(cpu_ort)[2] == split_requirement(gpu_ort)[2]
+    others = [r for r in cpu if r != cpu_ort]
+    assert others == [r for r in gpu if r != gpu_ort]
+    assert all(split_requirement(r)[0] != "torch" for r in cpu + gpu)
+
+
+def test_serve_requirements_rejects_an_unknown_flavour_and_a_serve_extra_without_onnxruntime() -> None:
+    with pytest.raises(ValueError, match="cpu"):
+        serve_requirements(PYPROJECT, "rocm")
+    broken = {"project": {"dependencies": [], "optional-dependencies": {"serve": ["fastapi>=0.115"]}}}
+    with pytest.raises(ValueError, match="onnxruntime"):
+        serve_requirements(broken, "cpu")
+
+
+def test_serve_requirements_cli_prints_one_requirement_per_line() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "serve_requirements.py"), "--onnxruntime", "cpu"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.splitlines() == serve_requirements(PYPROJECT, "cpu")
+
+
+# healthcheck.py
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:8000/v2/health/ready"),
+        ("::", "http://127.0.0.1:8000/v2/health/ready"),
+        ("10.1.2.3", "http://10.1.2.3:8000/v2/health/ready"),
+        ("fd00::1", "http://[fd00::1]:8000/v2/health/ready"),
+    ],
+)
+def test_healthcheck_probes_the_address_the_service_binds(host: str, url: str) -> None:
+    assert healthcheck.ready_url({"FWS_HOST": host, "FWS_PORT": "8000"}) == url
+
+
+@pytest.fixture
+def fake_service() -> Iterator[dict[str, Any]]:
+    state: dict[str, Any] = {"status": 200, "paths": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state["paths"].append(self.path)
+            self.send_response(state["status"])
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["port"] = server.server_address[1]
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def run_healthcheck(port: int) -> int:
+    env = {"FWS_HOST": "0.0.0.0", "FWS_PORT": str(port), "PATH": "/usr/bin:/bin"}
+    script = REPO / "deploy" / "healthcheck.py"
+    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=20).returncode
+
+
+def test_healthcheck_passes_only_while_the_service_is_ready(fake_service: dict[str, Any]) -> None:
+    assert run_healthcheck(fake_service["port"]) == 0
+    fake_service["status"] = 503  # loading, warming up or draining
+    assert run_healthcheck(fake_service["port"]) == 1
+    assert fake_service["paths"] == ["/v2/health/ready"] * 2
+
+
+def test_healthcheck_fails_when_nothing_listens(fake_service: dict[str, Any]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    assert run_healthcheck(closed_port) == 1
+
+
+# docker-compose.yml and the load balancer
+
+
+def compose_env(service: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in service["environment"].items()}
+
+
+def test_compose_runs_replicas_with_healthcheck_restart_and_a_read_only_model_mount() -> None:
+    fws = COMPOSE["services"]["fws"]
+    assert fws["deploy"]["replicas"] >= 2
+    assert fws["restart"] == "unless-stopped"
+    assert fws["init"] is True
+    assert fws["healthcheck"]["test"] == ["CMD", "/opt/fws/bin/python", "/opt/fws/healthcheck.py"]
+    (mount,) = fws["volumes"]
+    assert mount["target"] == compose_env(fws)["FWS_MODEL_REPOSITORY"] == "/models"
+    assert mount["read_only"] is True
+    assert mount["source"].startswith("${MODEL_REPOSITORY_DIR:-")  # overridable
+    assert fws["read_only"] is True and "/tmp" in fws["tmpfs"]
+    # Compose's grace period outlasts the service's own drain.
+    grace = int(fws["stop_grace_period"].rstrip("s"))
+    assert grace > float(compose_env(fws)["FWS_DRAIN_TIMEOUT_S"])
+
+
+def test_compose_environment_names_only_real_service_settings() -> None:
+    for name in ("fws", "fws-gpu"):
+        env = compose_env(COMPOSE["services"][name])
+        assert set(env) <= SETTINGS, set(env) - SETTINGS
+        assert env["FWS_HOST"] == "0.0.0.0"
+
+
+def test_gpu_profile_reserves_an_nvidia_device_and_joins_the_balanced_pool() -> None:
+    gpu = COMPOSE["services"]["fws-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert gpu["build"]["args"]["ONNXRUNTIME"] == "gpu"
+    assert compose_env(gpu)["FWS_DEVICE"] == "cuda"
+    assert "fws" in gpu["networks"]["default"]["aliases"]
+    assert "profiles" not in COMPOSE["services"]["fws"] and "profiles" not in COMPOSE["services"]["lb"]
+
+
+def test_load_balancer_fronts_the_fws_service_on_one_port() -> None:
+    lb = COMPOSE["services"]["lb"]
+    (published,) = lb["ports"]
+    assert published == "${LB_BIND:-127.0.0.1}:${LB_PORT:-8080}:8080"
+    assert re.search(r"^\s*listen 8080;", NGINX, re.M)
+    (conf,) = lb["volumes"]
+    assert (REPO / conf["source"]).resolve() == (REPO / "deploy/nginx/nginx.conf").resolve()
+    assert conf["target"] == "/etc/nginx/nginx.conf" and conf["read_only"] is True
+    assert lb["command"] == ["nginx", "-g", "daemon off;"]
+    # nginx balances over whatever answers to the compose service name, on the service's port.
+    (upstream,) = re.findall(r"set \$fws_replicas (\S+);", NGINX)
+    assert upstream == "fws" and "fws" in COMPOSE["services"]
+    assert "proxy_pass http://$fws_replicas:8000;" in NGINX
+    assert compose_env(COMPOSE["services"]["fws"])["FWS_PORT"] == "8000"
+
+
+def test_load_balancer_retries_failed_replicas_and_names_the_one_that_answered() -> None:
+    assert "resolver 127.0.0.11" in NGINX  # Docker's DNS, re-resolved: scaled and stopped replicas followed
+    (next_upstream,) = re.findall(r"proxy_next_upstream (.*);", NGINX)
+    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(next_upstream.split())
+    assert "add_header X-Upstream-Addr $upstream_addr always;" in NGINX

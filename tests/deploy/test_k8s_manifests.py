@@ -1,0 +1,234 @@
+"""deploy/k8s cannot rot silently: every manifest parses, carries the fields its kind needs, and the pieces
+still point at each other (selectors, ports, probe paths, HPA target, env names the service really reads)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from export.contract import CONFIG_FILENAME, ONNX_FILENAME
+from service.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+K8S = REPO / "deploy" / "k8s"
+READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
+IMAGE_UID = 10001  # Dockerfile: useradd --uid 10001
+
+KNOWN_KINDS = {
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("serving.kserve.io/v1beta1", "InferenceService"),
+    ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
+}
+
+
+def load_all() -> dict[Path, list[dict[str, Any]]]:
+    out = {}
+    for path in sorted(K8S.rglob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        out[path] = docs
+    return out
+
+
+MANIFESTS = load_all()
+DOCS = [(path, doc) for path, docs in MANIFESTS.items() for doc in docs]
+
+
+def of_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for _, doc in DOCS if doc["kind"] == kind]
+
+
+def deployments() -> list[dict[str, Any]]:
+    return of_kind("Deployment")
+
+
+def main_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    (container,) = pod_spec["containers"]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+_SUFFIX = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+
+
+def quantity(value: str | int | float) -> float:
+    """Kubernetes resource quantity -> number (cores or bytes)."""
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value))
+    assert match, f"not a quantity: {value!r}"
+    number, suffix = match.groups()
+    assert suffix == "" or suffix in _SUFFIX, f"unknown quantity suffix in {value!r}"
+    return float(number) * _SUFFIX.get(suffix, 1)
+
+
+def test_the_manifest_folder_has_every_piece_the_issue_asks_for() -> None:
+    kinds = {doc["kind"] for _, doc in DOCS}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "InferenceService"} <= kinds
+    gpu = [
+        d
+        for d in deployments()
+        if "nvidia.com/gpu" in main_container(d["spec"]["template"]["spec"])["resources"]["limits"]
+    ]
+    assert len(gpu) == 1, "one GPU variant of the Deployment"
+
+
+@pytest.mark.parametrize(
+    ("path", "doc"), DOCS, ids=[f"{p.relative_to(K8S)}:{d.get('kind')}" for p, d in DOCS]
+)
+def test_every_manifest_has_api_version_kind_and_name(path: Path, doc: dict[str, Any]) -> None:
+    assert (doc.get("apiVersion"), doc.get("kind")) in KNOWN_KINDS, path
+    if doc["kind"] != "Kustomization":
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"]), doc["metadata"]
+
+
+def test_each_kustomization_lists_existing_files_and_every_sibling_manifest() -> None:
+    for path, docs in MANIFESTS.items():
+        if path.name != "kustomization.yaml":
+            continue
+        (kustomization,) = docs
+        listed = {(path.parent / r).resolve() for r in kustomization["resources"]}
+        assert all(p.exists() for p in listed), listed
+        siblings = {p.resolve() for p in path.parent.glob("*.yaml") if p.name != "kustomization.yaml"}
+        assert siblings == listed, f"{path}: not listed {siblings - listed}"
+
+
+@pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["metadata"]["name"])
+def test_deployment_selects_its_pods_and_probes_the_v2_health_endpoints(deployment: dict[str, Any]) -> None:
+    spec = deployment["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    pod = spec["template"]["spec"]
+    container = main_container(pod)
+    assert container["image"].startswith("fastweights-serve:")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000}
+    env = env_of(container)
+    assert int(env["FWS_PORT"]) == ports["http"]
+    assert env["FWS_HOST"] == "0.0.0.0"
+
+    for probe_name, path in (("readinessProbe", READY_PATH), ("livenessProbe", LIVE_PATH)):
+        probe = container[probe_name]["httpGet"]
+        assert probe["path"] == path, probe_name
+        assert probe["port"] in ports or probe["port"] in ports.values()
+    assert container["startupProbe"]["httpGet"]["path"] == LIVE_PATH
+
+    # Graceful shutdown: the pod is given longer than the preStop pause plus the service's own drain.
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + float(env["FWS_DRAIN_TIMEOUT_S"])
+
+
+@pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["metadata"]["name"])
+def test_deployment_requests_and_limits_are_set_and_consistent(deployment: dict[str, Any]) -> None:
+    resources = main_container(deployment["spec"]["template"]["spec"])["resources"]
+    for resource in ("cpu", "memory"):
+        request, limit = quantity(resources["requests"][resource]), quantity(resources["limits"][resource])
+        assert 0 < request <= limit, (resource, request, limit)
+
+
+@pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["metadata"]["name"])
+def test_deployment_runs_as_the_images_non_root_user_on_a_read_only_root(deployment: dict[str, Any]) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == IMAGE_UID
+    container = main_container(pod)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+
+
+def test_the_image_uid_is_the_one_the_manifests_run_as() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"--uid {IMAGE_UID}" in dockerfile
+
+
+def test_every_fws_variable_in_the_manifests_is_a_real_service_setting() -> None:
+    fields = {f"FWS_{name.upper()}" for name in Settings.model_fields}
+    used = set()
+    for _, doc in DOCS:
+        if doc["kind"] == "Deployment":
+            containers = doc["spec"]["template"]["spec"]["containers"]
+        elif doc["kind"] == "InferenceService":
+            containers = doc["spec"]["predictor"].get("containers", [])
+        else:
+            continue
+        for container in containers:
+            used |= {name for name in env_of(container) if name.startswith("FWS_")}
+    assert used, "no FWS_ settings found"
+    assert used <= fields, f"not service settings: {sorted(used - fields)}"
+
+
+def test_gpu_deployment_reserves_a_gpu_and_asks_for_cuda() -> None:
+    (gpu,) = [d for d in deployments() if d["metadata"]["name"].endswith("-gpu")]
+    container = main_container(gpu["spec"]["template"]["spec"])
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+    assert env_of(container)["FWS_DEVICE"] == "cuda"
+    assert container["image"].endswith("-gpu")
+    (cpu,) = [d for d in deployments() if not d["metadata"]["name"].endswith("-gpu")]
+    assert env_of(main_container(cpu["spec"]["template"]["spec"]))["FWS_DEVICE"] == "cpu"
+
+
+def test_service_routes_to_every_deployments_pods_on_the_http_port() -> None:
+    (service,) = of_kind("Service")
+    selector = service["spec"]["selector"]
+    for deployment in deployments():
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "http"
+
+
+def test_hpa_scales_the_cpu_deployment_on_cpu_which_has_requests() -> None:
+    (hpa,) = of_kind("HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    (deployment,) = [d for d in deployments() if d["metadata"]["name"] == target["name"]]
+    assert (target["apiVersion"], target["kind"]) == (deployment["apiVersion"], deployment["kind"])
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert hpa["spec"]["minReplicas"] >= 2, "at least two replicas for failover"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] <= 100
+    # Utilization is measured against the request: without one the HPA cannot work.
+    assert "cpu" in main_container(deployment["spec"]["template"]["spec"])["resources"]["requests"]
+
+
+def test_pdb_selects_the_cpu_pool() -> None:
+    (pdb,) = of_kind("PodDisruptionBudget")
+    (cpu,) = [d for d in deployments() if not d["metadata"]["name"].endswith("-gpu")]
+    assert pdb["spec"]["selector"]["matchLabels"] == cpu["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["minAvailable"] < cpu["spec"]["replicas"]
+
+
+def test_kserve_triton_serves_the_model_repository_layout_triton_expects() -> None:
+    (triton,) = [d for d in of_kind("InferenceService") if "model" in d["spec"]["predictor"]]
+    model = triton["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "triton"
+    assert model["protocolVersion"] == "v2"
+    assert model["storageUri"].endswith("model_repository")
+    # The repository it points at is the bundled one: one model per directory, config name == directory.
+    models = [p for p in (REPO / "model_repository").iterdir() if p.is_dir()]
+    assert models
+    for directory in models:
+        config = (directory / CONFIG_FILENAME).read_text()
+        assert re.search(rf'^name: "{re.escape(directory.name)}"$', config, re.M), directory
+        assert 'platform: "onnxruntime_onnx"' in config
+        assert list(directory.glob(f"*/{ONNX_FILENAME}")), directory
+
+
+def test_kserve_custom_predictor_runs_our_image_on_the_fetched_repository() -> None:
+    (custom,) = [d for d in of_kind("InferenceService") if "containers" in d["spec"]["predictor"]]
+    (container,) = custom["spec"]["predictor"]["containers"]
+    assert container["image"].startswith("fastweights-serve:")
+    env = env_of(container)
+    assert env["STORAGE_URI"].endswith("model_repository")
+    assert env["FWS_MODEL_REPOSITORY"] == "/mnt/models"  # where KServe's storage initializer puts it
+    assert container["ports"][0]["containerPort"] == int(env["FWS_PORT"])
+    assert container["readinessProbe"]["httpGet"]["path"] == READY_PATH
+    assert container["livenessProbe"]["httpGet"]["path"] == LIVE_PATH
