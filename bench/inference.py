@@ -1,0 +1,206 @@
+"""In-process inference speed: onnxruntime (CPU) vs torch eager vs torch.compile, side by side in one run.
+
+    .venv/bin/python -m bench.inference                       # checkpoints/default.pt, T=11, batch 1/32/256
+    .venv/bin/python -m bench.inference --checkpoint ckpt.pt --seq-len 19 --batch-sizes 1,256 --threads 2
+
+The machine is shared and noisy, so engines are timed in interleaved rounds (every engine once per round,
+`--rounds` rounds) and each cell is the median round; the ratios compare numbers from the same rounds.
+
+Engines:
+  torch eager        `Checkpoint.model()`, the training model (the reference the export is verified against)
+  torch eager/export the export module of `export.graph` (same function, graph-friendly form) in eager torch
+  torch.compile      the training model through torch.compile (inductor), when it compiles here
+  ort                the exported graph in onnxruntime, CPU provider, intra-op threads = --threads
+  ort 1 thread       the same graph with one intra-op thread (no thread-pool hand-off: best at batch 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default.pt"
+
+Runner = Callable[[np.ndarray], object]
+
+
+def _torch_runner(model, threads: int) -> Runner:
+    import torch
+
+    def run(tokens: np.ndarray) -> object:
+        with torch.inference_mode():
+            return model(torch.from_numpy(tokens))
+
+    return run
+
+
+def _ort_runner(path: Path, threads: int, spinning: bool = True) -> Runner:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def run(tokens: np.ndarray) -> object:
+        return session.run(names, {"tokens": tokens})
+
+    return run
+
+
+def build_engines(
+    checkpoint: Path, seq_len: int, threads: int, compile_: bool, workdir: Path, dynamo: bool = False
+) -> tuple[dict[str, Runner], dict[str, str]]:
+    """The engines to compare, all computing the same function of the same weights, and notes on each."""
+    import torch
+
+    from export.graph import export_module
+    from export.onnx_export import export_bucket
+    from model.checkpoint import file_sha256, load_checkpoint
+
+    torch.set_num_threads(threads)
+    ckpt = load_checkpoint(checkpoint)
+    reference = ckpt.model()
+    graph = export_bucket(ckpt, seq_len, workdir / "model.onnx", "bench", file_sha256(checkpoint), dynamo)
+    notes = {
+        "graph": f"{graph.nodes} nodes ({graph.nodes_optimized} after onnxruntime's optimizer), "
+        f"{graph.size_bytes / 1024:.1f} KiB, {ckpt.config.kind} H={ckpt.config.hidden_size} T={seq_len}"
+    }
+    engines: dict[str, Runner] = {
+        "torch eager": _torch_runner(reference, threads),
+        "torch eager/export": _torch_runner(export_module(reference, seq_len), threads),
+    }
+    if compile_:
+        try:
+            compiled = torch.compile(reference, dynamic=False)
+            sample = np.zeros((2, seq_len), dtype=np.int64)
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")
+                compiled(torch.from_numpy(sample))
+            engines["torch.compile"] = _torch_runner(compiled, threads)
+        except Exception as exc:  # inductor needs a C++ toolchain; say why it is missing
+            notes["torch.compile"] = f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    engines["ort"] = _ort_runner(graph.path, threads)
+    if threads != 1:
+        engines["ort 1 thread"] = _ort_runner(graph.path, 1)
+    return engines, notes
+
+
+def time_engines(
+    engines: dict[str, Runner],
+    inputs: dict[int, np.ndarray],
+    rounds: int,
+    round_seconds: float,
+) -> dict[str, dict[int, float]]:
+    """Median seconds per call for every (engine, batch size), from interleaved rounds."""
+    samples: dict[str, dict[int, list[float]]] = {e: {b: [] for b in inputs} for e in engines}
+    for batch, tokens in inputs.items():
+        for run in engines.values():  # warm-up (and compile for every shape torch.compile specialises on)
+            for _ in range(3):
+                run(tokens)
+        calls = {}
+        for name, run in engines.items():  # calls per round so that a round takes ~round_seconds
+            start = time.perf_counter()
+            n = 0
+            while time.perf_counter() - start < 0.05:
+                run(tokens)
+                n += 1
+            calls[name] = max(1, int(n * round_seconds / (time.perf_counter() - start)))
+        for _ in range(rounds):
+            for name, run in engines.items():
+                start = time.perf_counter()
+                for _ in range(calls[name]):
+                    run(tokens)
+                samples[name][batch].append((time.perf_counter() - start) / calls[name])
+    return {e: {b: statistics.median(v) for b, v in per.items()} for e, per in samples.items()}
+
+
+def format_table(results: dict[str, dict[int, float]], baseline: str = "torch eager") -> str:
+    batches = sorted(next(iter(results.values())))
+    head = f"{'engine':<20}" + "".join(f"{'batch ' + str(b):>30}" for b in batches)
+    lines = [
+        head,
+        f"{'':<20}" + "".join(f"{'µs/call   seq/s   ×' + baseline.split()[-1]:>30}" for _ in batches),
+    ]
+    for name, per in results.items():
+        cells = []
+        for b in batches:
+            ratio = results[baseline][b] / per[b] if baseline in results else float("nan")
+            cells.append(f"{per[b] * 1e6:>12.1f}{b / per[b]:>11,.0f}{ratio:>7.2f}")
+        lines.append(f"{name:<20}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--seq-len", type=int, default=11, help="bucket length T (11: K up to 4)")
+    p.add_argument("--batch-sizes", default="1,32,256")
+    p.add_argument("--threads", type=int, default=2, help="torch threads and onnxruntime intra-op threads")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--round-seconds", type=float, default=0.3)
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--dynamo", action="store_true", help="export with the dynamo-based exporter")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.checkpoint.is_file():
+        print(f"error: {args.checkpoint}: no such checkpoint (train one: make model)", file=sys.stderr)
+        return 2
+    from model.data import generate
+    from model.vocab import max_pairs_for_length
+
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    k_max = max_pairs_for_length(args.seq_len)
+    inputs = {b: generate(b, 1, k_max, b, length=args.seq_len).tokens for b in batches}
+    with tempfile.TemporaryDirectory() as tmp:
+        engines, notes = build_engines(
+            args.checkpoint, args.seq_len, args.threads, not args.no_compile, Path(tmp), args.dynamo
+        )
+        results = time_engines(engines, inputs, args.rounds, args.round_seconds)
+    import onnxruntime
+    import torch
+
+    print(
+        f"in-process inference, {args.checkpoint.name}, K uniform in 1..{k_max}, threads={args.threads}, "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__} (CPU provider), "
+        f"median of {args.rounds} interleaved rounds"
+    )
+    for key, note in notes.items():
+        print(f"  {key}: {note}")
+    print(format_table(results))
+    for ref in ("torch eager", "torch.compile"):
+        if ref in results:
+            ratios = ", ".join(f"batch {b}: {results[ref][b] / results['ort'][b]:.2f}×" for b in batches)
+            print(f"ort vs {ref}: {ratios}")
+    if args.json:
+        payload = {
+            "notes": notes,
+            "threads": args.threads,
+            "seq_len": args.seq_len,
+            "seconds_per_call": {e: {str(b): s for b, s in per.items()} for e, per in results.items()},
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
