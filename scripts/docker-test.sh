@@ -14,7 +14,9 @@
 # Environment:
 #   FWS_DOCKER_KEEP=1          leave the compose project and the daemon running (debugging)
 #   FWS_DOCKER_ONNXRUNTIME=cpu  which onnxruntime build the tested image gets (cpu|gpu)
-# Usage: scripts/docker-test.sh [all|bases]   (bases: only the daemon and the cached base images)
+# Usage: scripts/docker-test.sh [all|bases|gpu]
+#   all (default): the end-to-end test; bases: only the daemon and the cached base images;
+#   gpu: build the ONNXRUNTIME=gpu image and check its CUDA provider's libraries (no GPU needed; ~2.8 GB)
 #   DEBIAN_MIRROR=...           override the mirror debootstrap uses (default: this machine's apt sources)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +76,12 @@ ensure_daemon() {
 	fi
 	log "no docker daemon answers: starting dockerd"
 	local logfile=/tmp/fws-dockerd.log
+	# A daemon killed without cleanup (a session ending) leaves its pid files; with no dockerd/containerd
+	# running they are stale, and dockerd refuses to start if their pid now names another process.
+	if ! pgrep -x dockerd >/dev/null; then
+		as_root rm -f /var/run/docker.pid
+		pgrep -x containerd >/dev/null || as_root rm -f /var/run/docker/containerd/containerd.pid
+	fi
 	# setsid: the daemon must not get this script's terminal signals; its pid is kept to stop only it.
 	as_root setsid /usr/sbin/dockerd >"$logfile" 2>&1 </dev/null &
 	STARTED_DOCKERD_PID=$!
@@ -180,6 +188,24 @@ main() {
 	log "done in $((SECONDS - t0)) s; image sizes: $APP_IMAGE $(image_size "$APP_IMAGE"), $PY_BASE $(image_size "$PY_BASE"), $LB_BASE $(image_size "$LB_BASE")"
 }
 
+# The GPU image (ONNXRUNTIME=gpu, ~2.8 GB: NVIDIA's CUDA/cuDNN wheels) on a machine without a GPU: it builds,
+# the CUDA execution provider is compiled in, and every library it links resolves inside the image except the
+# driver's libcuda.so.1, which the NVIDIA container toolkit mounts at run time. Not part of `all` (download size).
+gpu_check() {
+	local image="fastweights-serve:docker-test-gpu" t0=$SECONDS out
+	log "docker build $image (BASE_IMAGE=$PY_BASE, ONNXRUNTIME=gpu)"
+	docker build --build-arg "BASE_IMAGE=$PY_BASE" --build-arg ONNXRUNTIME=gpu -t "$image" . >"$WORK/build-gpu.log" 2>&1 ||
+		{ tail -40 "$WORK/build-gpu.log" >&2; die "docker build (gpu) failed"; }
+	log "built $image in $((SECONDS - t0)) s ($(image_size "$image"))"
+	out=$(docker run --rm --entrypoint sh "$image" -c '
+		python -c "import onnxruntime as o; assert \"CUDAExecutionProvider\" in o.get_available_providers(); print(o.__version__)" &&
+		ldd "$(find /opt/fws -name libonnxruntime_providers_cuda.so)" | grep "not found" || true') ||
+		die "onnxruntime-gpu in $image has no CUDA execution provider"
+	log "onnxruntime-gpu $(echo "$out" | head -1); unresolved libraries: $(echo "$out" | tail -n +2 | awk '{print $1}' | xargs)"
+	[[ "$(echo "$out" | tail -n +2 | awk '{print $1}' | xargs)" == "libcuda.so.1" ]] ||
+		die "the CUDA provider links libraries missing from $image (only libcuda.so.1 may come from the host)"
+}
+
 case "${1:-all}" in
 all) main ;;
 bases) # only prepare the daemon and the cached base images (e.g. ahead of time)
@@ -188,5 +214,11 @@ bases) # only prepare the daemon and the cached base images (e.g. ahead of time)
 	ensure_python_base
 	ensure_lb_base
 	;;
-*) die "usage: $0 [all|bases]" ;;
+gpu)
+	ensure_tools
+	ensure_daemon
+	ensure_python_base
+	gpu_check
+	;;
+*) die "usage: $0 [all|bases|gpu]" ;;
 esac
