@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import defaultdict
 from typing import Annotated, Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from starlette.responses import Response
 
 from service.config import Settings
 from service.errors import ApiError, JSONResponse
+from service.metrics import Metrics
 from service.predictor import LoadedModel, ModelLoadError
 from service.registry import ModelNotFoundError, ModelRegistry
 from service.routes.native import until_disconnect
@@ -43,7 +45,7 @@ router = APIRouter(prefix="/v2", tags=["Open Inference Protocol V2"], dependenci
 
 PLATFORM = "onnxruntime_onnx"
 # Only what is really implemented (tritonclient and perf_analyzer read this list).
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _ERROR = {"content": {"application/json": {"example": {"error": "message"}}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -188,6 +190,79 @@ async def server_metadata(request: Request) -> Response:
 
 
 # ---------------------------------------------------------------------------------------------- models
+
+
+def _per_model_samples(metrics: Metrics) -> dict[tuple[str, str], float]:
+    """(sample name, model) -> value, summed over any other label (e.g. the rejection reason)."""
+    out: dict[tuple[str, str], float] = defaultdict(float)
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            model = sample.labels.get("model")
+            if model is not None:
+                out[(sample.name, model)] += sample.value
+    return out
+
+
+def model_statistics(model: LoadedModel, samples: dict[tuple[str, str], float]) -> dict[str, Any]:
+    """Triton's statistics extension, derived from the Prometheus metrics the batcher keeps per model.
+
+    Counts are exact: requests that reached a run (success), runs (execution_count), rows (inference_count),
+    requests refused or dropped (fail). Durations are sums: queue time per request, and per request the
+    wall time of the run it was part of (so compute_infer.ns / count is the mean run time a request saw).
+    """
+    name = model.info.name
+
+    def get(sample: str) -> float:
+        return samples.get((sample, name), 0.0)
+
+    requests = int(get("fws_queue_wait_seconds_count"))
+    runs = int(get("fws_inference_duration_seconds_count"))
+    queue_ns = int(get("fws_queue_wait_seconds_sum") * 1e9)
+    run_ns = get("fws_inference_duration_seconds_sum") * 1e9
+    compute_ns = int(run_ns * requests / runs) if runs else 0
+    return {
+        "name": name,
+        "version": model.info.version,
+        "last_inference": 0,  # not tracked
+        "inference_count": int(get("fws_batch_size_rows_sum")),
+        "execution_count": int(get("fws_batch_size_rows_count")),
+        "inference_stats": {
+            "success": {"count": requests, "ns": queue_ns + compute_ns},
+            "fail": {"count": int(get("fws_requests_rejected_total")), "ns": 0},
+            "queue": {"count": requests, "ns": queue_ns},
+            "compute_input": {"count": requests, "ns": 0},
+            "compute_infer": {"count": requests, "ns": compute_ns},
+            "compute_output": {"count": requests, "ns": 0},
+        },
+        "batch_stats": [],
+    }
+
+
+def _statistics(request: Request, models: list[LoadedModel]) -> Response:
+    samples = _per_model_samples(request.app.state.metrics)
+    return JSONResponse({"model_stats": [model_statistics(m, samples) for m in models]})
+
+
+# Declared before /models/{name}, which would otherwise take "stats" for a model name.
+@router.get("/models/stats", summary="Inference statistics of every ready model (what perf_analyzer reads)")
+async def statistics_all(request: Request, registry: RegistryDep) -> Response:
+    return _statistics(request, sorted(registry.ready_models(), key=lambda m: m.info.name))
+
+
+@router.get("/models/{name}/stats", responses=_ERRORS, summary="Inference statistics of one model")
+async def statistics(name: ModelName, request: Request, registry: RegistryDep) -> Response:
+    return _statistics(request, [lookup(registry, name)])
+
+
+@router.get(
+    "/models/{name}/versions/{version}/stats",
+    responses=_ERRORS,
+    summary="Inference statistics of one version",
+)
+async def statistics_version(
+    name: ModelName, version: Version, request: Request, registry: RegistryDep
+) -> Response:
+    return _statistics(request, [lookup(registry, name, version)])
 
 
 @router.get("/models/{name}", responses=_ERRORS, summary="Model metadata (serving version)")

@@ -94,7 +94,12 @@ def test_server_and_model_liveness_and_readiness(tc):
 def test_server_metadata_lists_only_implemented_extensions(tc):
     meta = tc.get_server_metadata()
     assert meta["name"] == "fastweights-serve" and meta["version"]
-    assert set(meta["extensions"]) == {"binary_tensor_data", "model_repository", "model_configuration"}
+    assert set(meta["extensions"]) == {
+        "binary_tensor_data",
+        "model_repository",
+        "model_configuration",
+        "statistics",
+    }
 
 
 def test_model_metadata_describes_the_contract_with_a_batch_dimension(metadata):
@@ -226,6 +231,26 @@ def test_a_v2_batch_of_b_rows_counts_b_rows_and_keeps_row_order(tc, client, meta
     # Through the dynamic batcher: one onnxruntime run of 200 rows (max_batch_size 256), counted as rows.
     assert batch_metric(client, "sum") - rows_before == 200
     assert batch_metric(client, "count") - runs_before == 1
+
+
+def test_inference_statistics_count_requests_runs_and_rows(tc, metadata):
+    def stats() -> dict:
+        (row,) = tc.get_inference_statistics(MODEL)["model_stats"]
+        return row
+
+    before = stats()
+    tc.infer(MODEL, [tokens_input(encode(sequences(3, seed=11), metadata))])
+    after = stats()
+    assert (after["name"], after["version"]) == (MODEL, "1")
+    assert after["inference_count"] - before["inference_count"] == 3
+    assert after["execution_count"] - before["execution_count"] == 1
+    for key in ("success", "queue", "compute_infer"):
+        assert after["inference_stats"][key]["count"] - before["inference_stats"][key]["count"] == 1
+    assert after["inference_stats"]["compute_infer"]["ns"] > before["inference_stats"]["compute_infer"]["ns"]
+    everything = tc.get_inference_statistics()["model_stats"]
+    assert MODEL in {row["name"] for row in everything} and len(everything) >= 2
+    assert tc.get_inference_statistics(MODEL, "1")["model_stats"][0]["name"] == MODEL
+    expect_error(lambda: tc.get_inference_statistics("no_such_model"), "404")
 
 
 # ---------------------------------------------------------------------------------------------- errors
