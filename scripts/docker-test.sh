@@ -11,13 +11,16 @@
 # When no daemon is running it installs docker.io / docker-compose / debootstrap with apt (root) and starts
 # dockerd itself, and stops only that daemon at the end. If docker truly cannot run it FAILS, loudly.
 #
-# Environment:
-#   FWS_DOCKER_KEEP=1          leave the compose project and the daemon running (debugging)
-#   FWS_DOCKER_ONNXRUNTIME=cpu  which onnxruntime build the tested image gets (cpu|gpu)
 # Usage: scripts/docker-test.sh [all|bases|gpu]
-#   all (default): the end-to-end test; bases: only the daemon and the cached base images;
-#   gpu: build the ONNXRUNTIME=gpu image and check its CUDA provider's libraries (no GPU needed; ~2.8 GB)
-#   DEBIAN_MIRROR=...           override the mirror debootstrap uses (default: this machine's apt sources)
+#   all (default)  the end-to-end test (tests/deploy/test_docker_compose.py)
+#   bases          only the daemon and the cached base images
+#   gpu            build the ONNXRUNTIME=gpu image and check its CUDA provider's libraries (no GPU needed;
+#                  downloads ~2.5 GB, so not part of `all`)
+# Environment:
+#   DOCKERD=/path/to/dockerd    the daemon to start when none runs (default /usr/sbin/dockerd)
+#   FWS_DOCKER_KEEP=1           leave a daemon this script started running
+#   FWS_DOCKER_ONNXRUNTIME=cpu  which onnxruntime build the tested image gets (cpu|gpu)
+#   DEBIAN_MIRROR=...           the mirror debootstrap uses (default: this machine's apt sources)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +49,8 @@ cleanup() {
 	if [[ -n "$STARTED_DOCKERD_PID" && "${FWS_DOCKER_KEEP:-0}" != 1 ]]; then
 		log "stopping the dockerd this script started (pid $STARTED_DOCKERD_PID)"
 		kill "$STARTED_DOCKERD_PID" 2>/dev/null || true
-		for _ in $(seq 1 30); do kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+		for _ in $(seq 1 40); do kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
+		kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null && log "WARNING: dockerd $STARTED_DOCKERD_PID still running"
 	fi
 	rm -rf "$WORK"
 	exit "$rc"
@@ -82,19 +86,21 @@ ensure_daemon() {
 		as_root rm -f /var/run/docker.pid
 		pgrep -x containerd >/dev/null || as_root rm -f /var/run/docker/containerd/containerd.pid
 	fi
-	# setsid: the daemon must not get this script's terminal signals; its pid is kept to stop only it.
-	as_root setsid /usr/sbin/dockerd >"$logfile" 2>&1 </dev/null &
-	STARTED_DOCKERD_PID=$!
+	[[ $(id -u) -eq 0 ]] || die "no docker daemon is running and only root can start one (run as root or start dockerd)"
+	# setsid: the daemon must not get this script's terminal signals. Its pid (from its own pid file) is kept
+	# to stop only this daemon at the end.
+	setsid "${DOCKERD:-/usr/sbin/dockerd}" >"$logfile" 2>&1 </dev/null &
+	local launcher=$!
 	for _ in $(seq 1 60); do
 		docker info >/dev/null 2>&1 && break
-		kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null || break
+		kill -0 "$launcher" 2>/dev/null || break
 		sleep 0.5
 	done
 	if ! docker info >/dev/null 2>&1; then
 		tail -30 "$logfile" >&2 || true
-		STARTED_DOCKERD_PID=""
 		die "dockerd did not start (log: $logfile): docker cannot run on this machine"
 	fi
+	STARTED_DOCKERD_PID=$(cat /var/run/docker.pid 2>/dev/null || echo "$launcher")
 	log "dockerd $(docker info -f '{{.ServerVersion}}') started (pid $STARTED_DOCKERD_PID)"
 }
 

@@ -126,9 +126,9 @@ def stack() -> Stack:
         "MODEL_REPOSITORY_DIR": str(REPO / "model_repository"),
     }
     compose = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project]
-    run([*compose, "up", "-d", "--no-build"], env=env, timeout=180)
     s = Stack(compose=compose, env=env, base_url=f"http://127.0.0.1:{port}")
     try:
+        run([*compose, "up", "-d", "--no-build"], env=env, timeout=180)
         yield s
     finally:
         print(s.logs())
