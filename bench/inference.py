@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench.inference                       # checkpoints/default.pt, T=11, batch 1/32/256
     .venv/bin/python -m bench.inference --checkpoint ckpt.pt --seq-len 19 --batch-sizes 1,256 --threads 2
+    .venv/bin/python -m bench.inference --threads 1 --clock cpu   # one core's CPU time: robust to a busy host
 
-The machine is shared and noisy, so engines are timed in interleaved rounds (every engine once per round,
+The machine is shared and noisy, so engines are timed in interleaved rounds (each engine once per round,
 `--rounds` rounds) and each cell is the median round; the ratios compare numbers from the same rounds.
 
 Engines:
@@ -101,13 +102,113 @@ def build_engines(
     return engines, notes
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def build_lever_engines(
+    checkpoint: Path, seq_len: int, threads: int, workdir: Path
+) -> tuple[dict[str, Runner], dict[str, str]]:
+    """onnxruntime on graphs that differ in one lever each, for docs/export.md (``--levers``)."""
+    import dataclasses
+
+    import onnx
+    import torch
+
+    from export.onnx_export import _declare_output_shapes as declare_shapes
+    from export.onnx_export import export_bucket, ort_optimize, trace_to_onnx
+    from model.checkpoint import Checkpoint, load_checkpoint
+
+    torch.set_num_threads(threads)
+    ckpt = load_checkpoint(checkpoint)
+    engines: dict[str, Runner] = {}
+    notes: dict[str, str] = {}
+
+    def add(name: str, proto: onnx.ModelProto, **options: bool) -> None:
+        path = workdir / f"{len(engines)}.onnx"
+        onnx.save(proto, str(path))
+        fused = ort_optimize(proto, "all")
+        size = path.stat().st_size // 1024
+        notes[name] = f"{len(proto.graph.node)} nodes ({len(fused.graph.node)} fused), {size} KiB"
+        engines[name] = _ort_runner(path, options.get("threads", threads), options.get("spinning", True))
+
+    def traced_as_is(model: torch.nn.Module) -> onnx.ModelProto:
+        """The training module itself (Gather + Linear input, mask blend, per-step weight updates)."""
+        import io
+        import warnings
+
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (torch.ones(3, seq_len, dtype=torch.int64),),
+                buf,
+                dynamo=False,
+                opset_version=17,
+                input_names=["tokens"],
+                output_names=["logits", "memory_attention"],
+                dynamic_axes={n: {0: "batch"} for n in ("tokens", "logits", "memory_attention")},
+            )
+        proto = onnx.load_from_string(buf.getvalue())
+        declare_shapes(proto, seq_len, ckpt.config.num_classes)
+        return proto
+
+    if ckpt.config.kind == "fast":
+        matrix = Checkpoint(dataclasses.replace(ckpt.config, memory_form="matrix"), ckpt.state_dict)
+        add("training module, matrix form", traced_as_is(matrix.model()))
+        attention = Checkpoint(dataclasses.replace(ckpt.config, memory_form="attention"), ckpt.state_dict)
+        add("training module, attention form", traced_as_is(attention.model()))
+    add("export module, dynamo=True", trace_to_onnx(ckpt.model(), seq_len, dynamo=True))
+    shipped = export_bucket(ckpt, seq_len, workdir / "shipped.onnx", "bench")
+    shipped_proto = onnx.load(str(shipped.path))
+    add("export module (shipped)", shipped_proto)
+    if threads != 1:
+        add("shipped, 1 thread", shipped_proto, threads=1)
+    add("shipped, no spinning", shipped_proto, spinning=False)
+    return engines, notes
+
+
+def build_bucket_engines(repository: Path, threads: int) -> tuple[dict[str, Runner], dict[str, str]]:
+    """One onnxruntime session per bucket of a repository, all fed the same queries left padded to their T.
+
+    What a query pays for the PAD steps of a longer bucket (``--buckets-of``; run it with --seq-len 5 so
+    the queries have one pair and fit every bucket).
+    """
+    from export.contract import scan_repository
+
+    engines: dict[str, Runner] = {}
+    notes: dict[str, str] = {}
+    for entry in scan_repository(repository):
+        session = _ort_runner(entry.model_path, threads)
+        padded: dict[int, np.ndarray] = {}
+
+        def run(
+            tokens: np.ndarray, session: Runner = session, T: int = entry.seq_len, cache=padded
+        ) -> object:
+            key = id(tokens)
+            if key not in cache:
+                cache[key] = np.pad(tokens, ((0, 0), (T - tokens.shape[1], 0)))  # PAD id 0 on the left
+            return session(cache[key])
+
+        engines[f"{entry.name} (T={entry.seq_len})"] = run
+        notes[entry.name] = str(entry.model_path)
+    return engines, notes
+
+
 def time_engines(
     engines: dict[str, Runner],
     inputs: dict[int, np.ndarray],
     rounds: int,
     round_seconds: float,
+    clock: str = "wall",
 ) -> dict[str, dict[int, float]]:
-    """Median seconds per call for every (engine, batch size), from interleaved rounds."""
+    """Median seconds per call for every (engine, batch size), from interleaved rounds.
+
+    clock "cpu" counts this process's CPU time (all its threads) instead of wall time: on a shared, loaded
+    machine it ignores the time the process waits for a core, which wall time cannot. With more than one
+    thread it also counts threads that spin while waiting for work, so use it with --threads 1.
+    """
+    now = CLOCKS[clock]
     samples: dict[str, dict[int, list[float]]] = {e: {b: [] for b in inputs} for e in engines}
     for batch, tokens in inputs.items():
         for run in engines.values():  # warm-up (and compile for every shape torch.compile specialises on)
@@ -123,26 +224,26 @@ def time_engines(
             calls[name] = max(1, int(n * round_seconds / (time.perf_counter() - start)))
         for _ in range(rounds):
             for name, run in engines.items():
-                start = time.perf_counter()
+                start = now()
                 for _ in range(calls[name]):
                     run(tokens)
-                samples[name][batch].append((time.perf_counter() - start) / calls[name])
+                samples[name][batch].append((now() - start) / calls[name])
     return {e: {b: statistics.median(v) for b, v in per.items()} for e, per in samples.items()}
 
 
 def format_table(results: dict[str, dict[int, float]], baseline: str = "torch eager") -> str:
+    """µs per call, sequences/s and speed-up over `baseline` (>1: faster) per engine and batch size."""
     batches = sorted(next(iter(results.values())))
-    head = f"{'engine':<20}" + "".join(f"{'batch ' + str(b):>30}" for b in batches)
-    lines = [
-        head,
-        f"{'':<20}" + "".join(f"{'µs/call   seq/s   ×' + baseline.split()[-1]:>30}" for _ in batches),
-    ]
+    width = max(20, *(len(n) + 2 for n in results))
+    label = "×" + ("shipped" if "shipped" in baseline else baseline.split()[-1].strip("()"))
+    head = f"{'engine':<{width}}" + "".join(f"{'batch ' + str(b):>30}" for b in batches)
+    lines = [head, f"{'':<{width}}" + "".join(f"{'µs/call   seq/s ' + label:>30}" for _ in batches)]
     for name, per in results.items():
         cells = []
         for b in batches:
             ratio = results[baseline][b] / per[b] if baseline in results else float("nan")
             cells.append(f"{per[b] * 1e6:>12.1f}{b / per[b]:>11,.0f}{ratio:>7.2f}")
-        lines.append(f"{name:<20}" + "".join(cells))
+        lines.append(f"{name:<{width}}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -154,8 +255,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch threads and onnxruntime intra-op threads")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--round-seconds", type=float, default=0.3)
+    p.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall", help="cpu: process CPU time (see above)"
+    )
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--dynamo", action="store_true", help="export with the dynamo-based exporter")
+    p.add_argument(
+        "--buckets-of", type=Path, metavar="REPOSITORY", help="instead: every bucket of a repository"
+    )
+    p.add_argument(
+        "--levers",
+        action="store_true",
+        help="instead: onnxruntime on graph variants (training module vs export module, exporters, options)",
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     return p
 
@@ -172,29 +284,38 @@ def main(argv: list[str] | None = None) -> int:
     k_max = max_pairs_for_length(args.seq_len)
     inputs = {b: generate(b, 1, k_max, b, length=args.seq_len).tokens for b in batches}
     with tempfile.TemporaryDirectory() as tmp:
-        engines, notes = build_engines(
-            args.checkpoint, args.seq_len, args.threads, not args.no_compile, Path(tmp), args.dynamo
-        )
-        results = time_engines(engines, inputs, args.rounds, args.round_seconds)
+        if args.buckets_of:
+            engines, notes = build_bucket_engines(args.buckets_of, args.threads)
+        elif args.levers:
+            engines, notes = build_lever_engines(args.checkpoint, args.seq_len, args.threads, Path(tmp))
+        else:
+            engines, notes = build_engines(
+                args.checkpoint, args.seq_len, args.threads, not args.no_compile, Path(tmp), args.dynamo
+            )
+        results = time_engines(engines, inputs, args.rounds, args.round_seconds, args.clock)
     import onnxruntime
     import torch
 
     print(
         f"in-process inference, {args.checkpoint.name}, K uniform in 1..{k_max}, threads={args.threads}, "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__} (CPU provider), "
-        f"median of {args.rounds} interleaved rounds"
+        f"median of {args.rounds} interleaved rounds, {args.clock} clock"
     )
     for key, note in notes.items():
         print(f"  {key}: {note}")
-    print(format_table(results))
+    baseline = "export module (shipped)" if args.levers else "torch eager"
+    if args.buckets_of:
+        baseline = next(iter(results))
+    print(format_table(results, baseline))
     for ref in ("torch eager", "torch.compile"):
-        if ref in results:
+        if ref in results and "ort" in results:
             ratios = ", ".join(f"batch {b}: {results[ref][b] / results['ort'][b]:.2f}×" for b in batches)
             print(f"ort vs {ref}: {ratios}")
     if args.json:
         payload = {
             "notes": notes,
             "threads": args.threads,
+            "clock": args.clock,
             "seq_len": args.seq_len,
             "seconds_per_call": {e: {str(b): s for b, s in per.items()} for e, per in results.items()},
         }
