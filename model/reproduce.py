@@ -48,6 +48,7 @@ class RunResult:
     valid_error: float | None  # fraction at the last validation
     train_wall_s: float  # training time as recorded in the checkpoint (includes periodic validation)
     checkpoint: str
+    settings: str = ""  # what else the run was trained with (optimiser, schedule, λ, η, S)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, ckpt: Checkpoint | None = None) -> RunResult:
@@ -64,7 +65,18 @@ class RunResult:
             valid_error=None if valid is None else float(valid),
             train_wall_s=float(ckpt.metrics.get("wall_s", 0.0)),
             checkpoint=str(path),
+            settings=_settings(ckpt),
         )
+
+
+def _settings(ckpt: Checkpoint) -> str:
+    args, cfg = ckpt.train_args, ckpt.config
+    text = f"lr {args.get('lr', 0):g} {args.get('lr_schedule', '?')}"
+    if args.get("warmup_steps"):
+        text += f" (warmup {args['warmup_steps']})"
+    if cfg.kind == "fast":
+        text += f", λ {cfg.decay:g}, η {cfg.fast_lr:g}, S {cfg.inner_steps}"
+    return text + f", budget {args.get('steps', '?')} steps"
 
 
 def run_name(kind: str, hidden_size: int, seed: int) -> str:
@@ -153,6 +165,8 @@ def _pct(x: float) -> str:
 def _cell(results: list[RunResult]) -> str:
     if not results:
         return "—"
+    if len({r.settings for r in results}) > 1:  # not seeds of one recipe: a mean would mislead
+        return "different settings: see the runs below"
     errors = [r.test_error for r in results]
     mean = sum(errors) / len(errors)
     if len(errors) == 1:
@@ -178,14 +192,14 @@ def markdown_table(results: Iterable[RunResult]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
-        "| Run | Steps | Test error | Valid error | Wall time (train) | Checkpoint |",
-        "|---|---|---|---|---|---|",
+        "| Run | Steps | Test error | Valid error | Wall time (train) | Settings | Checkpoint |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         valid = "—" if r.valid_error is None else _pct(r.valid_error)
         lines.append(
-            f"| {run_name(r.kind, r.hidden_size, r.seed)} | {r.steps} | {_pct(r.test_error)} | {valid} "
-            f"| {r.train_wall_s:.0f} s | `{r.checkpoint}` |"
+            f"| {Path(r.checkpoint).stem} | {r.steps} | {_pct(r.test_error)} | {valid} "
+            f"| {r.train_wall_s:.0f} s | {r.settings} | `{r.checkpoint}` |"
         )
     return "\n".join(lines)
 

@@ -55,10 +55,11 @@ def test_reproduce_prints_table_one_with_numbers_read_from_its_checkpoints(repro
     assert len(runs) == 1 + 6
     test_split = fixed_split("test", 4, 4)
     names = {"fast": "Fast weights", "lstm": "LSTM", "irnn": "IRNN"}
-    for name, steps, test_error, _, wall, path in runs[1:]:
+    for name, steps, test_error, _, wall, settings, path in runs[1:]:
         ckpt = load_checkpoint(path.strip("`"))
         assert name == f"{ckpt.config.kind}_R{ckpt.config.hidden_size}_seed3"
         assert ckpt.seed == 3 and int(steps) == ckpt.step == STEPS
+        assert settings.startswith("lr 0.001 constant")
         # Evaluate the checkpoint's weights afresh: the printed number must be theirs.
         fresh = error_report(ckpt.model(), test_split)["error"]
         assert test_error == f"{100 * fresh:.2f}%"
