@@ -38,6 +38,8 @@ RUN /opt/fws/bin/pip install --no-deps /build \
 RUN if [ "${ONNXRUNTIME}" = gpu ]; then \
         find /opt/fws/lib -path '*/site-packages/nvidia/*/lib' -type d >/opt/fws/nvidia-libs.conf; \
     else : >/opt/fws/nvidia-libs.conf; fi
+# Lets scripts/docker-test.sh tell stale build-stage images apart (and prune only those).
+LABEL io.fastweights.stage=build
 
 FROM ${BASE_IMAGE} AS runtime
 ARG ONNXRUNTIME=cpu

@@ -173,9 +173,15 @@ image_size() {
 build_app_image() {
 	local t0=$SECONDS
 	log "docker build $APP_IMAGE (BASE_IMAGE=$PY_BASE, ONNXRUNTIME=$ONNXRUNTIME)"
-	docker build --build-arg "BASE_IMAGE=$PY_BASE" --build-arg "ONNXRUNTIME=$ONNXRUNTIME" \
-		-t "$APP_IMAGE" . >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log" >&2; die "docker build failed"; }
+	local args=(--build-arg "BASE_IMAGE=$PY_BASE" --build-arg "ONNXRUNTIME=$ONNXRUNTIME")
+	# The build stage gets a tag too (the second build reuses its layers): it stays the cache for the next
+	# run, while the images earlier runs left untagged can be pruned without losing that cache.
+	{ docker build "${args[@]}" --target build -t "$APP_IMAGE-build" . &&
+		docker build "${args[@]}" -t "$APP_IMAGE" .; } >"$WORK/build.log" 2>&1 ||
+		{ tail -40 "$WORK/build.log" >&2; die "docker build failed"; }
 	log "built $APP_IMAGE in $((SECONDS - t0)) s ($(image_size "$APP_IMAGE"))"
+	docker image prune -f --filter "label=io.fastweights.stage=build" >/dev/null || true
+	docker image prune -f --filter "label=org.opencontainers.image.title=fastweights-serve" >/dev/null || true
 }
 
 main() {
