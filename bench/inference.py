@@ -123,13 +123,13 @@ def build_lever_engines(
     engines: dict[str, Runner] = {}
     notes: dict[str, str] = {}
 
-    def add(name: str, proto: onnx.ModelProto, **options: bool) -> None:
+    def add(name: str, proto: onnx.ModelProto, threads_: int | None = None, spinning: bool = True) -> None:
         path = workdir / f"{len(engines)}.onnx"
         onnx.save(proto, str(path))
         fused = ort_optimize(proto, "all")
         size = path.stat().st_size // 1024
         notes[name] = f"{len(proto.graph.node)} nodes ({len(fused.graph.node)} fused), {size} KiB"
-        engines[name] = _ort_runner(path, options.get("threads", threads), options.get("spinning", True))
+        engines[name] = _ort_runner(path, threads if threads_ is None else threads_, spinning)
 
     def traced_as_is(model: torch.nn.Module) -> onnx.ModelProto:
         """The training module itself (Gather + Linear input, mask blend, per-step weight updates)."""
@@ -142,7 +142,7 @@ def build_lever_engines(
             torch.onnx.export(
                 model,
                 (torch.ones(3, seq_len, dtype=torch.int64),),
-                buf,
+                buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to file-like objects too
                 dynamo=False,
                 opset_version=17,
                 input_names=["tokens"],
@@ -163,7 +163,7 @@ def build_lever_engines(
     shipped_proto = onnx.load(str(shipped.path))
     add("export module (shipped)", shipped_proto)
     if threads != 1:
-        add("shipped, 1 thread", shipped_proto, threads=1)
+        add("shipped, 1 thread", shipped_proto, threads_=1)
     add("shipped, no spinning", shipped_proto, spinning=False)
     return engines, notes
 

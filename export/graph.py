@@ -33,6 +33,11 @@ from model.fastweights import FastWeightsRNN
 class FastWeightsExport(nn.Module):
     """forward(tokens (B, T) int64) -> (logits (B, classes), memory_attention (B, T)) for a fixed T."""
 
+    input_table: Tensor  # (V, H)
+    recurrent_t: Tensor  # (H, H)
+    gap_select: Tensor  # (T, N)
+    past_select: Tensor  # (T, N)
+
     def __init__(self, model: FastWeightsRNN, seq_len: int):
         super().__init__()
         if seq_len < 2:

@@ -23,6 +23,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import onnx
 import torch
@@ -43,6 +44,7 @@ from export.contract import (
 )
 from export.graph import export_module
 from model.checkpoint import Checkpoint, code_version
+from model.config import ModelConfig
 
 OPSET = 17  # LayerNormalization is a single op from opset 17
 DYNAMO_OPSET = 18  # the dynamo exporter's own opset (it cannot convert its Pad down to 17)
@@ -82,7 +84,7 @@ def build_metadata(
         pad_id=vocab.pad_id,
         answer_classes=vocab.answer_classes,
         model_config=ckpt.config.to_dict(),
-        metrics=_jsonable(ckpt.metrics),
+        metrics=cast(dict[str, Any], _jsonable(ckpt.metrics)),
         source_sha256=source_sha256,
         exporter=exporter_name(dynamo),
         opset=opset_for(dynamo),
@@ -104,7 +106,7 @@ def trace_to_onnx(model: nn.Module, seq_len: int, dynamo: bool = False) -> onnx.
     """The bare graph (no metadata) of `model` for sequences of exactly `seq_len` tokens."""
     module = export_module(model, seq_len)
     example = torch.ones(3, seq_len, dtype=torch.int64)  # batch 3: never confused with a fixed 1
-    names = {"input_names": [INPUT_TOKENS], "output_names": [OUTPUT_LOGITS, OUTPUT_ATTENTION]}
+    inputs, outputs = [INPUT_TOKENS], [OUTPUT_LOGITS, OUTPUT_ATTENTION]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and constant-folding notes
         if dynamo:
@@ -115,7 +117,8 @@ def trace_to_onnx(model: nn.Module, seq_len: int, dynamo: bool = False) -> onnx.
                 opset_version=DYNAMO_OPSET,
                 dynamic_shapes={"tokens": {0: torch.export.Dim(BATCH_AXIS)}},
                 verbose=False,
-                **names,
+                input_names=inputs,
+                output_names=outputs,
             )
             assert program is not None
             proto = program.model_proto
@@ -124,15 +127,17 @@ def trace_to_onnx(model: nn.Module, seq_len: int, dynamo: bool = False) -> onnx.
             torch.onnx.export(
                 module,
                 (example,),
-                buf,
+                buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to file-like objects too
                 dynamo=False,
                 opset_version=OPSET,
-                dynamic_axes={n: {0: BATCH_AXIS} for n in (INPUT_TOKENS, OUTPUT_LOGITS, OUTPUT_ATTENTION)},
+                dynamic_axes={n: {0: BATCH_AXIS} for n in (*inputs, *outputs)},
                 do_constant_folding=True,
-                **names,
+                input_names=inputs,
+                output_names=outputs,
             )
             proto = onnx.load_from_string(buf.getvalue())
-    _declare_output_shapes(proto, seq_len, model.config.num_classes)
+    config = cast(ModelConfig, model.config)
+    _declare_output_shapes(proto, seq_len, config.num_classes)
     return proto
 
 
