@@ -155,11 +155,22 @@ def self_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_client(path: Path, url: str, out: Path, chunk: int, concurrency: int) -> tuple[dict, float, float]:
+def run_client(
+    path: Path, url: str, out: Path, chunk: int, concurrency: int, protocol: str = "rest"
+) -> tuple[dict, float, float]:
     """Run the real CLI; returns (its summary, wall seconds, its CPU seconds)."""
     summary = out.with_suffix(".summary.json")
     cmd = [sys.executable, "-m", "client", str(path), "-o", str(out), "--overwrite", "--quiet"]
-    cmd += ["--url", url, "--chunk-size", str(chunk), "--concurrency", str(concurrency)]
+    cmd += [
+        "--url",
+        url,
+        "--chunk-size",
+        str(chunk),
+        "--concurrency",
+        str(concurrency),
+        "--protocol",
+        protocol,
+    ]
     cmd += ["--summary-json", str(summary)]
     cpu0, start = children_cpu_s(), time.perf_counter()
     rc = subprocess.run(cmd, cwd=ROOT).returncode
@@ -182,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--chunk-size", type=int, default=512)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--protocol", choices=("rest", "v2"), default="rest", help="the client's --protocol")
     p.add_argument("--repeats", type=int, default=2, help="alternate in-process and REST runs; best of each")
     p.add_argument("--url", help="use this running server instead of starting one")
     p.add_argument(
@@ -219,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(url, proc)
             warm = Path(tmp) / "warm.txt"  # first requests pay for connections and lazy imports
             warm.write_text("\n".join(sequences[:2048]) + "\n")
-            run_client(warm, url, Path(tmp) / "warm.jsonl", args.chunk_size, 1)
+            run_client(warm, url, Path(tmp) / "warm.jsonl", args.chunk_size, 1, args.protocol)
             # Alternate the two sides so that a change in the machine's load hits both alike.
             for _ in range(args.repeats):
                 for buckets in session_sets:
@@ -227,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                     expected, ort_s = in_process(sequences, buckets, args.ort_batch)
                     ort_runs.append((ort_s, self_cpu_s() - cpu0))
                 server_cpu0 = process_cpu_s(proc.pid) if proc is not None else None
-                summary, wall, client_cpu = run_client(path, url, out, args.chunk_size, args.concurrency)
+                summary, wall, client_cpu = run_client(
+                    path, url, out, args.chunk_size, args.concurrency, args.protocol
+                )
                 server_cpu1 = process_cpu_s(proc.pid) if proc is not None else None
                 server_cpu = None if server_cpu0 is None or server_cpu1 is None else server_cpu1 - server_cpu0
                 rest_runs.append(
@@ -265,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "answers_differing": differing,
         "chunk_size": args.chunk_size,
         "concurrency": args.concurrency,
+        "protocol": args.protocol,
         "ort_batch": args.ort_batch,
         "retries": best["retries"],
         "row_errors": best["errors"],
@@ -276,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         f"in-process onnxruntime: {ort_rate:9.0f} rows/s  (best of {result['in_process_rows_per_s_all']}: "
         "1 thread, default threads, alternating)"
     )
-    print(f"REST batch client:      {rest_rate:9.0f} rows/s  (best of {result['rest_rows_per_s_all']})")
+    print(
+        f"REST client ({args.protocol:4}):     {rest_rate:9.0f} rows/s  "
+        f"(best of {result['rest_rows_per_s_all']})"
+    )
     print(f"ratio REST / in-process: {result['ratio']:.1%}   (goal >= 30%)")
     print(
         f"CPU per row: in-process {cpu['in_process']} us; REST: client {cpu['client']} us "
