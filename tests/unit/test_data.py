@@ -82,3 +82,20 @@ def test_invalid_sequences_raise_typed_errors(sequence, code):
 def test_paper_example_parses():
     parsed = parse_sequence("c9k8j3f1??c")
     assert parsed.answer == "9" and parsed.num_pairs == 4 and parsed.to_sequence() == "c9k8j3f1??c"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(alphabet="abcz09?K ", max_size=14)
+    | st.from_regex(r"(?:[a-e][0-9]){1,5}\?\?[a-f]", fullmatch=True)
+)
+def test_fast_path_parses_exactly_like_the_explaining_parser(text):
+    from model.vocab import _parse_explained
+
+    def outcome(fn):
+        try:
+            return fn(text, "sequence")
+        except SequenceError as exc:
+            return (exc.code, exc.message, exc.field, exc.position)
+
+    assert outcome(parse_sequence) == outcome(_parse_explained)
