@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # The bundled default model: fast weights, R=50, K uniform in 1..8 (see docs/results.md).
 DEFAULT_CKPT := checkpoints/default.pt
 DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 30000 --lr-schedule cosine \
-	--eval-every 1000 --seed 0 --threads 2
+	--eval-every 1000 --seed 0 --threads 1
 
 .PHONY: install install-serve serve test test-unit test-integration docker-test model lint format typecheck bench reproduce clean
 
