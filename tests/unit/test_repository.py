@@ -210,3 +210,21 @@ def test_committed_model_answers_the_task_in_onnxruntime_alone(seq_len):
     assert on_pair[trained].mean() >= 0.9
     assert attention.shape == data.tokens.shape and (attention[:, -1] == 0).all()
     assert (attention[data.tokens == 0] == 0).all()  # PAD positions hold nothing
+
+
+def test_committed_repository_is_the_export_of_the_committed_checkpoint():
+    """model_repository/ and checkpoints/default.pt travel together: same hash, same function."""
+    from export.verify import verify_repository
+    from model.checkpoint import file_sha256
+
+    checkpoint = ROOT / "checkpoints" / "default.pt"
+    sha = file_sha256(checkpoint)
+    for entry in scan_repository(COMMITTED):
+        meta = parse_metadata(
+            {p.key: p.value for p in load_onnx(entry.model_path).metadata_props}, entry.model_path
+        )
+        assert meta.source_sha256 == sha, (
+            f"{entry.model_path} was exported from another checkpoint: make model"
+        )
+    report = verify_repository(checkpoint, COMMITTED, sequences=1000, batch_sizes=(1, 7, 256))
+    assert report.ok and report.source_matches
