@@ -4,10 +4,10 @@ Exporter: the TorchScript-based one (``torch.onnx.export(..., dynamo=False)``, o
 measurement on the export module of `export.graph` (T=11, H=50; `python -m bench.inference --levers`,
 docs/export.md):
 
-* faster under onnxruntime: 137k against 103k seq/s at batch 256 and 132 against 157 µs at batch 1 (one
-  core, CPU time), because onnxruntime fuses the dynamo graph's Add + LayerNormalization into
-  SkipLayerNormalization, which is slower here at these sizes (and drifts more: max |Δ| 7e-5 vs 5e-5);
-* smaller file: 63 KiB against 148 KiB, with the same node count (155 vs 156; no Loop/Scan either way);
+* faster under onnxruntime: 1.2-1.3× the throughput at batch 256 and 1.1-1.2× at batch 1 (one core, CPU
+  time, same run; e.g. 131k against 106k seq/s); onnxruntime fuses the dynamo graph differently (Add +
+  LayerNormalization into SkipLayerNormalization, among others) and that runs slower at these sizes;
+* smaller file: 63 KiB against 148 KiB, with about the same node count (155 vs 156; no Loop/Scan either way);
 * about 40× quicker to run (0.2 s against 8-11 s per bucket), which keeps the export tests and
   ``make model`` quick.
 
