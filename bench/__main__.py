@@ -14,6 +14,7 @@ import sys
 BENCHMARKS = (
     ("bench.inference", "in-process inference: onnxruntime vs torch eager vs torch.compile"),
     ("bench.client_throughput", "REST batch scoring vs onnxruntime in-process"),
+    ("bench.serving", "serving: overhead, dynamic batching, workers (issue 7)"),
 )
 
 
