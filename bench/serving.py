@@ -1,0 +1,467 @@
+"""Serving benchmarks, side by side in one run: overhead, dynamic batching, workers, peers (issue 7, 2/3/5/6).
+
+    .venv/bin/python -m bench.serving                              # everything wrk-able, 5 s per cell
+    .venv/bin/python -m bench.serving --parts overhead --duration 2 --clients 1,64
+    .venv/bin/python -m bench.serving --parts peers                # needs `make bench-peers` first
+
+Every server runs as its own process on a free 127.0.0.1 port; the load comes from wrk (Debian's package,
+installed with apt-get when missing and allowed) or, failing that, bench.loadgen (asyncio httpx). Cells are
+interleaved (each server once per concurrency level) and the ratios compare cells of the same run.
+
+parts
+  overhead  /v1/retrieve of the service vs (a) floor: bare FastAPI endpoint, same body, constant answer and
+            (b) naive: FastAPI + onnxruntime, one request one run (bench/serving_apps.py), at --clients
+  batching  the service with dynamic batching on (max batch 256) vs off (max batch 1) at 64 and 256 clients,
+            and the batch-size distribution it produced (fws_batch_size_rows from /metrics)
+  workers   `uvicorn --factory service.main:create_app --workers 1` vs `--workers 2` at 64 clients
+  peers     BentoML (adaptive batching) and Ray Serve (@serve.batch) serving the same ONNX graphs
+            (bench/peers/), from the separate venv `make bench-peers` builds, at 64 clients
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+
+# Valid queries of 1..4 pairs (T 5..11), cycled by the load generator: every server answers the same mix.
+SEQUENCES = ("c9k8j3f1??c", "a1??a", "x5y6??y", "p1q2r3??q", "m0n7b2v4??v", "d3e4??d", "z8w1g6??g", "h2??h")
+
+
+def native_body(seq: str) -> str:
+    return json.dumps({"sequence": seq})
+
+
+def list_body(seq: str) -> str:  # BentoML's batchable API takes a batch per call: send a batch of one
+    return json.dumps({"sequences": [seq]})
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # full URL of the endpoint under load
+    body: Callable[[str], str] = native_body
+    metrics_url: str | None = None
+
+
+@dataclass
+class Cell:
+    requests: int
+    duration_s: float
+    p50_us: float
+    p99_us: float
+    errors: int
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s else 0.0
+
+
+# ------------------------------------------------------------------------------------------ load generator
+
+_WRK_SCRIPT = """
+local bodies = {%s}
+local i = 0
+local headers = {["Content-Type"] = "application/json"}
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", nil, headers, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, ' ..
+    '"errors": %%d}\\n', summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+def find_wrk(install: bool) -> str | None:
+    path = shutil.which("wrk")
+    if path is None and install and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk from Debian's packages (apt-get install -y wrk)", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], capture_output=True, timeout=300)
+        path = shutil.which("wrk")
+    return path
+
+
+def load(target: Target, clients: int, duration: float, wrk: str | None) -> Cell:
+    """Drive `target` with `clients` keep-alive connections for `duration` seconds from another process."""
+    bodies = [target.body(s) for s in SEQUENCES]
+    timeout = duration + 60
+    if wrk:
+        lua = _WRK_SCRIPT % ", ".join("[[" + b + "]]" for b in bodies)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+            f.write(lua)
+        try:
+            # One wrk thread: its CPU is taken from the same 2 cores the server runs on.
+            cmd = [wrk, "-t1", f"-c{clients}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", f.name, target.url]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
+        finally:
+            os.unlink(f.name)
+        match = re.search(r"WRKJSON (\{.*\})", out)
+        if not match:
+            raise RuntimeError(f"wrk gave no result for {target.name}:\n{out}")
+        r = json.loads(match.group(1))
+        return Cell(r["requests"], r["duration_us"] / 1e6, r["p50_us"], r["p99_us"], r["errors"])
+    cmd = [sys.executable, "-m", "bench.loadgen", target.url, "--clients", str(clients)]
+    cmd += ["--duration", str(duration)] + [a for b in bodies for a in ("--body", b)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    return Cell(r["requests"], r["duration_s"], r["p50_us"], r["p99_us"], r["errors"])
+
+
+# ---------------------------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def process(
+    name: str, cmd: list[str], env: dict[str, str], health_url: str, ready_timeout: float = 120.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server subprocess (own process group), ready when `health_url` answers 200; SIGTERM on exit."""
+    log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FWS_")} | env
+    full_env.setdefault("PYTHONPATH", str(ROOT))
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited ({proc.returncode}):\n{Path(log.name).read_text()[-3000:]}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(health_url, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{name} not ready after {ready_timeout}s:\n{Path(log.name).read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+        os.unlink(log.name)
+
+
+SERVICE_ENV = {  # one inference thread, one ORT intra-op thread: 2 cores shared with the load generator
+    "FWS_INFERENCE_THREADS": "1",
+    "FWS_ORT_INTRA_OP_THREADS": "1",
+    "FWS_LOG_LEVEL": "warning",
+    "FWS_REQUEST_TIMEOUT_S": "30",
+}
+
+
+def service(name: str, env: dict[str, str] | None = None, workers: int | None = None):
+    port = free_port()
+    full = SERVICE_ENV | {"FWS_HOST": "127.0.0.1", "FWS_PORT": str(port)} | (env or {})
+    if workers is None:
+        cmd = [sys.executable, "-m", "service"]
+    else:  # uvicorn's own multi-process supervisor; each worker builds the app (and its sessions) after fork
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "service.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    url = f"http://127.0.0.1:{port}"
+    target = Target(name, url + "/v1/retrieve", metrics_url=url + "/metrics")
+    return target, process(name, cmd, full, url + "/v2/health/ready")
+
+
+def uvicorn_app(name: str, app: str, workers: int = 1):
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    return Target(name, url + "/v1/retrieve"), process(name, cmd, {}, url + "/health")
+
+
+def peer(name: str):
+    port = free_port()
+    module = {"bentoml": "bench.peers.bentoml_server", "ray serve": "bench.peers.ray_server"}[name]
+    cmd = [str(PEERS_PYTHON), "-m", module, "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    body = list_body if name == "bentoml" else native_body
+    return Target(name, url + "/v1/retrieve", body), process(name, cmd, {}, url + "/health", 300)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def batch_histogram(metrics_url: str) -> dict[float, float]:
+    """Cumulative counts of fws_batch_size_rows (all models summed) by upper bound `le`."""
+    text = httpx.get(metrics_url, timeout=10).text
+    counts: dict[float, float] = {}
+    for m in re.finditer(r'^fws_batch_size_rows_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)$', text, re.M):
+        le = float(m.group(1))
+        counts[le] = counts.get(le, 0.0) + float(m.group(2))
+    return counts
+
+
+def distribution(before: dict[float, float], after: dict[float, float]) -> dict[str, int]:
+    """Runs per batch-size range between two scrapes: {"≤1": n, "2-4": n, ...}."""
+    out: dict[str, int] = {}
+    prev_le, prev_count = 0.0, 0.0
+    for le in sorted(after):
+        count = after[le] - before.get(le, 0.0)
+        runs = round(count - prev_count)
+        label = "+Inf" if le == float("inf") else f"{int(prev_le) + 1}-{int(le)}"
+        if runs:
+            out[label if le != float("inf") else f">{int(prev_le)}"] = runs
+        prev_le, prev_count = le, count
+    return out
+
+
+def rows_and_runs(metrics_url: str) -> tuple[float, float]:
+    text = httpx.get(metrics_url, timeout=10).text
+    s = sum(float(v) for v in re.findall(r"^fws_batch_size_rows_sum\{[^}]*\} (\S+)$", text, re.M))
+    c = sum(float(v) for v in re.findall(r"^fws_batch_size_rows_count\{[^}]*\} (\S+)$", text, re.M))
+    return s, c
+
+
+# ---------------------------------------------------------------------------------------------- parts
+
+
+def fmt(cell: Cell) -> str:
+    return f"{cell.rps:>9,.0f} req/s  p50 {cell.p50_us / 1e3:>7.2f} ms  p99 {cell.p99_us / 1e3:>7.2f} ms" + (
+        f"  errors {cell.errors}" if cell.errors else ""
+    )
+
+
+def run_grid(
+    servers: list[tuple[Target, contextlib.AbstractContextManager]], clients: list[int], args, wrk: str | None
+) -> dict[str, dict[int, Cell]]:
+    """Every server at every concurrency, interleaved (one level at a time across all servers)."""
+    results: dict[str, dict[int, Cell]] = {t.name: {} for t, _ in servers}
+    with contextlib.ExitStack() as stack:
+        for target, ctx in servers:
+            stack.enter_context(ctx)
+            load(target, 8, min(1.0, args.duration), wrk)  # warm-up: connections, caches, lazy imports
+        for c in clients:
+            for target, _ in servers:
+                before = batch_histogram(target.metrics_url) if target.metrics_url else None
+                rows0 = rows_and_runs(target.metrics_url) if target.metrics_url else None
+                cell = load(target, c, args.duration, wrk)
+                if target.metrics_url and before is not None and rows0 is not None:
+                    rows1 = rows_and_runs(target.metrics_url)
+                    runs = rows1[1] - rows0[1]
+                    cell.extra["batches"] = distribution(before, batch_histogram(target.metrics_url))
+                    cell.extra["mean_batch_rows"] = (rows1[0] - rows0[0]) / runs if runs else 0.0
+                results[target.name][c] = cell
+                extra = ""
+                if "mean_batch_rows" in cell.extra:
+                    extra = f"  mean batch {cell.extra['mean_batch_rows']:.1f} rows"
+                print(f"  {target.name:<22} {c:>4} clients {fmt(cell)}{extra}", flush=True)
+    return results
+
+
+def ratio_lines(results: dict[str, dict[int, Cell]], name: str, ref: str) -> list[str]:
+    lines = []
+    for c, cell in results[name].items():
+        r = results[ref].get(c)
+        if r and r.rps and r.p50_us and r.p99_us:
+            lines.append(
+                f"  {name} / {ref} at {c:>3} clients: req/s ×{cell.rps / r.rps:.2f}, "
+                f"p50 ×{cell.p50_us / r.p50_us:.2f}, p99 ×{cell.p99_us / r.p99_us:.2f}"
+            )
+    return lines
+
+
+def part_overhead(args, wrk):
+    print("== serving overhead: /v1/retrieve vs floor (bare FastAPI) vs naive (FastAPI + ORT, no batching)")
+    target, ctx = service("service")
+    servers = [
+        uvicorn_app("floor", "bench.serving_apps:floor_app"),
+        uvicorn_app("naive", "bench.serving_apps:naive_app"),
+        (target, ctx),
+    ]
+    results = run_grid(servers, args.clients, args, wrk)
+    for line in ratio_lines(results, "service", "floor") + ratio_lines(results, "service", "naive"):
+        print(line)
+    return results
+
+
+def part_batching(args, wrk):
+    print("== dynamic batching on (max batch 256) vs off (max batch 1)")
+    on = service("batching on", {"FWS_MAX_BATCH_SIZE": "256"})
+    off = service("batching off", {"FWS_MAX_BATCH_SIZE": "1"})
+    results = run_grid([on, off], args.batching_clients, args, wrk)
+    for line in ratio_lines(results, "batching on", "batching off"):
+        print(line)
+    for c, cell in results["batching on"].items():
+        print(f"  batch sizes (rows per ORT run) at {c} clients: {cell.extra.get('batches')}")
+    return results
+
+
+def part_workers(args, wrk):
+    print("== uvicorn workers: 1 vs 2 (service, and the naive server)")
+    servers = [
+        service("service 1 worker", workers=1),
+        service("service 2 workers", workers=2),
+        uvicorn_app("naive 1 worker", "bench.serving_apps:naive_app", 1),
+        uvicorn_app("naive 2 workers", "bench.serving_apps:naive_app", 2),
+    ]
+    for t, _ in servers:
+        t.metrics_url = None  # /metrics is per worker process: a scrape sees one of them
+    results = run_grid(servers, [64], args, wrk)
+    for line in ratio_lines(results, "service 2 workers", "service 1 worker"):
+        print(line)
+    for line in ratio_lines(results, "naive 2 workers", "naive 1 worker"):
+        print(line)
+    return results
+
+
+def part_peers(args, wrk):
+    print("== peers: BentoML and Ray Serve on the same ONNX graphs, vs the service")
+    if not PEERS_PYTHON.exists():
+        print(f"  skipped: {PEERS_PYTHON} missing (run `make bench-peers` to build the peers' venv)")
+        return {}
+    servers = [service("service"), uvicorn_app("naive", "bench.serving_apps:naive_app")]
+    for name, module in (("bentoml", "bentoml"), ("ray serve", "ray")):
+        found = (
+            subprocess.run([str(PEERS_PYTHON), "-c", f"import {module}"], capture_output=True).returncode == 0
+        )
+        if found:
+            servers.append(peer(name))
+        else:
+            print(f"  {name}: not installed in {PEERS_PYTHON.parent.parent}, skipped")
+    results = run_grid(servers, [64], args, wrk)
+    for name in results:
+        if name != "service":
+            lines = ratio_lines(results, "service", name)
+            print("\n".join(lines))
+    return results
+
+
+PARTS = {"overhead": part_overhead, "batching": part_batching, "workers": part_workers, "peers": part_peers}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n")[0])
+    p.add_argument("--parts", default="overhead,batching,workers", help=f"comma list of {','.join(PARTS)}")
+    p.add_argument("--clients", default="1,16,64,256", help="concurrency levels of the overhead part")
+    p.add_argument("--batching-clients", default="64,256")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of load per cell")
+    p.add_argument("--loadgen", choices=("auto", "wrk", "httpx"), default="auto")
+    p.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
+    p.add_argument("--json", type=Path, help="also write every cell as JSON here")
+    p.add_argument("--plot", type=Path, help="write a PNG of the overhead part here")
+    return p
+
+
+def plot_overhead(results: dict[str, dict[int, Cell]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, cells in results.items():
+        xs = sorted(cells)
+        a.plot(xs, [cells[c].rps for c in xs], marker="o", label=name)
+        b.plot(xs, [cells[c].p99_us / 1e3 for c in xs], marker="o", label=name)
+    for ax, title in ((a, "requests/s"), (b, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    b.set_yscale("log")
+    a.legend()
+    fig.suptitle("/v1/retrieve: service vs bare FastAPI floor vs naive FastAPI+onnxruntime")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.clients = [int(c) for c in args.clients.split(",")]
+    args.batching_clients = [int(c) for c in args.batching_clients.split(",")]
+    wrk = None if args.loadgen == "httpx" else find_wrk(not args.no_install)
+    if args.loadgen == "wrk" and not wrk:
+        print("error: wrk not found", file=sys.stderr)
+        return 2
+    print(
+        f"load generator: {wrk or 'bench.loadgen (asyncio httpx)'}, {args.duration:g} s per cell, "
+        f"loadavg before {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    everything = {}
+    for part in args.parts.split(","):
+        everything[part] = PARTS[part](args, wrk)
+    print(f"loadavg after {os.getloadavg()[0]:.2f}")
+    if args.plot and everything.get("overhead"):
+        plot_overhead(everything["overhead"], args.plot)
+    if args.json:
+        payload = {
+            part: {
+                name: {str(c): {"rps": cell.rps, **cell.__dict__} for c, cell in cells.items()}
+                for name, cells in res.items()
+            }
+            for part, res in everything.items()
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
