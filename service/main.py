@@ -15,13 +15,15 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from service.config import Settings
-from service.errors import JSONResponse, install_error_handlers
+from service.errors import JSONResponse, install_error_handlers, is_v2
 from service.metrics import Metrics
-from service.middleware import ServiceMiddleware
+from service.middleware import PUBLIC_PATHS, ServiceMiddleware
 from service.registry import ModelRegistry
 from service.routes import health, metrics, native
 
@@ -73,6 +75,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("stopped")
 
 
+def _document_middleware_errors(routes: list[Any]) -> None:
+    """The middleware answers 401 (API key) and 413 (body size) before routing: say so in the OpenAPI of
+    every route it guards, in that route's error shape, so clients and schema fuzzers see the real answers."""
+    from service.routes.v2 import ERROR_SCHEMA
+    from service.schemas import ErrorResponse
+
+    for route in routes:
+        if not isinstance(route, APIRoute) or route.path in PUBLIC_PATHS:
+            continue
+        v2 = is_v2(route.path)
+        shape: dict[str, Any] = (
+            {"content": {"application/json": {"schema": ERROR_SCHEMA}}} if v2 else {"model": ErrorResponse}
+        )
+        route.responses.setdefault(401, {"description": "Missing or wrong API key", **shape})
+        if "POST" in route.methods:
+            route.responses.setdefault(413, {"description": "Body too large", **shape})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics_ = Metrics()
@@ -96,5 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     # The middleware labels requests it rejects before routing (401, 413) by these routes' templates.
     routes = [route for router in routers for route in router.routes]
+    _document_middleware_errors(routes)
     app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics_, routes=lambda: routes)
     return app

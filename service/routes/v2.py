@@ -47,12 +47,14 @@ PLATFORM = "onnxruntime_onnx"
 # Only what is really implemented (tritonclient and perf_analyzer read this list).
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_ERROR = {"content": {"application/json": {"example": {"error": "message"}}}}
+ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+_ERROR = {"content": {"application/json": {"schema": ERROR_SCHEMA, "example": {"error": "message"}}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request", **_ERROR},
     404: {"description": "Unknown model or version", **_ERROR},
     503: {"description": "Not ready, overloaded or shutting down (Retry-After)", **_ERROR},
 }
+_INFER_ERRORS = {**_ERRORS, 504: {"description": "Deadline exceeded", **_ERROR}}
 
 _STATUS_CODE_NAMES = {
     400: "bad_request",
@@ -387,7 +389,7 @@ async def _infer(
 
 @router.post(
     "/models/{name}/infer",
-    responses=_ERRORS,
+    responses=_INFER_ERRORS,
     openapi_extra=_INFER_DOC,
     summary="Inference: tokens INT64 [B, T] -> logits FP32 [B, 10], memory_attention FP32 [B, T]",
 )
@@ -397,7 +399,7 @@ async def infer(name: ModelName, request: Request, registry: RegistryDep, settin
 
 @router.post(
     "/models/{name}/versions/{version}/infer",
-    responses=_ERRORS,
+    responses=_INFER_ERRORS,
     openapi_extra=_INFER_DOC,
     summary="Inference on one version (must be the serving one)",
 )
