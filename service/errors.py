@@ -41,6 +41,7 @@ _STATUS_CODES = {
     503: "unavailable",
     504: "deadline_exceeded",
 }
+_FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
 class JSONResponse(StarletteJSONResponse):
@@ -172,6 +173,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_PARSE_ERROR and not is_v2(request.url.path):
+            # FastAPI's body reader answers 400 for JSON it cannot even decode (bytes that are not UTF-8,
+            # nesting deeper than the recursion limit); the native contract says 422 invalid_request.
+            return error_response(request.url.path, 422, "invalid_request", "request body is not valid JSON")
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code
         if exc.status_code == 404 and message == "Not Found":
