@@ -112,7 +112,17 @@ def load(target: Target, clients: int, duration: float, wrk: str | None) -> Cell
             f.write(lua)
         try:
             # One wrk thread: its CPU is taken from the same 2 cores the server runs on.
-            cmd = [wrk, "-t1", f"-c{clients}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", f.name, target.url]
+            cmd = [
+                wrk,
+                "-t1",
+                f"-c{clients}",
+                f"-d{max(1, round(duration))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                f.name,
+                target.url,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
         finally:
             os.unlink(f.name)
@@ -241,7 +251,8 @@ def peer(name: str):
     cmd = [str(PEERS_PYTHON), "-m", module, "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     body = list_body if name == "bentoml" else native_body
-    return Target(name, url + "/v1/retrieve", body), process(name, cmd, {}, url + "/health", 300)
+    health = url + ("/readyz" if name == "bentoml" else "/health")  # BentoML's own readiness probe
+    return Target(name, url + "/v1/retrieve", body), process(name, cmd, {}, health, 300)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
