@@ -11,6 +11,7 @@ Domain exceptions map to statuses here once, so routes just raise:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -52,7 +53,16 @@ class JSONResponse(StarletteJSONResponse):
     """
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:
+            # A string echoed from the request (a batch item's id) may hold a lone surrogate: JSON allows
+            # "\ud800" escapes, UTF-8 cannot encode them. Escape it as the stdlib does instead of a 500.
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":"), default=_plain).encode()
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 class ApiError(Exception):

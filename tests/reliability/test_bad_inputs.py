@@ -276,3 +276,28 @@ def test_zz_the_server_is_healthy_and_correct_after_the_corpus(server: Server, c
     r = client.post(V2, json={"inputs": [tokens(GOOD_ROW)]})
     assert r.status_code == 200, r.text
     assert "unhandled error" not in server.logs()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(B, id="batch item id"),
+        pytest.param(B, id="batch item unknown field"),
+        pytest.param(V2, id="v2 request id"),
+    ],
+)
+def test_lone_surrogates_echoed_from_the_request_never_cause_a_500(
+    path: str, client: httpx.Client, request: pytest.FixtureRequest
+) -> None:
+    # JSON allows "\ud800" escapes; such a string cannot be UTF-8 encoded, so echoing it must escape it.
+    body = {
+        "batch item id": b'{"items": [{"id": "x\\ud800", "sequence": "c9k8j3f1??c"}]}',
+        "batch item unknown field": b'{"items": [{"sequence": "c9k8j3f1??c", "\\udfff": 1}]}',
+        "v2 request id": b'{"id": "\\ud800", "inputs": ' + j([tokens(GOOD_ROW)]) + b"}",
+    }[request.node.callspec.id]
+    r = client.post(path, content=body, headers=JSON)
+    assert r.status_code in (200, 400), r.text
+    assert r.json()  # valid JSON
+    if path == B:
+        (result,) = r.json()["results"]
+        assert "value" in result or result["error"]["code"] == "invalid_request"
