@@ -151,14 +151,19 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def process(
-    name: str, cmd: list[str], env: dict[str, str], health_url: str, ready_timeout: float = 120.0
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    health_url: str,
+    ready_timeout: float = 120.0,
+    root: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A server subprocess (own process group), ready when `health_url` answers 200; SIGTERM on exit."""
     log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FWS_")} | env
-    full_env.setdefault("PYTHONPATH", str(ROOT))
+    full_env["PYTHONPATH"] = str(root)
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, cwd=root, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         deadline = time.monotonic() + ready_timeout
@@ -197,7 +202,7 @@ SERVICE_ENV = {  # one inference thread, one ORT intra-op thread: 2 cores shared
 }
 
 
-def service(name: str, env: dict[str, str] | None = None, workers: int | None = None):
+def service(name: str, env: dict[str, str] | None = None, workers: int | None = None, root: Path = ROOT):
     port = free_port()
     full = SERVICE_ENV | {"FWS_HOST": "127.0.0.1", "FWS_PORT": str(port)} | (env or {})
     if workers is None:
@@ -221,7 +226,7 @@ def service(name: str, env: dict[str, str] | None = None, workers: int | None = 
         ]
     url = f"http://127.0.0.1:{port}"
     target = Target(name, url + "/v1/retrieve", metrics_url=url + "/metrics")
-    return target, process(name, cmd, full, url + "/v2/health/ready")
+    return target, process(name, cmd, full, url + "/v2/health/ready", root=root)
 
 
 def uvicorn_app(name: str, app: str, workers: int = 1):
@@ -345,8 +350,13 @@ def part_overhead(args, wrk):
         uvicorn_app("naive", "bench.serving_apps:naive_app"),
         (target, ctx),
     ]
+    if args.baseline_tree:  # the service from another tree (e.g. `git archive <commit>`): before/after
+        servers.append(service("service (baseline)", root=args.baseline_tree.resolve()))
     results = run_grid(servers, args.clients, args, wrk)
-    for line in ratio_lines(results, "service", "floor") + ratio_lines(results, "service", "naive"):
+    lines = ratio_lines(results, "service", "floor") + ratio_lines(results, "service", "naive")
+    if args.baseline_tree:
+        lines += ratio_lines(results, "service", "service (baseline)")
+    for line in lines:
         print(line)
     return results
 
@@ -414,6 +424,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per cell")
     p.add_argument("--loadgen", choices=("auto", "wrk", "httpx"), default="auto")
     p.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
+    p.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="overhead part: also run the service of this source tree (before/after a change, same run)",
+    )
     p.add_argument("--json", type=Path, help="also write every cell as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of the overhead part here")
     return p

@@ -40,11 +40,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_settings(request: Request) -> Settings:
+# async on purpose: FastAPI runs a plain `def` dependency in its thread pool, two thread hops per request
+# just to read app.state (measured: bench.serving, docs/benchmarks.md).
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
