@@ -10,7 +10,7 @@ DEFAULT_CKPT := checkpoints/default.pt
 DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 30000 --lr-schedule cosine \
 	--eval-every 1000 --seed 0 --threads 1
 
-.PHONY: install install-serve serve test test-unit test-integration docker-test model lint format typecheck bench reproduce clean
+.PHONY: install install-serve serve test test-unit test-integration docker-test model lint format typecheck bench bench-peers reproduce clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,18 @@ reproduce: $(VENV)/.all
 
 bench: $(VENV)/.all
 	$(PY) -m bench
+
+# The peers (BentoML, Ray Serve) live in their own venv, never in the main install; then they are measured
+# against the service and the naive server on the same ONNX graphs (bench/peers/, docs/benchmarks.md).
+PEERS_VENV := .venv-peers
+PEERS_PACKAGES := bentoml==1.4.40 'ray[serve]==2.60.0' onnxruntime==1.32.0 numpy
+$(PEERS_VENV)/.installed:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q $(PEERS_PACKAGES)
+	touch $@
+
+bench-peers: $(VENV)/.all $(PEERS_VENV)/.installed
+	$(PY) -m bench.serving --parts peers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

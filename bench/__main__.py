@@ -14,8 +14,16 @@ import sys
 BENCHMARKS = (
     ("bench.inference", "in-process inference: onnxruntime vs torch eager vs torch.compile"),
     ("bench.client_throughput", "REST batch scoring vs onnxruntime in-process"),
-    ("bench.serving", "serving: overhead, dynamic batching, workers (issue 7)"),
+    ("bench.serving", "serving: overhead, dynamic batching, workers, peers (issue 7)"),
+    ("bench.engine_sweep", "onnxruntime vs torch by batch size 1..1024 and by length bucket (issue 7)"),
+    ("bench.memory_forms", "fast memory: matrix vs attention form as T grows (issue 7)"),
 )
+# Arguments `make bench` gives a module (default: none): the issue-7 benchmarks also draw docs/img/*.png.
+ARGS: dict[str, list[str]] = {
+    "bench.serving": ["--parts", "overhead,batching,workers,peers", "--plot", "docs/img/serving.png"],
+    "bench.engine_sweep": ["--plot", "docs/img/engine.png"],
+    "bench.memory_forms": ["--plot", "docs/img/memory_forms.png"],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {module}: not in this checkout, skipped")
             continue
         print(f"== {module}: {about}", flush=True)
-        code = importlib.import_module(module).main([])
+        code = importlib.import_module(module).main(ARGS.get(module, []))
         print(f"== {module}: exit {code}\n", flush=True)
         status = status or code
     return status

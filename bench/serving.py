@@ -274,13 +274,14 @@ def batch_histogram(metrics_url: str) -> dict[float, float]:
 
 
 def distribution(before: dict[float, float], after: dict[float, float]) -> dict[str, int]:
-    """Runs per batch-size range between two scrapes: {"≤1": n, "2-4": n, ...}."""
+    """Runs per batch-size range (rows) between two scrapes: {"1": n, "2-4": n, ..., ">4096": n}."""
     out: dict[str, int] = {}
     prev_le, prev_count = 0.0, 0.0
     for le in sorted(after):
         count = after[le] - before.get(le, 0.0)
         runs = round(count - prev_count)
-        label = "+Inf" if le == float("inf") else f"{int(prev_le) + 1}-{int(le)}"
+        lo, hi = int(prev_le) + 1, int(le) if le != float("inf") else 0
+        label = str(hi) if lo == hi else f"{lo}-{hi}"
         if runs:
             out[label if le != float("inf") else f">{int(prev_le)}"] = runs
         prev_le, prev_count = le, count

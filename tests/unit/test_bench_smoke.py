@@ -1,0 +1,57 @@
+"""The issue-7 benchmarks run end to end with minimal settings (seconds; nothing is timed or compared)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from bench import engine_sweep, memory_forms, serving
+
+
+def test_batch_size_distribution_is_the_difference_of_two_cumulative_scrapes():
+    before = {1.0: 5.0, 4.0: 5.0, 16.0: 5.0, math.inf: 5.0}
+    after = {1.0: 7.0, 4.0: 10.0, 16.0: 14.0, math.inf: 15.0}
+    assert serving.distribution(before, after) == {"1": 2, "2-4": 3, "5-16": 4, ">16": 1}
+
+
+def test_memory_forms_runs_and_the_two_forms_agree(tmp_path: Path):
+    out = tmp_path / "forms.json"
+    assert (
+        memory_forms.main(["--lengths", "4,8", "--batch-size", "2", "--repeats", "1", "--json", str(out)])
+        == 0
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["T"] for r in rows] == [4, 8]
+    assert all(r["max_abs_diff"] < 1e-4 for r in rows)
+
+
+def test_engine_sweep_runs_by_batch_and_by_bucket(tmp_path: Path):
+    out, png = tmp_path / "engine.json", tmp_path / "engine.png"
+    args = [
+        "--batch-sizes",
+        "1,2",
+        "--rounds",
+        "1",
+        "--round-seconds",
+        "0.01",
+        "--no-compile",
+        "--threads",
+        "1",
+    ]
+    assert engine_sweep.main([*args, "--json", str(out), "--plot", str(png)]) == 0
+    result = json.loads(out.read_text())
+    assert "ort" in result["by_batch"]["seconds_per_call"]
+    assert len(result["by_bucket"]["seconds_per_call"]) >= 2
+    assert png.stat().st_size > 0
+
+
+def test_serving_overhead_runs_against_real_servers(tmp_path: Path):
+    out = tmp_path / "serving.json"
+    args = ["--parts", "overhead", "--clients", "2", "--duration", "1", "--loadgen", "httpx", "--no-install"]
+    assert serving.main([*args, "--json", str(out)]) == 0
+    cells = json.loads(out.read_text())["overhead"]
+    assert set(cells) == {"floor", "naive", "service"}
+    for name, per in cells.items():
+        assert per["2"]["requests"] > 0, name
+        assert per["2"]["errors"] == 0, name
