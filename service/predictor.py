@@ -236,7 +236,7 @@ def load_model(
     """
     start = time.perf_counter()
     if not path.is_file():
-        raise ModelLoadError(name, f"no {ONNX_FILENAME} at {path}")
+        raise ModelLoadError(name, f"no {ONNX_FILENAME} in version {version}")
     providers, why = choose_providers(device)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no warnings about unused initializers on every load
@@ -245,7 +245,9 @@ def load_model(
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises several unrelated types for bad files
-        raise ModelLoadError(name, f"onnxruntime could not load {path.name}: {_first_line(exc)}") from None
+        # onnxruntime's message names the absolute file path; reasons reach HTTP answers (index, load).
+        reason = _first_line(exc).replace(str(path), f"{name}/{version}/{path.name}")
+        raise ModelLoadError(name, f"onnxruntime could not load {path.name}: {reason}") from None
     meta = _metadata(session, name)
     try:
         seq_len = int(meta[MetadataKeys.SEQ_LEN])

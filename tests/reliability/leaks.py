@@ -9,7 +9,6 @@ _LEAK = re.compile(
     r"|File \"[^\"]+\", line \d+"
     r"|/(?:work|home|usr|opt|tmp|root|site-packages)/"
     r"|\.py\b"
-    r"|\.onnx\b"
     r"|\b[A-Za-z]+(?:Error|Exception): "
     r"|onnxruntime\.capi"
 )
