@@ -42,6 +42,10 @@ and docs).
 """
 
 
+class NoModelLoadedError(RuntimeError):
+    """Every model of the repository failed to load: the start fails (`python -m service` exits 3)."""
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: ModelRegistry = app.state.registry
@@ -61,6 +65,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 "repository": str(settings.model_repository),
             },
         )
+    elif failures:
+        # Models were there and every one failed (corrupt, truncated): a start that cannot serve must fail
+        # loudly (non-zero exit) rather than sit unready. An EMPTY repository still starts, unready.
+        log.error("no model could be loaded: exiting", extra={"repository": str(settings.model_repository)})
+        raise NoModelLoadedError(f"no model could be loaded from {settings.model_repository}")
     else:
         log.error(
             "no model loaded: staying NOT ready (/v2/health/ready answers 503)",
