@@ -10,7 +10,7 @@ DEFAULT_CKPT := checkpoints/default.pt
 DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 30000 --lr-schedule cosine \
 	--eval-every 1000 --seed 0 --threads 1
 
-.PHONY: install install-serve serve test test-unit test-integration docker-test model lint format typecheck bench bench-peers reproduce clean
+.PHONY: install install-serve serve test test-unit test-integration reliability-long docker-test model lint format typecheck bench bench-peers reproduce clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-unit: $(VENV)/.all
 
 test-integration: $(VENV)/.all
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# Fuzzing (300 examples per operation and mode), 5-minute soak, corpus, faults, security: see docs/reliability.md.
+reliability-long: $(VENV)/.all
+	FWS_RELIABILITY_LONG=1 $(PY) -m pytest tests/reliability -s $(PYTEST_ARGS)
 
 # The Docker deployment end to end (image, compose, load balancer, failover); starts dockerd if none runs.
 docker-test: $(VENV)/.all
