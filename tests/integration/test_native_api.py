@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,7 +221,12 @@ def test_a_request_id_is_echoed_or_generated(client: httpx.Client) -> None:
 
 def test_the_request_id_and_route_appear_in_the_json_access_log(server: Server, client: httpx.Client) -> None:
     client.post("/v1/retrieve", json={"sequence": SEQ}, headers={"X-Request-ID": "log-me-7"})
-    lines = [line for line in server.logs().splitlines() if "log-me-7" in line]
+    # The access log line is written after the response is sent and reaches us through a pipe: poll briefly.
+    deadline = time.monotonic() + 5
+    while not (lines := [line for line in server.logs().splitlines() if "log-me-7" in line]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert lines, server.logs()[-2000:]
     import json
 
