@@ -98,7 +98,7 @@ def _document_middleware_errors(routes: list[Any]) -> None:
             {"content": {"application/json": {"schema": ERROR_SCHEMA}}} if v2 else {"model": ErrorResponse}
         )
         route.responses.setdefault(401, {"description": "Missing or wrong API key", **shape})
-        if "POST" in route.methods:
+        if "POST" in (route.methods or set()):
             route.responses.setdefault(413, {"description": "Body too large", **shape})
 
 
