@@ -12,15 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.server import Server, default_repository, start_server
-
-
-@pytest.fixture(scope="session")
-def model_repository() -> Path:
-    repo = default_repository()
-    if not any(repo.glob("*/*/model.onnx")):
-        pytest.fail(f"no model repository at {repo} (run `make model`, or set FWS_TEST_REPOSITORY)")
-    return repo
+from tests.integration.server import Server, start_server
 
 
 @pytest.fixture(scope="session")

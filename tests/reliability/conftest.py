@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.server import Server, default_repository, start_server
+from tests.integration.server import Server, start_server
 
 LONG = os.environ.get("FWS_RELIABILITY_LONG", "") not in ("", "0")
-
-
-@pytest.fixture(scope="session")
-def model_repository() -> Path:
-    repo = default_repository()
-    if not any(repo.glob("*/*/model.onnx")):
-        pytest.fail(f"no model repository at {repo} (run `make model`, or set FWS_TEST_REPOSITORY)")
-    return repo
 
 
 @pytest.fixture(scope="module")
