@@ -11,7 +11,10 @@ Semantics (Triton's dynamic batcher, counted in ROWS):
 - Every request has a deadline; one that expires while queued is answered `DeadlineExceededError` (504)
   and never computed. A request whose caller went away (its awaiting task cancelled, e.g. the client
   disconnected) is dropped before compute.
-- onnxruntime runs in the given executor, never on the event loop, so health and metrics stay fast.
+- onnxruntime runs in the given executor, so health and metrics stay fast while a long run computes, except
+  for runs of at most `inline_max_rows` rows, which run on the event loop itself: a small run (tens of
+  microseconds) costs less than the two thread hand-offs and GIL exchanges of the executor round trip, which
+  dominated the latency of a lone request (measured: docs/benchmarks.md). 0 turns this off.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Batcher:
         max_queue_delay_s: float = 0.0,
         max_queue_rows: int = 4096,
         default_timeout_s: float = 10.0,
+        inline_max_rows: int = 0,
         metrics: Metrics | None = None,
     ):
         self._run = run
@@ -82,7 +86,14 @@ class Batcher:
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_rows = max_queue_rows
         self.default_timeout_s = default_timeout_s
+        self.inline_max_rows = inline_max_rows
         self._metrics = metrics
+        if metrics is not None:  # this model's children, looked up once (labels() costs a lock and a hash)
+            self._m_batch_requests = metrics.batch_requests.labels(name)
+            self._m_queue_wait = metrics.queue_wait.labels(name)
+            self._m_inference_time = metrics.inference_time.labels(name)
+            self._m_batch_rows = metrics.batch_rows.labels(name)
+            self._m_queue_rows = metrics.queue_rows.labels(name)
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
@@ -130,17 +141,17 @@ class Batcher:
         self._queued_rows += rows
         self._set_depth()
         self._arrived.set()
+        # One timer per request (cheaper than wait_for + shield): at the deadline a request still waiting is
+        # answered 504, and one still queued is dropped there and then (its rows are never computed).
+        timer = loop.call_at(loop.time() + (deadline - now), self._expire, item, deadline - now)
         try:
-            # shield: the outcome is decided here (deadline vs caller gone), not by a blind cancel.
-            return await asyncio.wait_for(
-                asyncio.shield(item.future), timeout=max(0.0, deadline - time.monotonic())
-            )
-        except TimeoutError:
-            self._abandon(item, "deadline")
-            raise DeadlineExceededError(f"deadline exceeded after {deadline - now:.3f}s") from None
+            return await item.future
         except asyncio.CancelledError:
-            self._abandon(item, "client_gone")
+            if item.future.cancelled():  # the caller went away (its task was cancelled while waiting)
+                self._abandon(item, "client_gone")
             raise
+        finally:
+            timer.cancel()
 
     async def close(self, drain: bool = True) -> None:
         """Stop accepting work; with `drain`, finish everything already queued, else fail it."""
@@ -156,6 +167,12 @@ class Batcher:
             await self._task
 
     # -- worker -------------------------------------------------------------------------------------------
+
+    def _expire(self, item: _Pending, waited_s: float) -> None:
+        if item.future.done():
+            return
+        item.future.set_exception(DeadlineExceededError(f"deadline exceeded after {waited_s:.3f}s"))
+        self._abandon(item, "deadline")
 
     def _abandon(self, item: _Pending, reason: str) -> None:
         """The caller stopped waiting: a still-queued request frees its room at once and is never computed."""
@@ -228,12 +245,16 @@ class Batcher:
         tokens = batch[0].tokens if len(batch) == 1 else np.concatenate([b.tokens for b in batch], axis=0)
         start = time.monotonic()
         if self._metrics is not None:
-            self._metrics.batch_requests.labels(self.name).observe(len(batch))
+            self._m_batch_requests.observe(len(batch))
             for item in batch:
-                self._metrics.queue_wait.labels(self.name).observe(start - item.enqueued)
-        loop = asyncio.get_running_loop()
+                self._m_queue_wait.observe(start - item.enqueued)
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_chunked, tokens)
+            if tokens.shape[0] <= self.inline_max_rows:
+                outputs = self._run_chunked(tokens)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._run_chunked, tokens
+                )
         except Exception as exc:
             log.exception("inference failed", extra={"model": self.name, "rows": int(tokens.shape[0])})
             for item in batch:
@@ -256,15 +277,15 @@ class Batcher:
             parts.append(self._run(chunk))
             self.runs += 1
             if self._metrics is not None:
-                self._metrics.inference_time.labels(self.name).observe(time.perf_counter() - t0)
-                self._metrics.batch_rows.labels(self.name).observe(chunk.shape[0])
+                self._m_inference_time.observe(time.perf_counter() - t0)
+                self._m_batch_rows.observe(chunk.shape[0])
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
     def _set_depth(self) -> None:
         if self._metrics is not None:
-            self._metrics.queue_rows.labels(self.name).set(self._queued_rows)
+            self._m_queue_rows.set(self._queued_rows)
 
     def _count_rejected(self, reason: str) -> None:
         if self._metrics is not None:

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         default=1, ge=1, description="Executor threads that run onnxruntime sessions."
     )
+    inline_max_rows: int = Field(
+        default=16,
+        ge=0,
+        description="Runs of at most this many rows run on the event loop (no thread hand-off); 0: never.",
+    )
     ort_intra_op_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads (0 = its default)."
     )
@@ -53,6 +58,11 @@ class Settings(BaseSettings):
     )
 
     # Request limits.
+    fast_path: bool = Field(
+        default=True,
+        description="Serve the inference routes straight from ASGI (same answers, much less CPU per request);"
+        " false: through FastAPI.",
+    )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Larger request bodies get 413.")
     max_batch_items: int = Field(default=1024, ge=1, description="Items per /v1/retrieve/batch request.")
     max_sequence_length: int = Field(

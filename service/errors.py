@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
@@ -43,6 +44,8 @@ _STATUS_CODES = {
     504: "deadline_exceeded",
 }
 _FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+EMPTY_BODY = "request body is empty (send a JSON object)"
+NOT_JSON_OBJECT = "request body must be a JSON object (send Content-Type: application/json)"
 
 
 class JSONResponse(StarletteJSONResponse):
@@ -53,12 +56,16 @@ class JSONResponse(StarletteJSONResponse):
     """
 
     def render(self, content: Any) -> bytes:
-        try:
-            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-        except orjson.JSONEncodeError:
-            # A string echoed from the request (a batch item's id) may hold a lone surrogate: JSON allows
-            # "\ud800" escapes, UTF-8 cannot encode them. Escape it as the stdlib does instead of a 500.
-            return json.dumps(content, ensure_ascii=True, separators=(",", ":"), default=_plain).encode()
+        return render_json(content)
+
+
+def render_json(content: Any) -> bytes:
+    try:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        # A string echoed from the request (a batch item's id) may hold a lone surrogate: JSON allows
+        # "\ud800" escapes, UTF-8 cannot encode them. Escape it as the stdlib does instead of a 500.
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":"), default=_plain).encode()
 
 
 def _plain(value: Any) -> Any:
@@ -105,11 +112,6 @@ def error_response(
     return JSONResponse(error_body(path, code, message, field), status_code=status, headers=headers)
 
 
-def _retry_after(request: Request) -> dict[str, str]:
-    settings = getattr(request.app.state, "settings", None)
-    return {"Retry-After": str(settings.retry_after_s if settings is not None else 1)}
-
-
 def _field_of(loc: tuple[Any, ...]) -> str | None:
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
     out = ""
@@ -128,58 +130,79 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     if kind == "extra_forbidden":
         return f"unknown field {field!r}", field
     if kind == "missing":
-        return f"missing field {field!r}", field
+        return (f"missing field {field!r}", field) if field else (EMPTY_BODY, None)
     if kind == "json_invalid":
         return "request body is not valid JSON", None
     if field is None and kind in ("model_attributes_type", "dict_type", "model_type"):
-        return "request body must be a JSON object (send Content-Type: application/json)", None
+        return NOT_JSON_OBJECT, None
     msg = str(err.get("msg", "invalid value"))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     return (f"{field}: {msg}" if field else msg), field
 
 
+def domain_error(exc: BaseException, path: str, retry_after_s: int = 1) -> JSONResponse | None:
+    """The JSON error answer for an exception the routes raise on purpose; None for anything else.
+
+    One mapping for both ways a request is served: FastAPI's exception handlers and the ASGI fast path
+    (`service.fastpath`), so a status or message cannot differ between them.
+    """
+    retry = {"Retry-After": str(retry_after_s)}
+    if isinstance(exc, ApiError):
+        return error_response(path, exc.status, exc.code, exc.message, exc.field, exc.headers)
+    if isinstance(exc, ValidationError):  # a body validated by the fast path (FastAPI's own: below)
+        message, field = validation_message(list(exc.errors()))
+        return error_response(path, 400 if is_v2(path) else 422, "invalid_request", message, field)
+    if isinstance(exc, SequenceError):
+        return error_response(path, 422, exc.code, exc.message, exc.field)
+    if isinstance(exc, ModelNotFoundError):
+        return error_response(path, 404, "model_not_found", str(exc), "model")
+    if isinstance(exc, ModelNotReadyError):
+        return error_response(path, 503, "not_ready", str(exc), "model", retry)
+    if isinstance(exc, ModelLoadError):
+        return error_response(path, 400 if is_v2(path) else 500, "load_failed", str(exc))
+    if isinstance(exc, QueueFullError):
+        msg = f"overloaded: {exc}; retry later. Exceeds maximum queue size"
+        return error_response(path, 503, "overloaded", msg, None, retry)
+    if isinstance(exc, BatcherClosedError):
+        return error_response(path, 503, "shutting_down", str(exc), None, retry)
+    if isinstance(exc, DeadlineExceededError):
+        return error_response(path, 504, "deadline_exceeded", str(exc))
+    return None
+
+
+DOMAIN_ERRORS: tuple[type[Exception], ...] = (
+    ApiError,
+    ValidationError,
+    SequenceError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ModelLoadError,
+    QueueFullError,
+    BatcherClosedError,
+    DeadlineExceededError,
+)
+
+
+def _retry_after_s(request: Request) -> int:
+    settings = getattr(request.app.state, "settings", None)
+    return settings.retry_after_s if settings is not None else 1
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
-        return error_response(request.url.path, exc.status, exc.code, exc.message, exc.field, exc.headers)
+    async def _domain(request: Request, exc: Exception) -> Response:
+        response = domain_error(exc, request.url.path, _retry_after_s(request))
+        assert response is not None, f"{type(exc).__name__} is registered as a domain error"
+        return response
+
+    for kind in DOMAIN_ERRORS:
+        app.add_exception_handler(kind, _domain)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         message, field = validation_message(list(exc.errors()))
         path = request.url.path
         return error_response(path, 400 if is_v2(path) else 422, "invalid_request", message, field)
-
-    @app.exception_handler(SequenceError)
-    async def _sequence(request: Request, exc: SequenceError) -> Response:
-        return error_response(request.url.path, 422, exc.code, exc.message, exc.field)
-
-    @app.exception_handler(ModelNotFoundError)
-    async def _not_found(request: Request, exc: ModelNotFoundError) -> Response:
-        return error_response(request.url.path, 404, "model_not_found", str(exc), "model")
-
-    @app.exception_handler(ModelNotReadyError)
-    async def _not_ready(request: Request, exc: ModelNotReadyError) -> Response:
-        return error_response(request.url.path, 503, "not_ready", str(exc), "model", _retry_after(request))
-
-    @app.exception_handler(ModelLoadError)
-    async def _load_failed(request: Request, exc: ModelLoadError) -> Response:
-        return error_response(
-            request.url.path, 400 if is_v2(request.url.path) else 500, "load_failed", str(exc)
-        )
-
-    @app.exception_handler(QueueFullError)
-    async def _queue_full(request: Request, exc: QueueFullError) -> Response:
-        msg = f"overloaded: {exc}; retry later. Exceeds maximum queue size"
-        return error_response(request.url.path, 503, "overloaded", msg, None, _retry_after(request))
-
-    @app.exception_handler(BatcherClosedError)
-    async def _closed(request: Request, exc: BatcherClosedError) -> Response:
-        return error_response(request.url.path, 503, "shutting_down", str(exc), None, _retry_after(request))
-
-    @app.exception_handler(DeadlineExceededError)
-    async def _deadline(request: Request, exc: DeadlineExceededError) -> Response:
-        return error_response(request.url.path, 504, "deadline_exceeded", str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -10,18 +10,22 @@ Routers: native `/v1` (routes/native.py), health and metrics, and the Open Infer
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.config import Settings
 from service.errors import JSONResponse, install_error_handlers, is_v2
+from service.fastpath import FastPath, HotRoute
 from service.metrics import Metrics
 from service.middleware import PUBLIC_PATHS, ServiceMiddleware
 from service.registry import ModelRegistry
@@ -54,6 +58,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for failure in failures:
         log.error("model not loaded", extra={"model": failure.name, "reason": failure.reason})
     if registry.ready:
+        # Everything alive now (modules, sessions, schemas) lives as long as the process: keep it out of the
+        # cyclic GC's full passes, which otherwise cost ~100 us per request (measured, docs/benchmarks.md).
+        gc.collect()
+        gc.freeze()
         app.state.ready = True
         log.info(
             "ready",
@@ -102,10 +110,14 @@ def _document_middleware_errors(routes: list[Any]) -> None:
             route.responses.setdefault(413, {"description": "Body too large", **shape})
 
 
+def hot_routes() -> list[HotRoute]:
+    return list(native.HOT_ROUTES)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics_ = Metrics()
-    app = FastAPI(
+    app = ServiceApp(
         title="fastweights-serve",
         version="0.1.0",
         description=DESCRIPTION,
@@ -126,5 +138,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The middleware labels requests it rejects before routing (401, 413) by these routes' templates.
     routes = [route for router in routers for route in router.routes]
     _document_middleware_errors(routes)
-    app.add_middleware(ServiceMiddleware, settings=settings, metrics=metrics_, routes=lambda: routes)
+    fastapi_stack: ASGIApp = partial(FastAPI.__call__, app)
+    if settings.fast_path:  # the hot routes straight from ASGI (service/fastpath.py)
+        by_template = {r.path: r for r in routes if isinstance(r, APIRoute)}
+        fastapi_stack = FastPath(fastapi_stack, hot_routes(), app.state, lambda: by_template)
+    app.front = ServiceMiddleware(fastapi_stack, settings, metrics_, lambda: routes)
     return app
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with `front` in front of its whole stack: our middleware, then the fast path, then FastAPI.
+
+    In front rather than `add_middleware`: FastAPI's own outer layers (error page, telemetry probe, body
+    limit, exception middleware) cost CPU on every request, and the hot routes need none of them (measured,
+    docs/benchmarks.md). `ServiceMiddleware` still sees every request, so ids, auth, limits, metrics and logs
+    apply to all routes alike.
+    """
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front(scope, receive, send)

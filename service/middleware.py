@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import logging
 import re
 import time
@@ -64,6 +65,15 @@ class ServiceMiddleware:
         key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
         # Compare digests: constant time, and the key's length does not leak either.
         self._expected = hashlib.sha256(f"Bearer {key}".encode()).digest() if key else None
+        # (method, template, status) -> metric children: labels() per request costs a lock and a hash.
+        # Bounded: templates are the app's routes (or "unmatched") and statuses a few dozen codes.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # Generated request ids: unique per process start (random prefix) and cheap (a counter, no uuid4).
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._id_counter = itertools.count(1)
+
+    def _next_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):016x}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,7 +83,7 @@ class ServiceMiddleware:
         headers = _headers(scope)
         rid = headers.get("x-request-id", "")
         if not _REQUEST_ID.match(rid):
-            rid = uuid.uuid4().hex
+            rid = self._next_id()
         token = request_id_var.set(rid)
         path: str = scope["path"]
         state: dict[str, Any] = {"status": 500, "started": False, "bytes": 0}
@@ -130,11 +140,18 @@ class ServiceMiddleware:
         finally:
             elapsed = time.perf_counter() - start
             template = self._template(scope)
-            status = str(state["status"])
             method = scope.get("method", "")
-            self.metrics.http_requests.labels(method, template, status).inc()
-            self.metrics.http_latency.labels(method, template, status).observe(elapsed)
-            if not template.startswith("/v2/health"):
+            key = (method, template, state["status"])
+            children = self._children.get(key)
+            if children is None:
+                status = str(state["status"])
+                children = self._children[key] = (
+                    self.metrics.http_requests.labels(method, template, status),
+                    self.metrics.http_latency.labels(method, template, status),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
+            if log.isEnabledFor(logging.INFO) and not template.startswith("/v2/health"):
                 log.info(
                     "request",
                     extra={

@@ -12,6 +12,7 @@ Layout (Triton's, see `export/contract.py`)::
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -167,13 +168,19 @@ class LoadedModel:
 
 def _byte_table(vocab: Vocabulary) -> np.ndarray | None:
     """ASCII byte -> token id (-1 where none), when every non-PAD token is one ASCII character."""
+    return _byte_table_of(vocab.tokens, vocab.pad_id)
+
+
+@functools.lru_cache(maxsize=64)
+def _byte_table_of(tokens: tuple[str, ...], pad_id: int) -> np.ndarray | None:
     table = np.full(256, -1, dtype=np.int64)
-    for i, tok in enumerate(vocab.tokens):
-        if i == vocab.pad_id:
+    for i, tok in enumerate(tokens):
+        if i == pad_id:
             continue
         if len(tok) != 1 or ord(tok) > 127:
             return None
         table[ord(tok)] = i
+    table.setflags(write=False)
     return table
 
 

@@ -321,6 +321,8 @@ class ModelRegistry:
             max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
             max_queue_rows=s.max_queue_rows,
             default_timeout_s=s.request_timeout_s,
+            # A simulated slow model must sleep in the executor, never on the event loop.
+            inline_max_rows=0 if s.simulated_run_delay_ms > 0 else s.inline_max_rows,
             metrics=self.metrics,
         )
         batcher.start()

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Body, Depends, Request, Security
 from fastapi.security import HTTPBearer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from model.vocab import ParsedQuery, SequenceError
 from service.config import Settings
-from service.errors import ApiError, JSONResponse, validation_message
+from service.errors import EMPTY_BODY, NOT_JSON_OBJECT, ApiError, JSONResponse, validation_message
+from service.fastpath import RawRequest, RawResponse, hot_route, json_response
 from service.registry import ModelRegistry
 from service.retrieval import Answer, answer, family_version, parse_query
 from service.schemas import (
@@ -116,47 +118,25 @@ def _error_dict(exc: SequenceError) -> dict[str, Any]:
     return {"code": exc.code, "message": exc.message, "field": exc.field}
 
 
-@router.post(
-    "/retrieve",
-    response_model=RetrieveResponse,
-    response_model_exclude_none=True,
-    responses=_ERRORS,
-    summary="Answer one associative-retrieval query",
-)
-async def retrieve(
-    body: Annotated[RetrieveRequest, Body(openapi_examples=RETRIEVE_EXAMPLES)],
-    request: Request,
-    settings: SettingsDep,
-    registry: RegistryDep,
-) -> Any:
-    """`c9k8j3f1??c` -> `9`: give the sequence, or the pairs and the query key."""
+async def handle_retrieve(
+    body: RetrieveRequest, settings: Settings, registry: ModelRegistry
+) -> dict[str, Any]:
+    """The answer to one validated query (shared by the FastAPI route and the ASGI fast path)."""
     family = body.model or settings.default_family
     query = parse_query(body, settings.max_sequence_length)
     field = "sequence" if body.sequence is not None else "pairs"
-    (result,) = await until_disconnect(
-        request, answer(registry, family, [query], top_k=body.top_k, explain=body.explain, fields=[field])
+    (result,) = await answer(
+        registry, family, [query], top_k=body.top_k, explain=body.explain, fields=[field]
     )
     if isinstance(result, SequenceError):
         raise result
     out = _answer_dict(result, body.top_k, body.explain)
     out.update(model=family, version=result.version, bucket=result.bucket)
-    return JSONResponse(out)
+    return out
 
 
-@router.post(
-    "/retrieve/batch",
-    response_model=BatchResponse,
-    response_model_exclude_none=True,
-    responses=_ERRORS,
-    summary="Answer many queries; a bad item gets its own error entry",
-)
-async def retrieve_batch(
-    body: Annotated[BatchRequest, Body(openapi_examples=BATCH_EXAMPLES)],
-    request: Request,
-    settings: SettingsDep,
-    registry: RegistryDep,
-) -> Any:
-    """Results come back in request order, one per item, each with its `index` (and `id` when given)."""
+async def handle_batch(body: BatchRequest, settings: Settings, registry: ModelRegistry) -> dict[str, Any]:
+    """Answers to a validated batch envelope; each item is validated here, a bad one gets its own error."""
     if len(body.items) > settings.max_batch_items:
         raise ApiError(
             422,
@@ -187,9 +167,7 @@ async def retrieve_batch(
         except SequenceError as exc:
             queries.append(exc)
     version = family_version(registry, family)  # unknown family -> 404 even for an empty batch
-    results = await until_disconnect(
-        request, answer(registry, family, queries, top_k=body.top_k, explain=body.explain, fields=fields)
-    )
+    results = await answer(registry, family, queries, top_k=body.top_k, explain=body.explain, fields=fields)
     out = []
     for i, r in enumerate(results):
         entry: dict[str, Any] = {"index": i}
@@ -200,4 +178,89 @@ async def retrieve_batch(
         else:
             entry.update(_answer_dict(r, body.top_k, body.explain))
         out.append(entry)
-    return JSONResponse({"model": family, "version": version, "results": out})
+    return {"model": family, "version": version, "results": out}
+
+
+@router.post(
+    "/retrieve",
+    response_model=RetrieveResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    summary="Answer one associative-retrieval query",
+)
+async def retrieve(
+    body: Annotated[RetrieveRequest, Body(openapi_examples=RETRIEVE_EXAMPLES)],
+    request: Request,
+    settings: SettingsDep,
+    registry: RegistryDep,
+) -> Any:
+    """`c9k8j3f1??c` -> `9`: give the sequence, or the pairs and the query key."""
+    return JSONResponse(await until_disconnect(request, handle_retrieve(body, settings, registry)))
+
+
+@router.post(
+    "/retrieve/batch",
+    response_model=BatchResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    summary="Answer many queries; a bad item gets its own error entry",
+)
+async def retrieve_batch(
+    body: Annotated[BatchRequest, Body(openapi_examples=BATCH_EXAMPLES)],
+    request: Request,
+    settings: SettingsDep,
+    registry: RegistryDep,
+) -> Any:
+    """Results come back in request order, one per item, each with its `index` (and `id` when given)."""
+    return JSONResponse(await until_disconnect(request, handle_batch(body, settings, registry)))
+
+
+# ------------------------------------------------------------------------------------------ fast path
+
+
+def json_body(request: RawRequest) -> bytes:
+    """The body, when declared JSON (as FastAPI requires: `application/json` or `application/*+json`)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not request.body:
+        raise ApiError(422, "invalid_request", EMPTY_BODY)
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(422, "invalid_request", NOT_JSON_OBJECT)
+    return request.body
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], raw: bytes) -> M:
+    """`raw` JSON validated into `model`, accepting what FastAPI's route (`json.loads`) accepts.
+
+    pydantic's parser refuses a few things the JSON spec allows and `json.loads` takes, e.g. a lone
+    surrogate escape ("\\ud800") in a string; such a body is parsed again with `json.loads`, so both ways of
+    serving a route agree. Only bodies pydantic refuses as JSON pay for the second parse.
+    """
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if exc.errors()[0].get("type") != "json_invalid":
+            raise
+        try:
+            parsed = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise exc from None
+    return model.model_validate(parsed)
+
+
+async def retrieve_fast(request: RawRequest, state: Any) -> RawResponse:
+    body = validated(RetrieveRequest, json_body(request))
+    return json_response(await handle_retrieve(body, state.settings, state.registry))
+
+
+async def retrieve_batch_fast(request: RawRequest, state: Any) -> RawResponse:
+    body = validated(BatchRequest, json_body(request))
+    return json_response(await handle_batch(body, state.settings, state.registry))
+
+
+HOT_ROUTES = [
+    hot_route("POST", "/v1/retrieve", retrieve_fast),
+    hot_route("POST", "/v1/retrieve/batch", retrieve_batch_fast),
+]

@@ -123,13 +123,15 @@ def test_health_and_metrics_stay_fast_while_the_model_is_saturated(slow: Server)
         t.start()
     try:
         time.sleep(RUN_S)
+        depth = 0.0  # the most rows seen waiting: the queue empties for an instant whenever a run starts
         with httpx.Client(base_url=slow.url, timeout=5) as c:
             for path in ("/v2/health/ready", "/v2/health/live", "/metrics") * 3:
                 t0 = time.perf_counter()
                 r = c.get(path)
                 assert r.status_code == 200
                 assert time.perf_counter() - t0 < 0.5 * RUN_S, path
-            depth = metric(c.get("/metrics").text, "fws_queue_depth_rows", model="fastweights_t11")
+                if path == "/metrics":
+                    depth = max(depth, metric(r.text, "fws_queue_depth_rows", model="fastweights_t11"))
     finally:
         stop.set()
         for t in threads:

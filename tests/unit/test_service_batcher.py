@@ -23,6 +23,7 @@ class FakeModel:
 
     def __init__(self) -> None:
         self.batches: list[list[int]] = []  # first-token ids of every run, in order
+        self.threads: list[int] = []  # the thread of every run
         self.gate = threading.Event()
         self.gate.set()
         self.started = threading.Event()
@@ -32,6 +33,7 @@ class FakeModel:
         self.started.set()
         assert self.gate.wait(10), "test forgot to open the gate"
         self.batches.append(tokens[:, 0].tolist())
+        self.threads.append(threading.get_ident())
         if self.fail:
             raise RuntimeError("boom")
         return {
@@ -259,3 +261,39 @@ def test_metrics_count_rows_per_run_and_requests_per_run() -> None:
     assert metrics.batch_rows.labels("m")._sum.get() == 10  # runs of 1 and 9 rows
     assert metrics.batch_requests.labels("m")._sum.get() == 4
     assert metrics.queue_rows.labels("m")._value.get() == 0
+
+
+def test_small_runs_execute_on_the_event_loop_and_larger_ones_in_the_executor() -> None:
+    async def body(b: Batcher, m: FakeModel) -> tuple[int, list[int]]:
+        small = await b.submit(rows(1, 2))
+        large = await b.submit(rows(3, 4, 5))
+        assert small["logits"].tolist() == [[1.0], [2.0]] and large["logits"].tolist() == [
+            [3.0],
+            [4.0],
+            [5.0],
+        ]
+        return threading.get_ident(), m.threads
+
+    loop_thread, threads = run_async(body, inline_max_rows=2)
+    assert threads[0] == loop_thread
+    assert threads[1] != loop_thread
+
+
+def test_with_inline_runs_off_every_run_uses_the_executor() -> None:
+    async def body(b: Batcher, m: FakeModel) -> tuple[int, list[int]]:
+        await b.submit(rows(1))
+        return threading.get_ident(), m.threads
+
+    loop_thread, threads = run_async(body, inline_max_rows=0)
+    assert threads == [threads[0]] and threads[0] != loop_thread
+
+
+def test_a_failed_inline_run_fails_its_requests_and_the_batcher_keeps_serving() -> None:
+    async def body(b: Batcher, m: FakeModel) -> list[list[float]]:
+        m.fail = True
+        with pytest.raises(RuntimeError, match="boom"):
+            await b.submit(rows(1))
+        m.fail = False
+        return (await b.submit(rows(2)))["logits"].tolist()
+
+    assert run_async(body, inline_max_rows=4) == [[2.0]]

@@ -1,0 +1,171 @@
+"""The inference routes served straight from ASGI, without FastAPI's per-request machinery.
+
+Why: on this stack FastAPI spends more CPU on one small request (routing, dependency solving, body
+validation through its generic layer, response wrapping) than the batched onnxruntime run costs per row;
+measured in-process, see docs/benchmarks.md. The hot routes are therefore served here: the body is read
+once, validated by the same pydantic models (`validate_json` on the raw bytes), handed to the same
+handler functions the FastAPI routes call, and the answer goes out as orjson bytes. Everything else
+(docs, health, metrics, repository, metadata) goes to FastAPI unchanged; the hot routes stay declared in
+FastAPI too, so the OpenAPI document describes them and `FWS_FAST_PATH=false` serves them there (a test
+checks both give the same answers and errors).
+
+It sits inside `ServiceMiddleware`, so request ids, the API key, body limits, metrics and the access log
+apply exactly as to every other route. Errors map through `service.errors.domain_error`, the mapping the
+FastAPI handlers use.
+
+A request whose client disconnects while it waits is cancelled: its queued rows are never computed and it
+is counted with status 499 (one watcher task per request, started only once the body is read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import DOMAIN_ERRORS, ApiError, domain_error, error_body, render_json
+
+log = logging.getLogger("service.fastpath")
+
+CLIENT_GONE = 499
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """What a hot-route handler sees: the path, its parameters, lower-cased headers and the whole body."""
+
+    path: str
+    params: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass
+class RawResponse:
+    body: bytes
+    status: int = 200
+    media_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[RawRequest, Any], Awaitable[RawResponse]]  # (request, app state) -> response
+
+
+@dataclass(frozen=True)
+class HotRoute:
+    method: str
+    pattern: re.Pattern[str]  # named groups are the path parameters
+    handler: Handler
+    template: str  # the FastAPI route's path, for metrics and logs
+
+
+def hot_route(method: str, template: str, handler: Handler) -> HotRoute:
+    """`template` in FastAPI's syntax, e.g. "/v2/models/{name}/infer" ({x} matches one path segment)."""
+    regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
+    return HotRoute(method, re.compile(f"^{regex}$"), handler, template)
+
+
+class FastPath:
+    """ASGI middleware: serves `routes` itself, passes everything else to `app`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: list[HotRoute],
+        state: Any,
+        fastapi_routes: Callable[[], Mapping[str, Any]] | None = None,
+    ):
+        self.app = app
+        self.state = state  # the FastAPI app.state: settings, registry, ...
+        self._exact = {(r.method, r.template): r for r in routes if "{" not in r.template}
+        self._patterns = [r for r in routes if "{" in r.template]
+        self._fastapi_routes = fastapi_routes  # template -> APIRoute, so metrics label by template
+
+    def _match(self, method: str, path: str) -> tuple[HotRoute, dict[str, str]] | None:
+        route = self._exact.get((method, path))
+        if route is not None:
+            return route, {}
+        for route in self._patterns:
+            if route.method == method:
+                m = route.pattern.match(path)
+                if m is not None:
+                    return route, m.groupdict()
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        found = self._match(scope["method"], scope["path"])
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        route, params = found
+        if self._fastapi_routes is not None:
+            scope["route"] = self._fastapi_routes().get(route.template)
+        path: str = scope["path"]
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # gone before the body arrived: nothing to answer
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        request = RawRequest(path, params, headers, body)
+
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            response = await route.handler(request, self.state)
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # a real cancellation (shutdown): not ours to swallow
+            task.uncancel()
+            response = _error(path, ApiError(CLIENT_GONE, "client_gone", "client closed the request"), 1)
+        except DOMAIN_ERRORS as exc:
+            response = _error(path, exc, self.state.settings.retry_after_s)
+        finally:
+            watcher.cancel()
+        headers_out = [
+            (b"content-type", response.media_type.encode()),
+            (b"content-length", str(len(response.body)).encode()),
+        ]
+        headers_out += [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
+        ]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def _error(path: str, exc: BaseException, retry_after_s: int) -> RawResponse:
+    answer = domain_error(exc, path, retry_after_s)
+    if answer is None:  # not a domain error: cannot happen for DOMAIN_ERRORS, but never answer nothing
+        return RawResponse(orjson.dumps(error_body(path, "internal", "internal server error")), 500)
+    return RawResponse(bytes(answer.body), answer.status_code, headers=_extra_headers(answer.headers))
+
+
+def _extra_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")}
+
+
+def json_response(content: Any, status: int = 200) -> RawResponse:
+    return RawResponse(render_json(content), status)

@@ -1,0 +1,123 @@
+"""The ASGI fast path serves the hot routes exactly as the FastAPI routes would: same statuses, same bodies.
+
+Both apps run in-process on the bundled model repository (real onnxruntime sessions); the only difference
+is `fast_path`. If a handler, a validation rule or an error mapping ever differs between the two ways of
+serving a route, one of these cases shows it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.main import create_app
+
+JSON = {"content-type": "application/json"}
+
+
+def j(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+R, B = "/v1/retrieve", "/v1/retrieve/batch"
+CASES: list[tuple[str, str, bytes, dict[str, str]]] = [
+    ("sequence", R, j({"sequence": "c9k8j3f1??c"}), JSON),
+    (
+        "pairs, top_k, explain",
+        R,
+        j({"pairs": [["c", "9"], ["k", "8"]], "query": "k", "top_k": 3, "explain": True}),
+        JSON,
+    ),
+    (
+        "charset in content type",
+        R,
+        j({"sequence": "a1??a"}),
+        {"content-type": "application/json; charset=utf-8"},
+    ),
+    ("vendor +json", R, j({"sequence": "a1??a"}), {"content-type": "application/vnd.fws+json"}),
+    ("text/plain", R, j({"sequence": "a1??a"}), {"content-type": "text/plain"}),
+    ("no content type", R, j({"sequence": "a1??a"}), {}),
+    ("empty body", R, b"", JSON),
+    ("whitespace body", R, b"  \n", JSON),
+    ("not json", R, b"sequence=a1??a", JSON),
+    ("invalid utf-8", R, b'{"sequence": "\xff\xfe"}', JSON),
+    ("deep nesting", R, b'{"sequence": ' + b"[" * 5000 + b"]" * 5000 + b"}", JSON),
+    ("json array", R, j([1, 2]), JSON),
+    ("null", R, b"null", JSON),
+    ("extra field", R, j({"sequence": "a1??a", "x": 1}), JSON),
+    ("both forms", R, j({"sequence": "a1??a", "pairs": [["a", "1"]], "query": "a"}), JSON),
+    ("top_k NaN", R, b'{"sequence": "a1??a", "top_k": NaN}', JSON),
+    ("top_k too big", R, j({"sequence": "a1??a", "top_k": 11}), JSON),
+    ("duplicate key", R, j({"sequence": "a1a2??a"}), JSON),
+    ("unknown character", R, j({"sequence": "a1#2??a"}), JSON),
+    ("too many pairs", R, j({"sequence": "a1b2c3d4e5f6g7h8i9j0k1l2m3??a"}), JSON),
+    ("unknown model", R, j({"sequence": "a1??a", "model": "nope"}), JSON),
+    ("duplicate json keys", R, b'{"sequence": "a1??a", "sequence": "a1a2??a"}', JSON),
+    ("lone surrogate", R, b'{"sequence": "a1\\ud800??a"}', JSON),
+    (
+        "batch with bad items",
+        B,
+        j(
+            {
+                "items": [
+                    {"id": "a", "sequence": "c9k8j3f1??c"},
+                    {"id": 7, "pairs": [["x", "1"], ["y", "2"]], "query": "y"},
+                    {"sequence": "a1a2??a"},
+                    {"sequence": 5},
+                    "not an object",
+                    {"id": True, "sequence": "q5??q"},
+                ],
+                "top_k": 2,
+                "explain": True,
+            }
+        ),
+        JSON,
+    ),
+    ("batch surrogate id", B, b'{"items": [{"id": "x\\ud800", "sequence": "a1??a"}]}', JSON),
+    ("batch empty", B, j({"items": []}), JSON),
+    ("batch too many", B, j({"items": [{"sequence": "a1??a"}] * 1025}), JSON),
+    ("batch missing items", B, j({"top_k": 2}), JSON),
+    ("batch unknown model", B, j({"items": [], "model": "nope"}), JSON),
+]
+
+
+@pytest.fixture(scope="module")
+def clients(model_repository: Path) -> Iterator[dict[bool, TestClient]]:
+    fast = TestClient(create_app(Settings(model_repository=model_repository, fast_path=True)))
+    slow = TestClient(create_app(Settings(model_repository=model_repository, fast_path=False)))
+    with fast, slow:
+        yield {True: fast, False: slow}
+
+
+@pytest.mark.parametrize(("name", "path", "body", "headers"), CASES, ids=[c[0] for c in CASES])
+def test_the_fast_path_answers_exactly_as_the_fastapi_route(
+    clients: dict[bool, TestClient], name: str, path: str, body: bytes, headers: dict[str, str]
+) -> None:
+    fast = clients[True].post(path, content=body, headers=headers)
+    slow = clients[False].post(path, content=body, headers=headers)
+    assert fast.status_code == slow.status_code, (fast.text, slow.text)
+    assert fast.json() == slow.json()
+    assert fast.headers["content-type"].startswith("application/json")
+    assert fast.headers.get("retry-after") == slow.headers.get("retry-after")
+    assert fast.status_code < 500
+
+
+def test_the_fast_path_is_labelled_by_route_template_in_metrics(clients: dict[bool, TestClient]) -> None:
+    client = clients[True]
+    client.post(R, json={"sequence": "a1??a"})
+    client.post(B, json={"items": [{"sequence": "a1a2??a"}]})
+    text = client.get("/metrics").text
+    assert 'fws_http_requests_total{method="POST",route="/v1/retrieve",status="200"}' in text
+    assert 'fws_http_requests_total{method="POST",route="/v1/retrieve/batch",status="200"}' in text
+    assert 'route="unmatched"' not in text
+
+
+def test_generated_request_ids_are_distinct(clients: dict[bool, TestClient]) -> None:
+    ids = {clients[True].post(R, json={"sequence": "a1??a"}).headers["x-request-id"] for _ in range(20)}
+    assert len(ids) == 20
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
