@@ -11,6 +11,7 @@ Grammar of a query sequence (the paper's Task 1): K key/value pairs, then ``??``
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 from collections.abc import Iterable, Sequence
@@ -52,6 +53,8 @@ class SequenceError(ValueError):
 class ParsedQuery:
     pairs: tuple[tuple[str, str], ...]
     query: str
+    # The canonical sequence, when the parser already holds it (saves rebuilding it for every encode).
+    text: str = dataclasses.field(default="", compare=False, repr=False)
 
     @property
     def num_pairs(self) -> int:
@@ -63,7 +66,7 @@ class ParsedQuery:
         return dict(self.pairs).get(self.query)
 
     def to_sequence(self) -> str:
-        return "".join(k + v for k, v in self.pairs) + QUERY_MARK * 2 + self.query
+        return self.text or "".join(k + v for k, v in self.pairs) + QUERY_MARK * 2 + self.query
 
 
 # A well-formed query: pairs of (letter, digit), '??', one letter. Checked first because it is the common case
@@ -76,7 +79,7 @@ def parse_sequence(sequence: str, field: str = "sequence") -> ParsedQuery:
     if isinstance(sequence, str) and _WELL_FORMED.fullmatch(sequence):
         keys = sequence[0:-3:2]
         if len(set(keys)) == len(keys) and sequence[-1] in keys:
-            return ParsedQuery(tuple(zip(keys, sequence[1:-3:2], strict=True)), sequence[-1])
+            return ParsedQuery(tuple(zip(keys, sequence[1:-3:2], strict=True)), sequence[-1], sequence)
         # duplicate key or unknown query: the full check names the culprit
     return _parse_explained(sequence, field)
 
