@@ -314,21 +314,36 @@ def run_grid(
             stack.enter_context(ctx)
             load(target, 8, min(1.0, args.duration), wrk)  # warm-up: connections, caches, lazy imports
         for c in clients:
+            rounds: dict[str, list[Cell]] = {t.name: [] for t, _ in servers}
+            for _ in range(max(1, getattr(args, "rounds", 1))):  # servers alternate within every round
+                for target, _ in servers:
+                    rounds[target.name].append(measure(target, c, args.duration, wrk))
             for target, _ in servers:
-                before = batch_histogram(target.metrics_url) if target.metrics_url else None
-                rows0 = rows_and_runs(target.metrics_url) if target.metrics_url else None
-                cell = load(target, c, args.duration, wrk)
-                if target.metrics_url and before is not None and rows0 is not None:
-                    rows1 = rows_and_runs(target.metrics_url)
-                    runs = rows1[1] - rows0[1]
-                    cell.extra["batches"] = distribution(before, batch_histogram(target.metrics_url))
-                    cell.extra["mean_batch_rows"] = (rows1[0] - rows0[0]) / runs if runs else 0.0
+                cells = sorted(rounds[target.name], key=lambda cell: cell.rps)
+                cell = cells[len(cells) // 2]  # the median round by req/s
+                if len(cells) > 1:
+                    cell.extra["rounds_rps"] = [round(x.rps) for x in rounds[target.name]]
                 results[target.name][c] = cell
                 extra = ""
                 if "mean_batch_rows" in cell.extra:
                     extra = f"  mean batch {cell.extra['mean_batch_rows']:.1f} rows"
+                if len(cells) > 1:
+                    extra += f"  (median of rounds {cell.extra['rounds_rps']})"
                 print(f"  {target.name:<22} {c:>4} clients {fmt(cell)}{extra}", flush=True)
     return results
+
+
+def measure(target: Target, clients: int, duration: float, wrk: str | None) -> Cell:
+    """One cell, with the batch-size distribution the service's own metrics recorded during it."""
+    before = batch_histogram(target.metrics_url) if target.metrics_url else None
+    rows0 = rows_and_runs(target.metrics_url) if target.metrics_url else None
+    cell = load(target, clients, duration, wrk)
+    if target.metrics_url and before is not None and rows0 is not None:
+        rows1 = rows_and_runs(target.metrics_url)
+        runs = rows1[1] - rows0[1]
+        cell.extra["batches"] = distribution(before, batch_histogram(target.metrics_url))
+        cell.extra["mean_batch_rows"] = (rows1[0] - rows0[0]) / runs if runs else 0.0
+    return cell
 
 
 def ratio_lines(results: dict[str, dict[int, Cell]], name: str, ref: str) -> list[str]:
@@ -423,6 +438,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", default="1,16,64,256", help="concurrency levels of the overhead part")
     p.add_argument("--batching-clients", default="64,256")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per cell")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every cell this many times, servers alternating, and report the median (noisy hosts)",
+    )
     p.add_argument("--loadgen", choices=("auto", "wrk", "httpx"), default="auto")
     p.add_argument("--no-install", action="store_true", help="never apt-get install wrk")
     p.add_argument(

@@ -30,6 +30,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import DOMAIN_ERRORS, ApiError, domain_error, error_body, render_json
+from service.middleware import HEADERS_KEY
 
 log = logging.getLogger("service.fastpath")
 
@@ -119,7 +120,9 @@ class FastPath:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        headers = scope.get(HEADERS_KEY)
+        if headers is None:  # not behind ServiceMiddleware (which decodes them once for everyone)
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         request = RawRequest(path, params, headers, body)
 
         task = asyncio.current_task()

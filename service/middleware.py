@@ -40,6 +40,7 @@ PUBLIC_PATHS = frozenset(
 )
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 CLIENT_GONE_STATUS = 499  # nginx's convention for "client closed the request"
+HEADERS_KEY = "fws.headers"  # scope key: the request's headers as a dict, lower-case names
 
 
 class BodyTooLargeError(HTTPException):
@@ -81,6 +82,7 @@ class ServiceMiddleware:
             return
         start = time.perf_counter()
         headers = _headers(scope)
+        scope[HEADERS_KEY] = headers  # decoded once: the fast path reads them from here
         rid = headers.get("x-request-id", "")
         if not _REQUEST_ID.match(rid):
             rid = self._next_id()

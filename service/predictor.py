@@ -16,6 +16,7 @@ import functools
 import glob
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -180,6 +181,8 @@ def _byte_table_of(tokens: tuple[str, ...], pad_id: int) -> np.ndarray | None:
         if len(tok) != 1 or ord(tok) > 127:
             return None
         table[ord(tok)] = i
+    if table[0] < 0:
+        table[0] = pad_id  # NUL is no token: `encode` pads with it (and refuses it inside a query)
     table.setflags(write=False)
     return table
 
@@ -192,16 +195,14 @@ def encode(queries: Sequence[ParsedQuery], vocab: Vocabulary, seq_len: int) -> n
         if len(text) > seq_len:
             raise ValueError(f"query of {len(text)} tokens does not fit T={seq_len}")
     table = _byte_table(vocab)
-    if table is not None and table[0] < 0:
+    if table is not None and table[0] == vocab.pad_id and not any("\0" in t for t in texts):
         try:
             raw = "".join(t.rjust(seq_len, "\0") for t in texts).encode("ascii")
         except UnicodeEncodeError:
             raw = b""  # parse_sequence rejects these first; the slow path below names the character
         if raw:
-            chars = np.frombuffer(raw, dtype=np.uint8).reshape(len(texts), seq_len)  # (B, T)
-            ids = table[chars]
-            ids[chars == 0] = vocab.pad_id
-            if not (ids < 0).any():
+            ids = table[np.frombuffer(raw, dtype=np.uint8).reshape(len(texts), seq_len)]  # (B, T)
+            if ids.min() >= 0:
                 return ids
     tokens = np.full((len(texts), seq_len), vocab.pad_id, dtype=np.int64)  # (B, T)
     for row, text in enumerate(texts):
@@ -355,6 +356,27 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+# Up to this many rows, `decode` ranks in plain Python: a dozen numpy calls on a (1, 10) array cost more
+# than the arithmetic (a single request is decoded on its own; measured, docs/benchmarks.md).
+SMALL_BATCH = 2
+
+
+def _rank_rows(
+    logits: list[list[float]], answer_classes: Sequence[str], k: int
+) -> tuple[list[list[str]], list[list[float]]]:
+    """`decode`'s ranking for a few rows, without numpy: the same float64 softmax, order and rounding."""
+    values, chances = [], []
+    for row in logits:
+        top = max(row)
+        e = [math.exp(x - top) for x in row]
+        total = math.fsum(e)
+        probs = [x / total for x in e]
+        order = sorted(range(len(probs)), key=lambda c: -probs[c])[:k]  # stable: ties keep the first
+        values.append([answer_classes[c] for c in order])
+        chances.append([round(probs[c], 6) for c in order])
+    return values, chances
+
+
 def decode(
     queries: Sequence[ParsedQuery],
     logits: np.ndarray,
@@ -372,13 +394,15 @@ def decode(
     Probabilities are rounded to 6 decimals (what the APIs report). The whole batch is ranked at once;
     only the explanation, when asked for, is built row by row.
     """
-    probs = softmax(logits.astype(np.float64))  # (B, C)
-    k = max(1, min(top_k, probs.shape[1]))
-    classes = np.asarray(answer_classes, dtype=object)
-    # (B, k) class indices, most likely first (argmax and the stable sort both keep the first of a tie)
-    order = probs.argmax(axis=1)[:, None] if k == 1 else np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    values = classes[order].tolist()  # (B, k) value strings
-    chances = np.round(np.take_along_axis(probs, order, axis=1), 6).tolist()  # (B, k)
+    k = max(1, min(top_k, logits.shape[1]))
+    if logits.shape[0] <= SMALL_BATCH:
+        values, chances = _rank_rows(logits.tolist(), answer_classes, k)
+    else:
+        probs = softmax(logits.astype(np.float64))  # (B, C)
+        # (B, k) class indices, most likely first (argmax and the stable sort both keep the first of a tie)
+        order = probs.argmax(axis=1)[:, None] if k == 1 else np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        values = np.asarray(answer_classes, dtype=object)[order].tolist()  # (B, k) value strings
+        chances = np.round(probs[np.arange(len(order))[:, None], order], 6).tolist()  # (B, k)
     T = attention.shape[1]
     out = []
     for row, query in enumerate(queries):

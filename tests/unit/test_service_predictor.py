@@ -12,7 +12,7 @@ import pytest
 from model.data import VOCAB, generate
 from model.vocab import parse_sequence
 from service import predictor
-from service.predictor import ModelLoadError, decode, load_model, model_names, softmax, versions
+from service.predictor import SMALL_BATCH, ModelLoadError, decode, load_model, model_names, softmax, versions
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 T11 = REPO / "fastweights_t11" / "1" / "model.onnx"
@@ -136,3 +136,23 @@ def test_copying_a_model_directory_gives_a_loadable_model(tmp_path: Path) -> Non
     shutil.copytree(REPO / "fastweights_t5", tmp_path / "fastweights_t5")
     m = load_model(tmp_path / "fastweights_t5" / "1" / "model.onnx", "fastweights_t5", "1")
     assert m.info.seq_len == 5
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 10])
+def test_small_and_large_batches_are_ranked_alike(top_k: int) -> None:
+    """`decode` ranks a few rows in plain Python and a batch with numpy: same values, same rounded chances."""
+    rng = np.random.default_rng(11)
+    logits = (rng.normal(size=(64, 10)) * rng.uniform(0.1, 20, size=(64, 1))).astype(np.float32)
+    logits[0] = 3.0  # a full tie: the first class wins in both
+    logits[1, [2, 7]] = 50.0  # a tie at the top between two classes
+    queries = [parse_sequence("a1??a")] * 64
+    attention = np.zeros((64, 5), dtype=np.float32)
+    classes = [str(d) for d in range(10)]
+    batch = decode(queries, logits, attention, classes, top_k=top_k)
+    assert len(batch) == 64 and SMALL_BATCH < 64
+    for row in range(64):
+        (alone,) = decode(queries[:1], logits[row : row + 1], attention[:1], classes, top_k=top_k)
+        assert [v for v, _ in alone.top_k] == [v for v, _ in batch[row].top_k], row
+        for (_, p_alone), (_, p_batch) in zip(alone.top_k, batch[row].top_k, strict=True):
+            assert p_alone == pytest.approx(p_batch, abs=1.01e-6)
+    assert batch[0].value == "0" and batch[1].value == "2"
