@@ -14,7 +14,8 @@ Semantics (Triton's dynamic batcher, counted in ROWS):
 - onnxruntime runs in the given executor, so health and metrics stay fast while a long run computes, except
   for runs of at most `inline_max_rows` rows, which run on the event loop itself: a small run (tens of
   microseconds) costs less than the two thread hand-offs and GIL exchanges of the executor round trip, which
-  dominated the latency of a lone request (measured: docs/benchmarks.md). 0 turns this off.
+  dominated the latency of a lone request (measured: docs/benchmarks.md). 0 turns this off. Such a request
+  that finds nothing queued and nothing running is run at once in its caller's task (nothing could join it).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class Batcher:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.runs = 0  # onnxruntime runs done (for tests and logs)
+        self._running = False  # a run (inline or in the executor) is in progress
+        self._probing = False  # a lone request is yielding once before running directly
 
     # -- public -------------------------------------------------------------------------------------------
 
@@ -130,6 +133,28 @@ class Batcher:
                 f"model {self.name!r}: queue full "
                 f"({self._queued_rows} rows waiting, limit {self.max_queue_rows})"
             )
+        probed = False
+        if (
+            rows <= self.inline_max_rows
+            and self.max_queue_delay_s <= 0
+            and self._alone()
+            and not self._probing
+        ):
+            # A lone small request yields once, so that requests already received get to submit too. If none
+            # did (they would have queued: only one request probes at a time), nothing could join this run:
+            # it runs now, in the caller's task, without the queue/worker/future round trip. Otherwise it
+            # queues with them and they share one run.
+            self._probing = True
+            try:
+                await asyncio.sleep(0)
+            finally:
+                self._probing = False
+            if self._alone() and not self._closing:
+                if self._metrics is not None:
+                    self._m_batch_requests.observe(1)
+                    self._m_queue_wait.observe(0.0)
+                return self._run_chunked(tokens)
+            probed = True  # it arrived before the requests it now queues with: it goes first
         now = time.monotonic()
         deadline = now + self.default_timeout_s if deadline is None else deadline
         if deadline <= now:
@@ -137,7 +162,10 @@ class Batcher:
             raise DeadlineExceededError("deadline already passed")
         loop = asyncio.get_running_loop()
         item = _Pending(tokens, loop.create_future(), deadline, now)
-        self._queue.append(item)
+        if probed:
+            self._queue.appendleft(item)
+        else:
+            self._queue.append(item)
         self._queued_rows += rows
         self._set_depth()
         self._arrived.set()
@@ -167,6 +195,9 @@ class Batcher:
             await self._task
 
     # -- worker -------------------------------------------------------------------------------------------
+
+    def _alone(self) -> bool:
+        return not self._queue and not self._running
 
     def _expire(self, item: _Pending, waited_s: float) -> None:
         if item.future.done():
@@ -242,6 +273,13 @@ class Batcher:
         return batch
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
+        self._running = True
+        try:
+            await self._run_batch_now(batch)
+        finally:
+            self._running = False
+
+    async def _run_batch_now(self, batch: list[_Pending]) -> None:
         tokens = batch[0].tokens if len(batch) == 1 else np.concatenate([b.tokens for b in batch], axis=0)
         start = time.monotonic()
         if self._metrics is not None:

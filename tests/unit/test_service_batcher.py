@@ -297,3 +297,32 @@ def test_a_failed_inline_run_fails_its_requests_and_the_batcher_keeps_serving() 
         return (await b.submit(rows(2)))["logits"].tolist()
 
     assert run_async(body, inline_max_rows=4) == [[2.0]]
+
+
+def test_small_requests_arriving_during_a_run_still_wait_and_coalesce() -> None:
+    """The direct inline run is only for a request that finds nothing queued and nothing running."""
+
+    async def body(b: Batcher, m: FakeModel) -> list[list[int]]:
+        m.gate.clear()
+        large = asyncio.ensure_future(b.submit(rows(3, 4, 5)))  # 3 rows > inline_max_rows: executor
+        await until(m.started.is_set)
+        small = [asyncio.ensure_future(b.submit(rows(i))) for i in (1, 2)]
+        await until(lambda: b.queued_rows == 2)
+        m.gate.set()
+        outs = await asyncio.gather(large, *small)
+        assert [o["logits"][:, 0].tolist() for o in outs] == [[3.0, 4.0, 5.0], [1.0], [2.0]]
+        alone = await b.submit(rows(9))
+        assert alone["logits"].tolist() == [[9.0]]
+        return m.batches
+
+    assert run_async(body, inline_max_rows=2) == [[3, 4, 5], [1, 2], [9]]
+
+
+def test_small_requests_submitted_together_share_one_run_even_when_the_batcher_is_idle() -> None:
+    async def body(b: Batcher, m: FakeModel) -> list[list[int]]:
+        outs = await asyncio.gather(*(b.submit(rows(i)) for i in (1, 2, 3)))
+        assert [o["logits"].tolist() for o in outs] == [[[1.0]], [[2.0]], [[3.0]]]
+        await b.submit(rows(4))  # alone: runs at once, by itself
+        return m.batches
+
+    assert run_async(body, inline_max_rows=4) == [[1, 2, 3], [4]]
