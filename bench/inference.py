@@ -79,8 +79,8 @@ def build_engines(
     reference = ckpt.model()
     graph = export_bucket(ckpt, seq_len, workdir / "model.onnx", "bench", file_sha256(checkpoint), dynamo)
     notes = {
-        "graph": f"{graph.nodes} nodes ({graph.nodes_optimized} after onnxruntime's optimizer), "
-        f"{graph.size_bytes / 1024:.1f} KiB, {ckpt.config.kind} H={ckpt.config.hidden_size} T={seq_len}"
+        "graph": f"{graph.describe()}, {graph.size_bytes / 1024:.1f} KiB, "
+        f"{ckpt.config.kind} H={ckpt.config.hidden_size} T={seq_len}"
     }
     engines: dict[str, Runner] = {
         "torch eager": _torch_runner(reference, threads),

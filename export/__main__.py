@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - started:.1f} s:"
     )
     for g in graphs:
-        print(
-            f"  {g.path}  T={g.seq_len:<3} {g.nodes} nodes ({g.nodes_optimized} after onnxruntime's "
-            f"optimizer), {g.size_bytes / 1024:.1f} KiB"
-        )
+        print(f"  {g.path}  T={g.seq_len:<3} {g.describe()}, {g.size_bytes / 1024:.1f} KiB")
     if args.no_verify:
         print("verification skipped (--no-verify)")
         return 0

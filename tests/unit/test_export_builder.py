@@ -1,0 +1,132 @@
+"""The built fast-weights graph (export.builder): both forms and their If compute the training model's
+function on left-padded input, for any length, λ, η and S, at batch sizes on both sides of the switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from export.builder import FORMS, SMALL_BATCH_MAX, build_fast_weights_graph
+from export.contract import INPUT_TOKENS, LOOP_OPS, OUTPUT_ATTENTION, OUTPUT_LOGITS
+from export.onnx_export import all_nodes, ort_optimize
+from model.checkpoint import Checkpoint, build_model
+from model.config import ModelConfig
+from model.data import PAD_ID, generate
+
+
+def make_checkpoint(seed: int = 0, **overrides) -> Checkpoint:
+    cfg = ModelConfig(**{"hidden_size": 16, "embed_size": 12, "head_size": 20, **overrides})
+    torch.manual_seed(seed)
+    net = build_model(cfg)
+    with torch.no_grad():  # move W, γ and β away from their initial values so that every term matters
+        net.recurrent.weight.add_(0.3 * torch.randn_like(net.recurrent.weight))
+        net.layer_norm.weight.mul_(1 + 0.3 * torch.randn_like(net.layer_norm.weight))
+        net.layer_norm.bias.add_(0.3 * torch.randn_like(net.layer_norm.bias))
+    return Checkpoint(config=cfg, state_dict=net.state_dict(), metrics={})
+
+
+def left_padded(rng: np.random.Generator, n: int, seq_len: int) -> np.ndarray:
+    """Random tokens, each row left padded to a random length (at least one real token)."""
+    tokens = rng.integers(1, 38, size=(n, seq_len))
+    starts = rng.integers(0, seq_len, size=n)
+    tokens[np.arange(seq_len)[None, :] < starts[:, None]] = PAD_ID
+    return tokens
+
+
+def run(proto: onnx.ModelProto, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits, attn = session.run([OUTPUT_LOGITS, OUTPUT_ATTENTION], {INPUT_TOKENS: tokens})
+    return logits, attn
+
+
+def assert_matches(model, proto, tokens, atol=1e-4) -> None:
+    with torch.no_grad():
+        ref_logits, ref_attn = (t.numpy() for t in model(torch.from_numpy(tokens)))
+    logits, attn = run(proto, tokens)
+    assert logits.shape == ref_logits.shape and attn.shape == ref_attn.shape
+    np.testing.assert_allclose(logits, ref_logits, atol=atol, rtol=1e-5)
+    np.testing.assert_allclose(attn, ref_attn, atol=atol, rtol=1e-5)
+    assert (logits.argmax(-1) == ref_logits.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("batch", [1, SMALL_BATCH_MAX, SMALL_BATCH_MAX + 1, 33, 257])
+def test_every_form_matches_the_training_model_on_both_sides_of_the_switch(form, batch):
+    model = make_checkpoint().model()
+    proto = build_fast_weights_graph(model, 11, form=form)
+    onnx.checker.check_model(proto, full_check=True)
+    assert_matches(model, proto, left_padded(np.random.default_rng(batch), batch, 11))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seq_len=st.integers(2, 14),
+    decay=st.one_of(st.just(0.0), st.just(1.0), st.floats(0.01, 1.0)),
+    fast_lr=st.floats(0.0, 2.0),
+    inner_steps=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_built_graph_matches_for_any_length_decay_and_inner_steps(seq_len, decay, fast_lr, inner_steps, seed):
+    # λ = 0 and small λ take the explicit-weights path of the few-nodes form (the scale would be too large)
+    model = make_checkpoint(seed % 7, decay=decay, fast_lr=fast_lr, inner_steps=inner_steps).model()
+    tokens = left_padded(np.random.default_rng(seed), 40, seq_len)
+    for form in ("few-nodes", "wide"):
+        assert_matches(model, build_fast_weights_graph(model, seq_len, form=form), tokens)
+
+
+def test_heavily_padded_queries_of_the_task_match_in_every_bucket():
+    """K = 1 in T = 27: 22 leading PAD steps that must leave the state untouched."""
+    model = make_checkpoint(3).model()
+    for seq_len in (5, 11, 19, 27):
+        tokens = generate(64, 1, 1, seq_len, length=seq_len).tokens
+        assert (tokens[:, : seq_len - 5] == PAD_ID).all()
+        assert_matches(model, build_fast_weights_graph(model, seq_len), tokens)
+        assert_matches(model, build_fast_weights_graph(model, seq_len), tokens[:3])
+
+
+def test_the_graph_switches_form_at_the_batch_size_limit():
+    proto = build_fast_weights_graph(make_checkpoint().model(), 7)
+    shape, less, branch = proto.graph.node
+    assert (shape.op_type, less.op_type, branch.op_type) == ("Shape", "LessOrEqual", "If")
+    limit = next(i for i in proto.graph.initializer if i.name == less.input[1])
+    assert onnx.numpy_helper.to_array(limit).tolist() == [SMALL_BATCH_MAX]
+    branches = {a.name: a.g for a in branch.attribute}
+    then_branch, else_branch = branches["then_branch"], branches["else_branch"]
+    assert (then_branch.name, else_branch.name) == ("few_nodes", "wide")
+    # the few-nodes branch attends with batched MatMuls, the wide one with ReduceSum over H
+    assert "ReduceSum" not in {n.op_type for n in then_branch.node}
+    assert "ReduceSum" in {n.op_type for n in else_branch.node}
+
+
+def test_no_loops_and_onnxruntime_fuses_the_scalars_of_the_few_nodes_form():
+    proto = build_fast_weights_graph(make_checkpoint().model(), 11, form="few-nodes")
+    assert not {n.op_type for n in all_nodes(proto.graph)} & LOOP_OPS
+    fused = ort_optimize(proto, "all")
+    ops = [n.op_type for n in fused.graph.node]
+    assert "Transpose" not in ops and "SkipLayerNormalization" not in ops
+    assert ops.count("Mul") == 0  # the decay scalars and 1/c(t−1) became FusedMatMul's alpha
+    assert ops.count("LayerNormalization") == 10
+
+
+def test_a_pad_inside_a_sequence_is_outside_the_contract():
+    """Documented limit: the graph assumes left padding, so an inner PAD is not the training model's no-op."""
+    model = make_checkpoint().model()
+    tokens = left_padded(np.random.default_rng(0), 8, 11)
+    tokens[:, 5] = PAD_ID
+    with torch.no_grad():
+        ref_logits, _ = model(torch.from_numpy(tokens))
+    logits, _ = run(build_fast_weights_graph(model, 11), tokens)
+    assert np.abs(logits - ref_logits.numpy()).max() > 1e-3
+
+
+def test_bad_arguments_are_rejected():
+    model = make_checkpoint().model()
+    with pytest.raises(ValueError, match="seq_len"):
+        build_fast_weights_graph(model, 1)
+    with pytest.raises(ValueError, match="form"):
+        build_fast_weights_graph(model, 5, form="fastest")
