@@ -111,7 +111,9 @@ def _document_middleware_errors(routes: list[Any]) -> None:
 
 
 def hot_routes() -> list[HotRoute]:
-    return list(native.HOT_ROUTES)
+    from service.routes import v2
+
+    return [*native.HOT_ROUTES, *v2.HOT_ROUTES]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from starlette.responses import Response
 
 from service.config import Settings
 from service.errors import ApiError, JSONResponse
+from service.fastpath import RawRequest, RawResponse, hot_route
 from service.metrics import Metrics
 from service.predictor import LoadedModel, ModelLoadError
 from service.registry import ModelNotFoundError, ModelRegistry
@@ -76,8 +78,11 @@ async def get_registry(request: Request) -> ModelRegistry:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-ModelName = Annotated[str, Path(description="Repository model name, e.g. fastweights_t11", max_length=128)]
-Version = Annotated[str, Path(description="Model version, e.g. 1", max_length=32)]
+MAX_NAME_LENGTH, MAX_VERSION_LENGTH = 128, 32
+ModelName = Annotated[
+    str, Path(description="Repository model name, e.g. fastweights_t11", max_length=MAX_NAME_LENGTH)
+]
+Version = Annotated[str, Path(description="Model version, e.g. 1", max_length=MAX_VERSION_LENGTH)]
 
 
 def bad_request(exc: V2Error) -> ApiError:
@@ -340,15 +345,23 @@ _INFER_DOC: dict[str, Any] = {
 }
 
 
-async def _infer(
-    request: Request, registry: ModelRegistry, settings: Settings, name: str, version: str | None
-) -> Response:
-    body = await request.body()
+async def infer_raw(
+    body: bytes,
+    headers: Mapping[str, str],
+    registry: ModelRegistry,
+    settings: Settings,
+    name: str,
+    version: str | None,
+) -> tuple[bytes, dict[str, str], str]:
+    """One V2 infer request from its raw body and lower-cased headers -> (payload, headers, media type).
+
+    Shared by the FastAPI routes and the ASGI fast path (`service.fastpath`).
+    """
     try:
         parsed = parse_infer_request(
             body,
-            request.headers.get("inference-header-content-length"),
-            request.headers.get("content-encoding"),
+            headers.get("inference-header-content-length"),
+            headers.get("content-encoding"),
             max_body_bytes=settings.max_body_bytes,
         )
     except V2Error as exc:
@@ -369,9 +382,7 @@ async def _infer(
             raise bad_request(exc) from None
         # Pin the version validated here: the answer must come from it and say so.
         try:
-            results = await until_disconnect(
-                request, registry.infer(name, tensors["tokens"], model.info.version, deadline)
-            )
+            results = await registry.infer(name, tensors["tokens"], model.info.version, deadline)
             break
         except ModelNotFoundError:
             # A reload swapped versions between the lookup and the submit: a request that named no version
@@ -379,14 +390,36 @@ async def _infer(
             if version is not None or attempt == 1 or not registry.is_ready(name):
                 raise
     payload, header_length = build_infer_response(model.info.name, model.info.version, results, parsed)
-    headers: dict[str, str] = {}
+    out_headers: dict[str, str] = {}
     if header_length is not None:
-        headers["Inference-Header-Content-Length"] = str(header_length)
-    payload, encoding = compress(payload, request.headers.get("accept-encoding"))
+        out_headers["Inference-Header-Content-Length"] = str(header_length)
+    payload, encoding = compress(payload, headers.get("accept-encoding"))
     if encoding is not None:
-        headers["Content-Encoding"] = encoding
+        out_headers["Content-Encoding"] = encoding
     media_type = "application/json" if header_length is None else "application/octet-stream"
-    return Response(payload, media_type=media_type, headers=headers)
+    return payload, out_headers, media_type
+
+
+async def _infer(
+    request: Request, registry: ModelRegistry, settings: Settings, name: str, version: str | None
+) -> Response:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    work = infer_raw(await request.body(), headers, registry, settings, name, version)
+    payload, out_headers, media_type = await until_disconnect(request, work)
+    return Response(payload, media_type=media_type, headers=out_headers)
+
+
+async def infer_fast(request: RawRequest, state: Any) -> RawResponse:
+    name = request.params["name"]
+    if len(name) > MAX_NAME_LENGTH:  # what the FastAPI route's path validation refuses
+        raise ApiError(400, "invalid_request", "name: String should have at most 128 characters", "name")
+    version = request.params.get("version")
+    if version is not None and len(version) > MAX_VERSION_LENGTH:
+        raise ApiError(400, "invalid_request", "version: String should have at most 32 characters", "version")
+    payload, headers, media_type = await infer_raw(
+        request.body, request.headers, state.registry, state.settings, name, version
+    )
+    return RawResponse(payload, media_type=media_type, headers=headers)
 
 
 @router.post(
@@ -479,3 +512,9 @@ async def unload(name: ModelName, request: Request, registry: RegistryDep) -> Re
         raise ApiError(400, "bad_request", "'parameters' must be an object")
     await registry.unload(name)
     return JSONResponse({"name": name, "state": "UNAVAILABLE"})
+
+
+HOT_ROUTES = [
+    hot_route("POST", "/v2/models/{name}/infer", infer_fast),
+    hot_route("POST", "/v2/models/{name}/versions/{version}/infer", infer_fast),
+]
