@@ -11,6 +11,7 @@ Engines:
   torch eager        `Checkpoint.model()`, the training model (the reference the export is verified against)
   torch eager/export the export module of `export.graph` (same function, graph-friendly form) in eager torch
   torch.compile      the training model through torch.compile (inductor), when it compiles here
+  ort traced         the export module traced by torch.onnx (the shipped graph before export.builder)
   ort                the exported graph in onnxruntime, CPU provider, intra-op threads = --threads
   ort 1 thread       the same graph with one intra-op thread (no thread-pool hand-off: best at batch 1)
 """
@@ -96,6 +97,10 @@ def build_engines(
             engines["torch.compile"] = _torch_runner(compiled, threads)
         except Exception as exc:  # inductor needs a C++ toolchain; say why it is missing
             notes["torch.compile"] = f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    if ckpt.config.kind == "fast" and not dynamo:  # the graph before export.builder, side by side
+        traced = export_bucket(ckpt, seq_len, workdir / "traced.onnx", "bench", traced=True)
+        notes["traced graph"] = f"{traced.describe()}, {traced.size_bytes / 1024:.1f} KiB"
+        engines["ort traced"] = _ort_runner(traced.path, threads)
     engines["ort"] = _ort_runner(graph.path, threads)
     if threads != 1:
         engines["ort 1 thread"] = _ort_runner(graph.path, 1)
@@ -115,7 +120,7 @@ def build_lever_engines(
     import torch
 
     from export.onnx_export import _declare_output_shapes as declare_shapes
-    from export.onnx_export import export_bucket, ort_optimize, trace_to_onnx
+    from export.onnx_export import all_nodes, export_bucket, ort_optimize, trace_to_onnx
     from model.checkpoint import Checkpoint, load_checkpoint
 
     torch.set_num_threads(threads)
@@ -128,7 +133,8 @@ def build_lever_engines(
         onnx.save(proto, str(path))
         fused = ort_optimize(proto, "all")
         size = path.stat().st_size // 1024
-        notes[name] = f"{len(proto.graph.node)} nodes ({len(fused.graph.node)} fused), {size} KiB"
+        nodes, fused_nodes = len(all_nodes(proto.graph)), len(all_nodes(fused.graph))
+        notes[name] = f"{nodes} nodes ({fused_nodes} fused; If branches added up), {size} KiB"
         engines[name] = _ort_runner(path, threads if threads_ is None else threads_, spinning)
 
     def traced_as_is(model: torch.nn.Module) -> onnx.ModelProto:
@@ -159,9 +165,17 @@ def build_lever_engines(
         attention = Checkpoint(dataclasses.replace(ckpt.config, memory_form="attention"), ckpt.state_dict)
         add("training module, attention form", traced_as_is(attention.model()))
     add("export module, dynamo=True", trace_to_onnx(ckpt.model(), seq_len, dynamo=True))
+    traced = export_bucket(ckpt, seq_len, workdir / "traced.onnx", "bench", traced=True)
+    add("export module, traced (before)", onnx.load(str(traced.path)))
+    if ckpt.config.kind == "fast":
+        from export.builder import build_fast_weights_graph
+
+        model = ckpt.model()
+        add("built, few-nodes form only", build_fast_weights_graph(model, seq_len, form="few-nodes"))
+        add("built, wide form only", build_fast_weights_graph(model, seq_len, form="wide"))
     shipped = export_bucket(ckpt, seq_len, workdir / "shipped.onnx", "bench")
     shipped_proto = onnx.load(str(shipped.path))
-    add("export module (shipped)", shipped_proto)
+    add("shipped", shipped_proto)
     if threads != 1:
         add("shipped, 1 thread", shipped_proto, threads_=1)
     add("shipped, no spinning", shipped_proto, spinning=False)
@@ -303,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for key, note in notes.items():
         print(f"  {key}: {note}")
-    baseline = "export module (shipped)" if args.levers else "torch eager"
+    baseline = "shipped" if args.levers else "torch eager"
     if args.buckets_of:
         baseline = next(iter(results))
     print(format_table(results, baseline))
-    for ref in ("torch eager", "torch.compile"):
+    for ref in ("torch eager", "torch.compile", "ort traced"):
         if ref in results and "ort" in results:
             ratios = ", ".join(f"batch {b}: {results[ref][b] / results['ort'][b]:.2f}×" for b in batches)
             print(f"ort vs {ref}: {ratios}")

@@ -12,9 +12,10 @@ constants. Two forms of the same function, because onnxruntime's costs differ wi
   whose row holds the decay weights, the recurrence as a 2-D Gemm (W h + C x + b in one node): 13 nodes per
   step, each a large, vectorised kernel.
 
-The exported graph holds both as the branches of one ``If`` on the batch size (``SMALL_BATCH_MAX``). The
-branches keep their small constants inside (outer-scope values are passed to an If as implicit inputs on
-every call: with all ~60 constants outside, the If cost 12 µs per call; with them inside, ~3 µs).
+The exported graph holds both as the branches of one ``If`` on the batch size (``SMALL_BATCH_MAX``). Each
+branch holds its own constants, the weights included (twice in the file, ~50 KiB): with the weights in the
+main graph, onnxruntime passes them to the If as implicit inputs and the batch-1 call took 12 µs longer; with
+them inside, the If costs ~3 µs (measured).
 
 What is folded, and why it stays exact (`export.verify` checks ≤ 1e-4 against the training model):
 
@@ -133,17 +134,10 @@ def _params(model: FastWeightsRNN, seq_len: int) -> _Params:
 class _Emitter:
     """Appends nodes to a node list and constants to a shared initializer list, with unique names."""
 
-    def __init__(
-        self,
-        prefix: str,
-        initializers: list[onnx.TensorProto],
-        counter: list[int],
-        outer: list[onnx.TensorProto] | None = None,
-    ):
+    def __init__(self, prefix: str, initializers: list[onnx.TensorProto], counter: list[int]):
         self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []
         self.initializers = initializers
-        self.outer = initializers if outer is None else outer  # the main graph's, for the large weights
         self._counter = counter  # shared between emitters of one model, so names never collide
 
     def _name(self, hint: str) -> str:
@@ -153,12 +147,6 @@ class _Emitter:
     def const(self, hint: str, value: np.ndarray) -> str:
         name = self._name(hint)
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    def weight(self, hint: str, value: np.ndarray) -> str:
-        """A large constant both branches use: kept once, in the main graph (an If input per call)."""
-        name = self._name(hint)
-        self.outer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
     def ints(self, hint: str, values: list[int]) -> str:
@@ -175,12 +163,10 @@ class _Emitter:
     def head(self, p: _Params, h: str) -> str:
         """(B, H) -> logits (B, classes): Gemm, Relu, Gemm (onnxruntime fuses the first two)."""
         w1, b1, w2, b2 = p.head
-        hidden = self.op1(
-            "Gemm", [h, self.weight("head_w1", w1), self.const("head_b1", b1)], "head", transB=1
-        )
+        hidden = self.op1("Gemm", [h, self.const("head_w1", w1), self.const("head_b1", b1)], "head", transB=1)
         hidden = self.op1("Relu", [hidden], "head")
         return self.op1(
-            "Gemm", [hidden, self.weight("head_w2", w2), self.const("head_b2", b2)], "logits", transB=1
+            "Gemm", [hidden, self.const("head_w2", w2), self.const("head_b2", b2)], "logits", transB=1
         )
 
 
@@ -194,7 +180,7 @@ def _few_nodes(e: _Emitter, p: _Params) -> tuple[str, str]:
     shift = np.zeros((1, T), dtype=np.int64)
     shift[0, 0] = V  # position 0 reads h(0) from the second half of the table
     ids = e.op1("Add", [INPUT_TOKENS, e.const("first_shift", shift)], "ids")  # (B, T)
-    rows = e.op1("Gather", [e.weight("table", p.table), ids], "rows", axis=0)  # (B, T, H)
+    rows = e.op1("Gather", [e.const("table", p.table), ids], "rows", axis=0)  # (B, T, H)
     ones = e.ints("ones", [1] * T)
     parts = e.op("Split", [rows, ones], "x", outputs=T, axis=1)  # T × (B, 1, H): h(0), C·x(1)+b, ...
     # Per row and step, the bias of the step's last LayerNormalization: c(t)·β for a real token,
@@ -205,7 +191,7 @@ def _few_nodes(e: _Emitter, p: _Params) -> tuple[str, str]:
     bias = e.op1("Add", [penalty, e.const("beta_by_step", scaled_beta)], "bias")  # (B, T, H)
     biases = e.op("Split", [bias, ones], "bias", outputs=T, axis=1)  # T × (B, 1, H)
 
-    recurrent_t = e.weight("recurrent_t", p.recurrent_t)
+    recurrent_t = e.const("recurrent_t", p.recurrent_t)
     h = past = parts[0]  # h~(t−1) (B, 1, H); past: h~(τ) for τ < t (B, t, H)
     scores = ""
     for t in range(1, T):
@@ -248,7 +234,7 @@ def _wide(e: _Emitter, p: _Params) -> tuple[str, str]:
     ids = e.op1("Transpose", [INPUT_TOKENS], "ids", perm=[1, 0])  # (T, B)
     ids = e.op1("Add", [ids, e.const("first_shift", shift)], "ids")
     ids = e.op1("Reshape", [ids, e.ints("flat", [-1])], "ids")  # (T·B,) time-major
-    rows = e.op1("Gather", [e.weight("table", p.table), ids], "rows", axis=0)  # (T·B, H)
+    rows = e.op1("Gather", [e.const("table", p.table), ids], "rows", axis=0)  # (T·B, H)
     parts = e.op("Split", [rows], "x", outputs=T, axis=0)  # T × (B, H): equal parts
     # PAD steps: h(t) = m(t)·h_new, a Mul per step. Here a per-row LayerNorm bias (as in the few-nodes form)
     # would cost more: LayerNormalization runs ~20 µs slower at batch 256 with a (B, H) bias, the Mul ~6 µs.
@@ -256,7 +242,7 @@ def _wide(e: _Emitter, p: _Params) -> tuple[str, str]:
     mask = e.op1("Gather", [real, ids], "mask", axis=0)  # (T·B, 1)
     masks = e.op("Split", [mask], "mask", outputs=T, axis=0)  # T × (B, 1)
 
-    recurrent_t = e.weight("recurrent_t", p.recurrent_t)
+    recurrent_t = e.const("recurrent_t", p.recurrent_t)
     reduce_h = e.ints("axis_h", [2])
     h = past = parts[0]  # h(t−1) (B, H); past: h(τ) for τ < t, stacked time-major (t·B, H)
     scores = ""
@@ -321,10 +307,11 @@ def build_fast_weights_graph(
         small = main.op1("LessOrEqual", [batch, main.ints("small_batch_max", [small_batch_max])], "small")
         branches = {}
         for name, emit in (("few_nodes", _few_nodes), ("wide", _wide)):
-            # Small constants live in the branch: outer-scope values are passed to the If as implicit
-            # inputs on every call (measured: 12 µs per call with all ~60 outside, ~3 µs with none).
+            # Every constant lives in its branch, the weight tables twice: onnxruntime passes outer-scope
+            # values to an If as implicit inputs, and does not pre-pack or fuse against them (measured at
+            # batch 1: 12 µs more per call with the four weight matrices outside, 3 µs for the If itself).
             branch_inits: list[onnx.TensorProto] = []
-            e = _Emitter(f"{name}/", branch_inits, counter, outer=initializers)
+            e = _Emitter(f"{name}/", branch_inits, counter)
             logits, attn = emit(e, p)
             branch_outputs = [
                 helper.make_tensor_value_info(

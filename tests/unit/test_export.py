@@ -203,11 +203,20 @@ def test_verification_fails_with_a_typed_error_when_a_weight_is_off(tmp_path):
     export_repository(ckpt, tmp_path, buckets=(7,), family="f")
     path = tmp_path / "f_t7" / "1" / "model.onnx"
     proto = onnx.load(str(path))
-    # the input table (C·x + b, then h(0)): (2V, H), shared by both branches
-    table = next(i for i in proto.graph.initializer if numpy_helper.to_array(i).shape == (2 * 38, 16))
-    values = numpy_helper.to_array(table).copy()
-    values[1:] += 1e-3  # a small drift, as a wrong export would give
-    table.CopyFrom(numpy_helper.from_array(values, table.name))
+    # the input table (C·x + b, then h(0)): (2V, H), in each branch of the If
+    tables = [
+        init
+        for node in all_nodes(proto.graph)
+        for attr in node.attribute
+        if attr.type == onnx.AttributeProto.GRAPH
+        for init in attr.g.initializer
+        if numpy_helper.to_array(init).shape == (2 * 38, 16)
+    ]
+    assert len(tables) == 2
+    for table in tables:
+        values = numpy_helper.to_array(table).copy()
+        values[1:] += 1e-3  # a small drift, as a wrong export would give
+        table.CopyFrom(numpy_helper.from_array(values, table.name))
     onnx.save(proto, str(path))
     with pytest.raises(ParityError) as err:
         verify_repository(ckpt, tmp_path, family="f", sequences=300)

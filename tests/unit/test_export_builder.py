@@ -95,6 +95,8 @@ def test_the_graph_switches_form_at_the_batch_size_limit():
     assert (shape.op_type, less.op_type, branch.op_type) == ("Shape", "LessOrEqual", "If")
     limit = next(i for i in proto.graph.initializer if i.name == less.input[1])
     assert onnx.numpy_helper.to_array(limit).tolist() == [SMALL_BATCH_MAX]
+    # the weights live in the branches: outer-scope values would reach the If as per-call implicit inputs
+    assert [i.name for i in proto.graph.initializer] == [limit.name]
     branches = {a.name: a.g for a in branch.attribute}
     then_branch, else_branch = branches["then_branch"], branches["else_branch"]
     assert (then_branch.name, else_branch.name) == ("few_nodes", "wide")
