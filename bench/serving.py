@@ -208,44 +208,27 @@ def service(name: str, env: dict[str, str] | None = None, workers: int | None = 
     if workers is None:
         cmd = [sys.executable, "-m", "service"]
     else:  # uvicorn's own multi-process supervisor; each worker builds the app (and its sessions) after fork
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "service.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
+        cmd = uvicorn_command("service.main:create_app", port, workers, factory=True)
     url = f"http://127.0.0.1:{port}"
     target = Target(name, url + "/v1/retrieve", metrics_url=url + "/metrics")
     return target, process(name, cmd, full, url + "/v2/health/ready", root=root)
 
 
-def uvicorn_app(name: str, app: str, workers: int = 1):
-    port = free_port()
-    cmd = [
+def uvicorn_command(app: str, port: int, workers: int, factory: bool = False) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "uvicorn",
+        *(["--factory"] if factory else []),
         app,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        "--log-level",
-        "warning",
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
+        *("--no-access-log", "--log-level", "warning"),
     ]
+
+
+def uvicorn_app(name: str, app: str, workers: int = 1):
+    port = free_port()
+    cmd = uvicorn_command(app, port, workers)
     url = f"http://127.0.0.1:{port}"
     return Target(name, url + "/v1/retrieve"), process(name, cmd, {}, url + "/health")
 
