@@ -20,7 +20,9 @@ BENCHMARKS = (
 )
 # Arguments `make bench` gives a module (default: none): the issue-7 benchmarks also draw docs/img/*.png.
 ARGS: dict[str, list[str]] = {
-    "bench.serving": ["--parts", "overhead,batching,workers,peers", "--plot", "docs/img/serving.png"],
+    "bench.serving": [
+        *("--parts", "overhead,batching,workers,peers", "--rounds", "3", "--plot", "docs/img/serving.png")
+    ],
     "bench.engine_sweep": ["--plot", "docs/img/engine.png"],
     "bench.memory_forms": ["--plot", "docs/img/memory_forms.png"],
 }
