@@ -143,3 +143,21 @@ def test_generated_request_ids_are_distinct(clients: dict[bool, TestClient]) -> 
     ids = {clients[True].post(R, json={"sequence": "a1??a"}).headers["x-request-id"] for _ in range(20)}
     assert len(ids) == 20
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_an_unexpected_error_in_a_hot_route_is_a_json_500_without_a_stack_trace(
+    model_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.routes import native
+
+    async def explode(*args: object) -> dict[str, object]:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(native, "handle_retrieve", explode)
+    app = create_app(Settings(model_repository=model_repository))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post(R, json={"sequence": "a1??a"})
+        assert r.status_code == 500
+        assert r.json() == {"error": {"code": "internal", "message": "internal server error", "field": None}}
+        assert "secret" not in r.text
+        assert client.post(B, json={"items": [{"sequence": "a1??a"}]}).status_code == 200  # still serving
