@@ -55,7 +55,7 @@ from model.fastweights import FastWeightsRNN
 
 OPSET = 17  # LayerNormalization is one op from opset 17
 IR_VERSION = 8  # what onnxruntime 1.x and Triton's onnxruntime backend read for opset 17
-SMALL_BATCH_MAX = 2  # batches up to this size take the few-nodes branch (measured crossover: docs/export.md)
+SMALL_BATCH_MAX = 3  # batches up to this size take the few-nodes branch (measured crossover: docs/export.md)
 MAX_STATE_SCALE = 1e4  # c(τ) = λ^(−τ/2) above this: explicit weights instead of the scaled state
 # Subtracted from a PAD row's LayerNormalization bias: |LN(u)| <= max|γ|·sqrt(H) + max|β| (~10 here), so relu
 # gives exactly 0 (checked against the weights when the graph is built).
