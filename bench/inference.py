@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.inference                       # checkpoints/default.pt, T=11, batch 1/32/256
     .venv/bin/python -m bench.inference --checkpoint ckpt.pt --seq-len 19 --batch-sizes 1,256 --threads 2
     .venv/bin/python -m bench.inference --threads 1 --clock cpu   # one core's CPU time: robust to a busy host
+    .venv/bin/python -m bench.inference --threads 2 --concurrent 2  # + 2 sessions × 1 thread in parallel
 
 The machine is shared and noisy, so engines are timed in interleaved rounds (each engine once per round,
 `--rounds` rounds) and each cell is the median round; the ratios compare numbers from the same rounds.
@@ -108,6 +109,40 @@ def build_engines(
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def concurrent_throughput(
+    path: Path, tokens: np.ndarray, workers: int, seconds: float, repeats: int = 3
+) -> float:
+    """Sequences/s (wall clock, median of `repeats`) of `workers` sessions with one intra-op thread each,
+    each running whole batches in its own Python thread (onnxruntime releases the GIL while it runs).
+
+    How a server with several batches in flight uses several cores; one call with intra-op threads = 2 did
+    not (measured: slower than one thread at batch 256, its nodes are too small to split).
+    """
+    import threading
+
+    runners = [_ort_runner(path, 1) for _ in range(workers)]
+    for run in runners:
+        run(tokens)
+    rates = []
+    for _ in range(repeats):
+        counts = [0] * workers
+        stop = time.perf_counter() + seconds
+
+        def loop(i: int, counts: list[int] = counts, stop: float = stop) -> None:
+            while time.perf_counter() < stop:
+                runners[i](tokens)
+                counts[i] += 1
+
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rates.append(sum(counts) * len(tokens) / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def build_lever_engines(
@@ -282,6 +317,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: onnxruntime on graph variants (training module vs export module, exporters, options)",
     )
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also: throughput of N onnxruntime sessions × 1 thread running batches in parallel (wall clock)",
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     return p
 
@@ -307,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.checkpoint, args.seq_len, args.threads, not args.no_compile, Path(tmp), args.dynamo
             )
         results = time_engines(engines, inputs, args.rounds, args.round_seconds, args.clock)
+        concurrent: dict[int, float] = {}
+        if args.concurrent and not (args.levers or args.buckets_of):
+            for batch, tokens in inputs.items():
+                concurrent[batch] = concurrent_throughput(
+                    Path(tmp) / "model.onnx", tokens, args.concurrent, 2.0
+                )
     import onnxruntime
     import torch
 
@@ -325,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         if ref in results and "ort" in results:
             ratios = ", ".join(f"batch {b}: {results[ref][b] / results['ort'][b]:.2f}×" for b in batches)
             print(f"ort vs {ref}: {ratios}")
+    for batch, rate in concurrent.items():
+        single = batch / results["ort"][batch]
+        print(
+            f"ort, {args.concurrent} sessions × 1 thread in parallel, batch {batch}: {rate:,.0f} seq/s "
+            f"wall clock ({rate / single:.2f}× the single call above)"
+        )
     if args.json:
         payload = {
             "notes": notes,
