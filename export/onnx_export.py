@@ -1,9 +1,9 @@
 """Checkpoint -> one ONNX graph per length bucket, time loop and inner steps unrolled, metadata embedded.
 
 Fast-weights checkpoints are not traced: `export.builder` writes their graph node by node from the weights
-(fewer and larger nodes: 1.4× faster at batch 1 and 1.3-1.5× at batch 256 than the traced export module;
-docs/export.md). The traced graph stays available (``traced=True``; ``dynamo=True`` implies it) for the
-baselines, which are exported as they are, and for comparison.
+(fewer and larger nodes: 1.1-1.5× faster at batch 1 and 1.4-1.5× at batch 256 than the traced export
+module, measured side by side; docs/export.md). The traced graph stays available (``traced=True``;
+``dynamo=True`` implies it) for the baselines, which are exported as they are, and for comparison.
 
 Tracing exporter: the TorchScript-based one (``torch.onnx.export(..., dynamo=False)``, opset 17), chosen by
 measurement on the export module of `export.graph` (T=11, H=50; `python -m bench.inference --levers`,
