@@ -9,8 +9,9 @@ constants. Two forms of the same function, because onnxruntime's costs differ wi
   onnxruntime's fusions (FusedMatMul, Add, Relu, FusedMatMul, MatMul, Sum, LayerNormalization, Relu, Concat).
 * **wide** (large batches, where a batched MatMul costs ~0.2-0.3 µs per row whatever its size): time-major
   memory (t, B, H), scores as Mul + ReduceSum, the weighted sum as one Mul and one (1, t)·(t, B·H) MatMul
-  whose row holds the decay weights, the recurrence as a 2-D Gemm (W h + C x + b in one node): 13 nodes per
-  step, each a large, vectorised kernel.
+  whose row holds the decay weights, the recurrence as a 2-D Gemm (W h + C x + b in one node), a Mul by the
+  PAD mask, and a Gather of C·x(t) + b per step (one Gather + Split of all steps copied every row twice: 6%
+  slower at batch 256): 15 nodes per step, each a large, vectorised kernel.
 
 The exported graph holds both as the branches of one ``If`` on the batch size (``SMALL_BATCH_MAX``). Each
 branch holds its own constants, the weights included (twice in the file, ~50 KiB): with the weights in the
@@ -35,7 +36,7 @@ What is folded, and why it stays exact (`export.verify` checks ≤ 1e-4 against 
   above MAX_STATE_SCALE, the per-step weight vector is multiplied instead (same node count, not fused).
 * **Embedding·C folded into one table, and the first step is a table too**: h(0) = relu(LN(C·x(0) + b))
   depends on the first token only. One Gather on a (2V, H) table, the first position's ids shifted by V,
-  returns h(0) and every C·x(t) + b; one Split hands them out.
+  returns h(0) and every C·x(t) + b; one Split hands them out (few-nodes form).
 * **Sum + LayerNormalization, not Add**: onnxruntime fuses Add + LayerNormalization into
   SkipLayerNormalization, which ran ~4× slower than the two nodes at H = 50 (72 µs against 16 + 5 µs per step
   at batch 256, measured); it does not fuse Sum.
@@ -234,8 +235,9 @@ def _wide(e: _Emitter, p: _Params) -> tuple[str, str]:
     ids = e.op1("Transpose", [INPUT_TOKENS], "ids", perm=[1, 0])  # (T, B)
     ids = e.op1("Add", [ids, e.const("first_shift", shift)], "ids")
     ids = e.op1("Reshape", [ids, e.ints("flat", [-1])], "ids")  # (T·B,) time-major
-    rows = e.op1("Gather", [e.const("table", p.table), ids], "rows", axis=0)  # (T·B, H)
-    parts = e.op("Split", [rows], "x", outputs=T, axis=0)  # T × (B, H): equal parts
+    table = e.const("table", p.table)
+    step_ids = e.op("Split", [ids], "ids", outputs=T, axis=0)  # T × (B,)
+    parts = [e.op1("Gather", [table, i], "x", axis=0) for i in step_ids]  # T × (B, H)
     # PAD steps: h(t) = m(t)·h_new, a Mul per step. Here a per-row LayerNorm bias (as in the few-nodes form)
     # would cost more: LayerNormalization runs ~20 µs slower at batch 256 with a (B, H) bias, the Mul ~6 µs.
     real = e.const("real", (p.penalty == 0).astype(_F32))  # (2V, 1)
