@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -115,8 +116,7 @@ async def _score(
         nonlocal scored, last_line
         writer.write(records)
         before = stats.errors
-        for r in records:
-            stats.add(r)
+        stats.add_all(records)
         scored += len(records)
         if progress is not None and records:
             progress.update(records[-1]["line"] - last_line)
@@ -128,11 +128,26 @@ async def _score(
     limits = httpx.Limits(
         max_connections=config.concurrency * 2, max_keepalive_connections=config.concurrency * 2
     )
-    async with httpx.AsyncClient(timeout=config.timeout, limits=limits) as http:
+    # Plain-http servers need no TLS context: skipping it saves loading the CA bundle at start-up.
+    verify = any(u.startswith("https://") for u in config.urls)
+    # Plain-http servers need no TLS context: skipping it saves loading the CA bundle at start-up.
+    verify = any(u.startswith("https://") for u in config.urls)
+    async with httpx.AsyncClient(timeout=config.timeout, limits=limits, verify=verify) as http:
         scorer = Scorer(config, http, stats)
         await scorer.prepare()
         await run_pipeline(chunked(rows, config.chunk_size), scorer.score_chunk, write, config.concurrency)
     return scored
+
+
+def quiet_gc(threshold: int = 100_000) -> None:
+    """Make the cyclic garbage collector rare: the rows, requests and records of a run hold no cycles, so
+    reference counting frees them as they go (memory stays flat), yet every ~700 allocations the collector
+    walked every live object, the imported modules included: ~1.5-2 us of client CPU per row. Freezing what
+    exists now (imports, the parser) and collecting only every `threshold` allocations keeps it for the rare
+    cycles (an exception's traceback on a retry) at a negligible cost."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(threshold, 50, 100)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             total=total, initial=min(last_line, total or last_line), unit="rows", dynamic_ncols=True
         )
 
+    quiet_gc()
     started = time.perf_counter()
     code = EXIT_OK
     failure: str | None = None

@@ -68,6 +68,32 @@ def _record(row: Row, result: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _records(rows: list[Row], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`[_record(row, answer) ...]` for rows that were all sent, inlined: this loop runs once per row, and
+    a function call and a second dict lookup per field were a third of the client's CPU per row."""
+    records = []
+    append = records.append
+    for row, result in zip(rows, answers, strict=True):
+        error = result.get("error")
+        if error is None:
+            value = result.get("value")
+            record = {
+                "line": row.line,
+                "id": row.id,
+                "value": value,
+                "confidence": result.get("confidence"),
+                "num_pairs": result.get("num_pairs"),
+            }
+            label = row.label
+            if label is not None:
+                record["label"] = label
+                record["correct"] = value == label
+        else:
+            record = _record(row, result)
+        append(record)
+    return records
+
+
 def _error_from_body(status: int, body: Any) -> dict[str, Any]:
     """A refused request's error object, shaped like a per-item error of the batch API."""
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
@@ -128,6 +154,8 @@ class Scorer:
             answers = await self._score_items_v2(items)
         else:
             answers = await self._score_items(items)
+        if len(answers) == len(rows):  # every row was sent (the common case): one tight loop, no calls
+            return _records(rows, answers)
         results = iter(answers)
         records = []
         for row in rows:

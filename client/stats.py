@@ -45,6 +45,17 @@ class Stats:
             cell[0] += 1
             cell[1] += ok
 
+    def add_all(self, records: list[dict[str, Any]]) -> None:
+        """`add` for a chunk of records: the common answered, unlabelled record costs one lookup here."""
+        add = self.add
+        plain = 0
+        for record in records:
+            if "label" in record or "error" in record:
+                add(record)
+            else:
+                plain += 1
+        self.rows += plain
+
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
