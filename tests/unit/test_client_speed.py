@@ -4,6 +4,8 @@ collecting cycles."""
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 
 from client.__main__ import quiet_gc
 from client.inputs import Row
@@ -62,3 +64,13 @@ def test_quiet_gc_keeps_collecting_cycles():
     finally:
         gc.unfreeze()
         gc.set_threshold(*old)
+
+
+def test_the_client_imports_httpx_without_its_command_line_tool():
+    code = (
+        "import sys, client.__main__, httpx; "
+        "assert httpx.AsyncClient; "
+        "print(sorted(m for m in ('click', 'rich', 'pygments') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
