@@ -139,6 +139,16 @@ async def _score(
     return scored
 
 
+def run_loop(main_coro: Any) -> Any:
+    """`asyncio.run`, on uvloop when it is installed (it comes with uvicorn[standard]): its event loop and
+    socket transports cost the client less CPU per request. Plain asyncio otherwise, same behaviour."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main_coro)
+    return uvloop.run(main_coro)
+
+
 def quiet_gc(threshold: int = 100_000) -> None:
     """Make the cyclic garbage collector rare: the rows, requests and records of a run hold no cycles, so
     reference counting frees them as they go (memory stays flat), yet every ~700 allocations the collector
@@ -219,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     failure: str | None = None
     writer = OutputWriter(args.output, out_fmt, sync_interval=args.sync_interval)
     try:
-        asyncio.run(_score(_skip_done(rows, last_line), writer, stats, config, progress, last_line))
+        todo = _skip_done(rows, last_line) if last_line else rows  # no filter layer per row on a fresh run
+        run_loop(_score(todo, writer, stats, config, progress, last_line))
     except RunFailed as exc:
         code, failure = EXIT_FAILED, f"run failed: {exc}"
     except InputError as exc:

@@ -7,7 +7,7 @@ import gc
 import subprocess
 import sys
 
-from client.__main__ import quiet_gc
+from client.__main__ import quiet_gc, run_loop
 from client.inputs import Row
 from client.scorer import _record, _records
 from client.stats import Stats
@@ -74,3 +74,13 @@ def test_the_client_imports_httpx_without_its_command_line_tool():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_run_loop_uses_uvloop_when_installed_and_returns_the_result():
+    import asyncio
+
+    async def loop_module() -> str:
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_loop(loop_module()).startswith("uvloop")  # uvloop comes with uvicorn[standard] here
