@@ -84,3 +84,14 @@ def test_run_loop_uses_uvloop_when_installed_and_returns_the_result():
         return type(asyncio.get_running_loop()).__module__
 
     assert run_loop(loop_module()).startswith("uvloop")  # uvloop comes with uvicorn[standard] here
+
+
+def test_run_loop_falls_back_to_plain_asyncio_without_uvloop():
+    code = (
+        "import sys; sys.modules['uvloop'] = None\n"
+        "import asyncio\nfrom client.__main__ import run_loop\n"
+        "async def f():\n    return type(asyncio.get_running_loop()).__module__\n"
+        "print(run_loop(f()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().startswith("asyncio")
