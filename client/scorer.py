@@ -69,8 +69,8 @@ def _record(row: Row, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _records(rows: list[Row], answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`[_record(row, answer) ...]` for rows that were all sent, inlined: this loop runs once per row, and
-    a function call and a second dict lookup per field were a third of the client's CPU per row."""
+    """`[_record(row, answer) ...]` for rows that were all sent, in one loop without a call per answered row
+    (a small saving: the per-row record is ~0.5 µs either way; see docs/client.md)."""
     records: list[dict[str, Any]] = []
     append = records.append
     for row, result in zip(rows, answers, strict=True):
