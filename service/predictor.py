@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -342,8 +342,7 @@ def _first_line(exc: BaseException) -> str:
 # Decoding
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):  # a NamedTuple: built once per row of every batch, 4x cheaper than a dataclass
     value: str
     confidence: float
     top_k: list[tuple[str, float]]  # (value, probability), most likely first

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from export.contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
 from model.vocab import ParsedQuery, SequenceError, from_pairs, parse_sequence, sequence_length
@@ -18,8 +17,7 @@ from service.predictor import LoadedModel, Prediction, decode
 from service.registry import ModelNotFoundError, ModelNotReadyError, ModelRegistry
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):  # one per answered row: a NamedTuple is the cheapest immutable record
     prediction: Prediction
     num_pairs: int
     bucket: str
@@ -97,14 +95,17 @@ async def answer(
         q if isinstance(q, SequenceError) else None for q in queries
     ]
     groups: dict[str, tuple[LoadedModel, list[int]]] = {}
+    by_pairs: dict[int, LoadedModel] = {}  # number of pairs -> its bucket, looked up once per batch
     for i, q in enumerate(queries):
         if isinstance(q, SequenceError):
             continue
-        try:
-            model = pick_bucket(buckets, q, fields[i] if fields else "sequence")
-        except SequenceError as exc:
-            results[i] = exc
-            continue
+        model = by_pairs.get(len(q.pairs))
+        if model is None:
+            try:
+                model = by_pairs[len(q.pairs)] = pick_bucket(buckets, q, fields[i] if fields else "sequence")
+            except SequenceError as exc:
+                results[i] = exc
+                continue
         groups.setdefault(model.info.name, (model, []))[1].append(i)
 
     async def run(model: LoadedModel, rows: list[int]) -> None:
@@ -120,7 +121,7 @@ async def answer(
             explain=explain,
         )
         for i, q, p in zip(rows, parsed, preds, strict=True):
-            results[i] = Answer(p, q.num_pairs, model.info.name, model.info.version)
+            results[i] = Answer(p, len(q.pairs), model.info.name, model.info.version)
 
     if len(groups) == 1:
         ((model, rows),) = groups.values()
