@@ -20,21 +20,15 @@ is counted with status 499 (one watcher task per request, started only once the 
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import DOMAIN_ERRORS, ApiError, domain_error, error_body, render_json
-from service.middleware import HEADERS_KEY
-
-log = logging.getLogger("service.fastpath")
-
-CLIENT_GONE = 499
+from service.errors import DOMAIN_ERRORS, ApiError, domain_error, render_json
+from service.middleware import CLIENT_GONE_STATUS, HEADERS_KEY
 
 
 @dataclass(frozen=True)
@@ -143,7 +137,9 @@ class FastPath:
             if not gone:
                 raise  # a real cancellation (shutdown): not ours to swallow
             task.uncancel()
-            response = _error(path, ApiError(CLIENT_GONE, "client_gone", "client closed the request"), 1)
+            response = _error(
+                path, ApiError(CLIENT_GONE_STATUS, "client_gone", "client closed the request"), 1
+            )
         except DOMAIN_ERRORS as exc:
             response = _error(path, exc, self.state.settings.retry_after_s)
         finally:
@@ -161,8 +157,9 @@ class FastPath:
 
 def _error(path: str, exc: BaseException, retry_after_s: int) -> RawResponse:
     answer = domain_error(exc, path, retry_after_s)
-    if answer is None:  # not a domain error: cannot happen for DOMAIN_ERRORS, but never answer nothing
-        return RawResponse(orjson.dumps(error_body(path, "internal", "internal server error")), 500)
+    assert answer is not None, (
+        f"{type(exc).__name__} is not a domain error"
+    )  # callers pass DOMAIN_ERRORS only
     return RawResponse(bytes(answer.body), answer.status_code, headers=_extra_headers(answer.headers))
 
 

@@ -342,7 +342,7 @@ def _first_line(exc: BaseException) -> str:
 # Decoding
 
 
-class Prediction(NamedTuple):  # a NamedTuple: built once per row of every batch, 4x cheaper than a dataclass
+class Prediction(NamedTuple):  # built once per row of every batch: cheaper to create than a frozen dataclass
     value: str
     confidence: float
     top_k: list[tuple[str, float]]  # (value, probability), most likely first

@@ -15,6 +15,7 @@ from model.vocab import ParsedQuery, SequenceError, parse_sequence
 from service.config import Settings
 from service.errors import EMPTY_BODY, NOT_JSON_OBJECT, ApiError, JSONResponse, validation_message
 from service.fastpath import RawRequest, RawResponse, hot_route, json_response
+from service.middleware import CLIENT_GONE_STATUS
 from service.registry import ModelRegistry
 from service.retrieval import Answer, answer, family_version, parse_query
 from service.schemas import (
@@ -98,7 +99,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
     if task not in done:
         task.cancel()
-        raise ApiError(499, "client_gone", "client closed the request")
+        raise ApiError(CLIENT_GONE_STATUS, "client_gone", "client closed the request")
     return task.result()
 
 

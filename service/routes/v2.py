@@ -412,10 +412,13 @@ async def _infer(
 async def infer_fast(request: RawRequest, state: Any) -> RawResponse:
     name = request.params["name"]
     if len(name) > MAX_NAME_LENGTH:  # what the FastAPI route's path validation refuses
-        raise ApiError(400, "invalid_request", "name: String should have at most 128 characters", "name")
+        raise ApiError(
+            400, "invalid_request", f"name: String should have at most {MAX_NAME_LENGTH} characters", "name"
+        )
     version = request.params.get("version")
     if version is not None and len(version) > MAX_VERSION_LENGTH:
-        raise ApiError(400, "invalid_request", "version: String should have at most 32 characters", "version")
+        message = f"version: String should have at most {MAX_VERSION_LENGTH} characters"
+        raise ApiError(400, "invalid_request", message, "version")
     payload, headers, media_type = await infer_raw(
         request.body, request.headers, state.registry, state.settings, name, version
     )
