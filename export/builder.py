@@ -2,21 +2,30 @@
 
 Tracing (`export.graph`) gave ~12 ONNX nodes per time step plus a prologue that turned the PAD mask into decay
 weights at run time. This builder emits exactly the nodes the function needs and folds what it can into
-constants. Two forms of the same function, because onnxruntime's costs differ with the batch size:
+constants. Three forms of the same function, because onnxruntime's costs differ with the batch size:
 
-* **few nodes** (small batches, where onnxruntime's cost is per node): (B, 1, H) tensors, the fast memory as
-  a (B, t, H) tensor and both attention products as batched MatMuls: 9 nodes per time step after
-  onnxruntime's fusions (FusedMatMul, Add, Relu, FusedMatMul, MatMul, Sum, LayerNormalization, Relu, Concat).
+* **single row** (batch 1, where onnxruntime's cost is ~0.5 µs per node): 2-D (1, H) tensors, so every
+  product is a Gemm with its scalar and its addend inside: 7 nodes per time step (Concat to append to the
+  memory (t, H), Gemm W h~/c + C x + b, Relu, Gemm scores q·memoryᵀ with η λ^(t−1) as alpha, Gemm
+  scores·memory + z, LayerNormalization, Relu). h(0) and h(1) are not computed: h(1) depends on the first
+  two tokens only, so it is a row of a (V², H) table precomputed by the training model itself (282 KiB at
+  V = 38, H = 50; one time step less per call). One Gather on one table returns, for the whole call, h(0),
+  h(1), every C·x(t) + b and every step's LayerNorm bias; the row ids come from one int64 MatMul of the
+  tokens by a constant routing matrix (which forms a·V + b for the pair) and one Add.
+* **few nodes** (the small-batch form before, up to 3 rows; kept for comparison): (B, 1, H) tensors, the
+  fast memory as a (B, t, H) tensor and both attention products as batched MatMuls: 9 nodes per time step
+  after onnxruntime's fusions (FusedMatMul, Add, Relu, FusedMatMul, MatMul, Sum, LayerNormalization, Relu,
+  Concat).
 * **wide** (large batches, where a batched MatMul costs ~0.2-0.3 µs per row whatever its size): time-major
   memory (t, B, H), scores as Mul + ReduceSum, the weighted sum as one Mul and one (1, t)·(t, B·H) MatMul
   whose row holds the decay weights, the recurrence as a 2-D Gemm (W h + C x + b in one node), a Mul by the
   PAD mask, and a Gather of C·x(t) + b per step (one Gather + Split of all steps copied every row twice: 6%
   slower at batch 256): 15 nodes per step, each a large, vectorised kernel.
 
-The exported graph holds both as the branches of one ``If`` on the batch size (``SMALL_BATCH_MAX``). Each
-branch holds its own constants, the weights included (twice in the file, ~50 KiB): with the weights in the
-main graph, onnxruntime passes them to the If as implicit inputs and the batch-1 call took 12 µs longer; with
-them inside, the If costs ~3 µs (measured).
+The exported graph holds single row and wide as the branches of one ``If`` on the batch size
+(``SMALL_FORMS``). Each branch holds its own constants, the weights included (twice in the file): with the
+weights in the main graph, onnxruntime passes them to the If as implicit inputs and the batch-1 call took
+12 µs longer; with them inside, the If costs ~2-3 µs (measured).
 
 What is folded, and why it stays exact (`export.verify` checks ≤ 1e-4 against the training model):
 
@@ -28,11 +37,12 @@ What is folded, and why it stays exact (`export.verify` checks ≤ 1e-4 against 
   leave h = 0 and the memory empty. LayerNormalization takes a per-row bias (B, 1, H) (it broadcasts, as its
   function definition's Add does): β for a real token, β − PAD_PENALTY for PAD, gathered for all steps at
   once; relu then gives exactly 0, and a stored 0 adds exactly 0 to every later score and sum.
-* **Few nodes: the weights live in the state's scale.** The stored state is h~(τ) = c(τ)·h(τ) with
+* **Single row, few nodes: the weights live in the state's scale.** The stored state is h~(τ) = c(τ)·h(τ),
   c(τ) = λ^(−τ/2) (that step's LayerNormalization gets gain γ·c(τ) and bias β·c(τ); relu(c·y) = c·relu(y)
   for c > 0). Scores and the weighted sum both read h~, so position τ enters with c(τ)² = λ^(−τ), and one
   scalar per step, η·λ^(t−1), completes η·λ^(t−1−τ). onnxruntime fuses a scalar Mul into the MatMul before
-  it (FusedMatMul's alpha), as it fuses the 1/c(t−1) that undoes the scale before W. For λ = 0, or a scale
+  it (FusedMatMul's alpha; in the single-row form the scalars are Gemm's alpha), as it fuses the 1/c(t−1)
+  that undoes the scale before W. For λ = 0, or a scale
   above MAX_STATE_SCALE, the per-step weight vector is multiplied instead (same node count, not fused).
 * **Embedding·C folded into one table, and the first step is a table too**: h(0) = relu(LN(C·x(0) + b))
   depends on the first token only. One Gather on a (2V, H) table, the first position's ids shifted by V,
@@ -56,12 +66,17 @@ from model.fastweights import FastWeightsRNN
 
 OPSET = 17  # LayerNormalization is one op from opset 17
 IR_VERSION = 8  # what onnxruntime 1.x and Triton's onnxruntime backend read for opset 17
-SMALL_BATCH_MAX = 3  # batches up to this size take the few-nodes branch (measured crossover: docs/export.md)
+# The form an If sends small batches to, and the largest batch it takes; larger ones take the wide form.
+# single-row: batch 1 only (shipped); few-nodes: up to 3 rows (the measured crossover with the wide form).
+SMALL_FORMS = {"single-row": 1, "few-nodes": 3}
 MAX_STATE_SCALE = 1e4  # c(τ) = λ^(−τ/2) above this: explicit weights instead of the scaled state
 # Subtracted from a PAD row's LayerNormalization bias: |LN(u)| <= max|γ|·sqrt(H) + max|β| (~10 here), so relu
 # gives exactly 0 (checked against the weights when the graph is built).
 PAD_PENALTY = 1e6
-FORMS = ("auto", "few-nodes", "wide")
+# The single-row form gathers h(1) from a (V², H) table when V² is at most this (38² = 1444 rows, 282 KiB
+# at H = 50): one time step less per call.
+PAIR_TABLE_MAX_ROWS = 4096
+FORMS = ("auto", "single-row", "few-nodes", "wide")
 
 _F32 = np.float32
 
@@ -81,6 +96,7 @@ class _Params:
     decay: float
     fast_lr: float
     inner_steps: int
+    pair_h1: np.ndarray | None  # (V·V, H): h(1) of every left-padded first pair (a, b), row a·V + b; or None
 
     @property
     def vocab_size(self) -> int:
@@ -93,6 +109,31 @@ class _Params:
     def weight(self, t: int) -> np.ndarray:
         """(t,): η·λ^(t−1−τ), the weight of stored position τ < t at step t (left padding)."""
         return np.array([self.fast_lr * self.decay ** (t - 1 - tau) for tau in range(t)], dtype=_F32)
+
+    def state_scale(self) -> tuple[bool, list[float]]:
+        """Whether the stored state carries the decay (c(τ) = λ^(−τ/2)), and c(τ) per step (last: 1)."""
+        T, lam = self.seq_len, self.decay
+        scaled = lam > 0 and lam ** (-(T - 2) / 2) <= MAX_STATE_SCALE
+        return scaled, [lam ** (-tau / 2) if scaled else 1.0 for tau in range(T - 1)] + [1.0]
+
+
+def _pair_table(model: FastWeightsRNN) -> np.ndarray:
+    """(V·V, H) float32: h(1) after the first two tokens (a, b), row a·V + b, from the training model itself.
+
+    h(1) depends on those two tokens only, so the single-row form gathers it instead of running step 1. The
+    model runs as it is on all V² two-token sequences, with its head replaced by the identity so that its
+    first output is the final state: the same float32 arithmetic the reference does.
+    """
+    import copy
+
+    body = copy.deepcopy(model).eval()
+    body.head = torch.nn.Identity()  # type: ignore[assignment]  # forward then returns (h (B, H), attention)
+    V = model.config.vocab_size
+    first = torch.arange(V).repeat_interleave(V)
+    second = torch.arange(V).repeat(V)
+    with torch.no_grad():
+        h1, _ = body(torch.stack([first, second], dim=1))
+    return h1.to(torch.float32).numpy().copy()
 
 
 def _params(model: FastWeightsRNN, seq_len: int) -> _Params:
@@ -129,6 +170,7 @@ def _params(model: FastWeightsRNN, seq_len: int) -> _Params:
         decay=float(cfg.decay),
         fast_lr=float(cfg.fast_lr),
         inner_steps=cfg.inner_steps,
+        pair_h1=_pair_table(model) if seq_len >= 3 and cfg.vocab_size**2 <= PAIR_TABLE_MAX_ROWS else None,
     )
 
 
@@ -175,8 +217,7 @@ def _few_nodes(e: _Emitter, p: _Params) -> tuple[str, str]:
     """Batch-major, batched MatMuls, scaled state: the fewest nodes (see the module docstring)."""
     T, H, V = p.seq_len, p.hidden_size, p.vocab_size
     lam = p.decay
-    scaled = lam > 0 and lam ** (-(T - 2) / 2) <= MAX_STATE_SCALE
-    scale = [lam ** (-tau / 2) if scaled else 1.0 for tau in range(T - 1)] + [1.0]  # c(τ); last: not stored
+    scaled, scale = p.state_scale()  # c(τ); the last step's state is not stored
 
     shift = np.zeros((1, T), dtype=np.int64)
     shift[0, 0] = V  # position 0 reads h(0) from the second half of the table
@@ -225,6 +266,75 @@ def _few_nodes(e: _Emitter, p: _Params) -> tuple[str, str]:
     to_output[np.arange(T - 1), np.arange(T - 1)] = scale[: T - 1]
     attn = e.op1("MatMul", [scores, e.const("to_attention", to_output)], "attention")  # (B, 1, T)
     return logits, e.op1("Reshape", [attn, e.ints("flat_t", [-1, T])], "attention")
+
+
+def _single_row(e: _Emitter, p: _Params) -> tuple[str, str]:
+    """One row, 2-D (1, H) tensors: every product a Gemm with its scalar and its addend fused in (module
+    docstring). 7 nodes per step: Concat, Gemm (W h~/c + C x + b), Relu, Gemm (scores, with η λ^(t−1)),
+    Gemm (A h + z), LayerNormalization, Relu; h(0) and h(1) are gathered, not computed."""
+    T, H, V = p.seq_len, p.hidden_size, p.vocab_size
+    lam = p.decay
+    scaled, scale = p.state_scale()
+    first = 1 if p.pair_h1 is None else 2  # steps that come out of the table: h~(0), and h~(1) with pairs
+    # One table, one row per (what, token): h~(0) | [h~(1) of the pair] | C·x + b | one bias per step.
+    # Per step t the bias of the last LayerNormalization is c(t)·β, and c(t)·β − PAD_PENALTY·max c for PAD
+    # (relu gives h~(t) = 0 on a PAD step, the initial state), so a PAD step costs no node.
+    penalty = p.penalty[:V] * _F32(max(scale))  # (V, 1)
+    groups = [p.table[V:] * _F32(scale[0])]  # h~(0) = c(0)·h(0) = h(0), 0 for PAD
+    if p.pair_h1 is not None:
+        groups.append(p.pair_h1 * _F32(scale[1]))
+    groups.append(p.table[:V])  # C·x + b
+    groups += [p.beta[None] * _F32(scale[t]) + penalty for t in range(first, T)]
+    offsets = np.cumsum([0] + [len(g) for g in groups])
+    # ids (1, n) = tokens (1, T) · route (T, n) + offset (1, n): column j picks row `offset[j] + token`
+    # (the pair's column a·V + b); one Gather returns every row the call needs, one Split hands them out.
+    columns: list[tuple[dict[int, int], int]] = [({0: 1}, offsets[0])]
+    if p.pair_h1 is not None:
+        columns.append(({0: V, 1: 1}, offsets[1]))
+    x_group, bias_group = first, first + 1
+    for t in range(first, T):
+        columns.append(({t: 1}, offsets[x_group]))
+        columns.append(({t: 1}, offsets[bias_group + t - first]))
+    route = np.zeros((T, len(columns)), dtype=np.int64)
+    for j, (weights, _) in enumerate(columns):
+        for position, w in weights.items():
+            route[position, j] = w
+    offset = np.array([[o for _, o in columns]], dtype=np.int64)
+    ids = e.op1("MatMul", [INPUT_TOKENS, e.const("route", route)], "ids")
+    ids = e.op1("Add", [ids, e.const("row_offset", offset)], "ids")  # (1, n)
+    rows = e.op1("Gather", [e.const("table", np.concatenate(groups)), ids], "rows", axis=0)  # (1, n, H)
+    rows = e.op1("Reshape", [rows, e.ints("rows", [-1, H])], "rows")  # (n, H)
+    parts = e.op("Split", [rows], "row", outputs=len(columns), axis=0)  # n × (1, H)
+    x = {t: parts[first + 2 * (t - first)] for t in range(first, T)}
+    bias = {t: parts[first + 2 * (t - first) + 1] for t in range(first, T)}
+
+    recurrent_t = e.const("recurrent_t", p.recurrent_t)
+    past = parts[0]  # (t, H): h~(τ) for τ < t
+    h = parts[1] if first == 2 else parts[0]  # h~(t−1) (1, H)
+    scores = ""
+    for t in range(first, T):
+        if t > 1:
+            past = e.op1("Concat", [past, h], "past", axis=0)
+        z = e.op1("Gemm", [h, recurrent_t, x[t]], "z", alpha=float(1 / scale[t - 1]))  # W h + C x + b
+        query = e.op1("Relu", [z], "q")
+        for step in range(p.inner_steps):
+            if scaled:  # η λ^(t−1−τ) h(τ)ᵀ q, the λ^(−τ) living in c(τ)²
+                scores = e.op1("Gemm", [query, past], "scores", transB=1, alpha=p.fast_lr * lam ** (t - 1))
+            else:
+                scores = e.op1("Gemm", [query, past], "scores", transB=1)
+                scores = e.op1("Mul", [scores, e.const("weight", p.weight(t).reshape(1, t))], "scores")
+            u = e.op1("Gemm", [scores, past, z], "u")  # (1, H)  z + A(t) q
+            last = step == p.inner_steps - 1  # the last inner step gives h~(t), 0 on a PAD step
+            gamma = e.const("gamma", p.gamma * _F32(scale[t] if last else 1.0))
+            beta = bias[t] if last else e.const("beta", p.beta)
+            normed = e.op1("LayerNormalization", [u, gamma, beta], "ln", axis=-1, epsilon=p.eps)
+            query = e.op1("Relu", [normed], "h")
+        h = query
+
+    logits = e.head(p, h)
+    to_output = np.zeros((T - 1, T), dtype=_F32)  # times c(τ), the query position's 0 appended
+    to_output[np.arange(T - 1), np.arange(T - 1)] = scale[: T - 1]
+    return logits, e.op1("MatMul", [scores, e.const("to_attention", to_output)], "attention")  # (1, T)
 
 
 def _wide(e: _Emitter, p: _Params) -> tuple[str, str]:
@@ -278,43 +388,51 @@ def _wide(e: _Emitter, p: _Params) -> tuple[str, str]:
     return logits, e.op1("MatMul", [attn, e.const("to_attention", to_output)], "attention")
 
 
-def _io(seq_len: int, num_classes: int):
-    inputs = [helper.make_tensor_value_info(INPUT_TOKENS, TensorProto.INT64, [BATCH_AXIS, seq_len])]
+def _io(seq_len: int, num_classes: int, batch: str | int = BATCH_AXIS):
+    inputs = [helper.make_tensor_value_info(INPUT_TOKENS, TensorProto.INT64, [batch, seq_len])]
     outputs = [
-        helper.make_tensor_value_info(OUTPUT_LOGITS, TensorProto.FLOAT, [BATCH_AXIS, num_classes]),
-        helper.make_tensor_value_info(OUTPUT_ATTENTION, TensorProto.FLOAT, [BATCH_AXIS, seq_len]),
+        helper.make_tensor_value_info(OUTPUT_LOGITS, TensorProto.FLOAT, [batch, num_classes]),
+        helper.make_tensor_value_info(OUTPUT_ATTENTION, TensorProto.FLOAT, [batch, seq_len]),
     ]
     return inputs, outputs
 
 
+_EMITTERS = {"single-row": _single_row, "few-nodes": _few_nodes, "wide": _wide}
+
+
 def build_fast_weights_graph(
-    model: FastWeightsRNN, seq_len: int, form: str = "auto", small_batch_max: int = SMALL_BATCH_MAX
+    model: FastWeightsRNN, seq_len: int, form: str = "auto", small_form: str = "single-row"
 ) -> onnx.ModelProto:
     """The ONNX graph (opset 17, no metadata) of `model` for left-padded sequences of `seq_len` tokens.
 
-    form: "auto" (an If on the batch size: "few-nodes" up to `small_batch_max` rows, "wide" above),
-    "few-nodes" or "wide" alone.
+    form: "auto" (an If on the batch size: `small_form` up to SMALL_FORMS[small_form] rows, "wide" above),
+    or one form alone ("single-row" alone declares a batch of exactly 1).
+    small_form: "single-row" (shipped) or "few-nodes" (the shipped graph before, up to 3 rows).
     """
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if small_form not in SMALL_FORMS:
+        raise ValueError(f"small_form must be one of {sorted(SMALL_FORMS)}, got {small_form!r}")
     p = _params(model, seq_len)
     initializers: list[onnx.TensorProto] = []
     counter = [0]
-    inputs, outputs = _io(seq_len, model.config.num_classes)
+    inputs, outputs = _io(seq_len, model.config.num_classes, 1 if form == "single-row" else BATCH_AXIS)
     if form == "auto":
         main = _Emitter("", initializers, counter)
         batch = main.op1("Shape", [INPUT_TOKENS], "batch", start=0, end=1)
-        small = main.op1("LessOrEqual", [batch, main.ints("small_batch_max", [small_batch_max])], "small")
+        limit = main.ints("small_batch_max", [SMALL_FORMS[small_form]])
+        small = main.op1("LessOrEqual", [batch, limit], "small")
         branches = {}
-        for name, emit in (("few_nodes", _few_nodes), ("wide", _wide)):
+        for name in (small_form, "wide"):
             # Every constant lives in its branch, the weight tables twice: onnxruntime passes outer-scope
             # values to an If as implicit inputs, and does not pre-pack or fuse against them (measured at
             # batch 1: 12 µs more per call with the four weight matrices outside, 3 µs for the If itself).
             branch_inits: list[onnx.TensorProto] = []
-            e = _Emitter(f"{name}/", branch_inits, counter)
-            logits, attn = emit(e, p)
+            graph_name = name.replace("-", "_")
+            e = _Emitter(f"{graph_name}/", branch_inits, counter)
+            logits, attn = _EMITTERS[name](e, p)
             branch_outputs = [
                 helper.make_tensor_value_info(
                     logits, TensorProto.FLOAT, [BATCH_AXIS, model.config.num_classes]
@@ -322,7 +440,7 @@ def build_fast_weights_graph(
                 helper.make_tensor_value_info(attn, TensorProto.FLOAT, [BATCH_AXIS, seq_len]),
             ]
             branches[name] = helper.make_graph(
-                e.nodes, name, [], branch_outputs, _dedup(branch_inits, e.nodes)
+                e.nodes, graph_name, [], branch_outputs, _dedup(branch_inits, e.nodes)
             )
         main.nodes.append(
             helper.make_node(
@@ -330,14 +448,14 @@ def build_fast_weights_graph(
                 [small],
                 [OUTPUT_LOGITS, OUTPUT_ATTENTION],
                 name="by_batch_size",
-                then_branch=branches["few_nodes"],
+                then_branch=branches[small_form],
                 else_branch=branches["wide"],
             )
         )
         nodes = main.nodes
     else:
         e = _Emitter("", initializers, counter)
-        logits, attn = (_few_nodes if form == "few-nodes" else _wide)(e, p)
+        logits, attn = _EMITTERS[form](e, p)
         e.nodes.append(helper.make_node("Identity", [logits], [OUTPUT_LOGITS], name="logits_out"))
         e.nodes.append(helper.make_node("Identity", [attn], [OUTPUT_ATTENTION], name="attention_out"))
         nodes = e.nodes

@@ -58,10 +58,10 @@ from model.fastweights import FastWeightsRNN
 OPSET = 17  # LayerNormalization is a single op from opset 17
 DYNAMO_OPSET = 18  # the dynamo exporter's own opset (it cannot convert its Pad down to 17)
 GRAPH_DESCRIPTION = {
-    "fast": "built node by node (export.builder): If on the batch size, <= 3 rows a few-nodes branch "
-    "(batched MatMuls, decay weights in the state's scale), more a wide branch (time-major element-wise "
-    "attention); attention form, embedding·C and h(0) folded into one table, constant decay weights and "
-    "PAD rows zeroed through the LayerNorm bias (left padding)",
+    "fast": "built node by node (export.builder): If on the batch size, 1 row a single-row branch "
+    "(2-D Gemms, decay weights in the state's scale, h(0) and h(1) gathered from tables, PAD rows zeroed "
+    "through the LayerNorm bias), more a wide branch (time-major element-wise attention, PAD masked); "
+    "attention form, embedding·C folded into one table, constant decay weights (left padding)",
     "fast-traced": "attention form, embedding·C folded into one table, decay weights precomputed, "
     "PAD via Where",
     "irnn": "training module traced as is",

@@ -27,7 +27,7 @@ def test_the_benchmark_times_the_built_and_the_traced_graph_side_by_side(tmp_pat
     args = ["--checkpoint", str(path), "--seq-len", "7", "--batch-sizes", "1,5", "--rounds", "1"]
     assert main([*args, "--round-seconds", "0.01", "--threads", "1", "--no-compile"]) == 0
     out = capsys.readouterr().out
-    assert "few_nodes:" in out and "wide:" in out  # the shipped graph's two branches
+    assert "single_row:" in out and "wide:" in out  # the shipped graph's two branches
     for engine in ("torch eager", "ort traced", "ort "):
         assert engine in out
     assert "ort vs ort traced: batch 1:" in out

@@ -3,6 +3,8 @@ function on left-padded input, for any length, λ, η and S, at batch sizes on b
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.builder import FORMS, SMALL_BATCH_MAX, build_fast_weights_graph
+from export.builder import FORMS, PAIR_TABLE_MAX_ROWS, SMALL_FORMS, build_fast_weights_graph
 from export.contract import INPUT_TOKENS, LOOP_OPS, OUTPUT_ATTENTION, OUTPUT_LOGITS
 from export.onnx_export import all_nodes, ort_optimize
 from model.checkpoint import Checkpoint, build_model
@@ -54,13 +56,59 @@ def assert_matches(model, proto, tokens, atol=1e-4) -> None:
     assert (logits.argmax(-1) == ref_logits.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("batch", [1, SMALL_BATCH_MAX, SMALL_BATCH_MAX + 1, 33, 257])
+@pytest.mark.parametrize("form", [f for f in FORMS if f != "single-row"])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 7, 33, 256, 257])
 def test_every_form_matches_the_training_model_on_both_sides_of_the_switch(form, batch):
     model = make_checkpoint().model()
     proto = build_fast_weights_graph(model, 11, form=form)
     onnx.checker.check_model(proto, full_check=True)
     assert_matches(model, proto, left_padded(np.random.default_rng(batch), batch, 11))
+
+
+@pytest.mark.parametrize("small_form", sorted(SMALL_FORMS))
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 7, 256])
+def test_the_if_matches_with_either_small_form_at_every_batch_size(small_form, batch):
+    model = make_checkpoint(1).model()
+    proto = build_fast_weights_graph(model, 11, small_form=small_form)
+    onnx.checker.check_model(proto, full_check=True)
+    assert_matches(model, proto, left_padded(np.random.default_rng(batch + 100), batch, 11))
+
+
+@pytest.mark.parametrize("seq_len", [2, 3, 5, 11, 19, 27])
+def test_the_single_row_form_matches_one_row_at_a_time_for_every_padding(seq_len):
+    """Every left padding, from none to all PAD but the last token, the first pair's table row included."""
+    model = make_checkpoint(2).model()
+    proto = build_fast_weights_graph(model, seq_len, form="single-row")
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # it only takes one row
+    rng = np.random.default_rng(seq_len)
+    tokens = rng.integers(1, 38, size=(seq_len, seq_len))
+    tokens[np.arange(seq_len)[None, :] < np.arange(seq_len)[:, None]] = PAD_ID  # row i: i leading PADs
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for row in tokens:
+        x = row[None]
+        logits, attn = session.run([OUTPUT_LOGITS, OUTPUT_ATTENTION], {INPUT_TOKENS: x})
+        with torch.no_grad():
+            ref_logits, ref_attn = (t.numpy() for t in model(torch.from_numpy(x)))
+        np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=1e-5)
+        np.testing.assert_allclose(attn, ref_attn, atol=1e-4, rtol=1e-5)
+
+
+def test_the_single_row_form_gathers_the_first_pair_and_runs_seven_nodes_per_step():
+    model = make_checkpoint().model()
+    assert model.config.vocab_size**2 <= PAIR_TABLE_MAX_ROWS
+    counts = {}
+    for seq_len in (5, 11):
+        proto = build_fast_weights_graph(model, seq_len, form="single-row")
+        table = max((i for i in proto.graph.initializer), key=lambda i: i.dims[0])
+        # h~(0), the V² pairs, C·x + b and one bias per computed step (t = 2 .. T−1)
+        assert list(table.dims) == [38 + 38**2 + 38 + 38 * (seq_len - 2), 16]
+        fused = ort_optimize(proto, "all")
+        counts[seq_len] = collections.Counter(n.op_type for n in fused.graph.node)
+        assert counts[seq_len]["Transpose"] == 0 and counts[seq_len]["Mul"] == 0  # scalars in Gemm's alpha
+        assert counts[seq_len]["LayerNormalization"] == seq_len - 2  # steps 0 and 1 come from the table
+    per_step = {op: (counts[11][op] - counts[5][op]) / 6 for op in counts[11]}
+    assert sum(per_step.values()) == 7, per_step
+    assert per_step["Gemm"] == 3 and per_step["Concat"] == 1 and per_step["Relu"] == 2
 
 
 @settings(max_examples=20, deadline=None)
@@ -77,6 +125,9 @@ def test_built_graph_matches_for_any_length_decay_and_inner_steps(seq_len, decay
     tokens = left_padded(np.random.default_rng(seed), 40, seq_len)
     for form in ("few-nodes", "wide"):
         assert_matches(model, build_fast_weights_graph(model, seq_len, form=form), tokens)
+    single_row = build_fast_weights_graph(model, seq_len, form="single-row")
+    for row in tokens[:4]:
+        assert_matches(model, single_row, row[None])
 
 
 def test_heavily_padded_queries_of_the_task_match_in_every_bucket():
@@ -87,20 +138,22 @@ def test_heavily_padded_queries_of_the_task_match_in_every_bucket():
         assert (tokens[:, : seq_len - 5] == PAD_ID).all()
         assert_matches(model, build_fast_weights_graph(model, seq_len), tokens)
         assert_matches(model, build_fast_weights_graph(model, seq_len), tokens[:3])
+        assert_matches(model, build_fast_weights_graph(model, seq_len), tokens[:1])
 
 
-def test_the_graph_switches_form_at_the_batch_size_limit():
-    proto = build_fast_weights_graph(make_checkpoint().model(), 7)
+@pytest.mark.parametrize(("small_form", "limit_value"), [("single-row", 1), ("few-nodes", 3)])
+def test_the_graph_switches_form_at_the_batch_size_limit(small_form, limit_value):
+    proto = build_fast_weights_graph(make_checkpoint().model(), 7, small_form=small_form)
     shape, less, branch = proto.graph.node
     assert (shape.op_type, less.op_type, branch.op_type) == ("Shape", "LessOrEqual", "If")
     limit = next(i for i in proto.graph.initializer if i.name == less.input[1])
-    assert onnx.numpy_helper.to_array(limit).tolist() == [SMALL_BATCH_MAX]
+    assert onnx.numpy_helper.to_array(limit).tolist() == [limit_value] == [SMALL_FORMS[small_form]]
     # the weights live in the branches: outer-scope values would reach the If as per-call implicit inputs
     assert [i.name for i in proto.graph.initializer] == [limit.name]
     branches = {a.name: a.g for a in branch.attribute}
     then_branch, else_branch = branches["then_branch"], branches["else_branch"]
-    assert (then_branch.name, else_branch.name) == ("few_nodes", "wide")
-    # the few-nodes branch attends with batched MatMuls, the wide one with ReduceSum over H
+    assert (then_branch.name, else_branch.name) == (small_form.replace("-", "_"), "wide")
+    # the small branch attends with (batched) matrix products, the wide one with ReduceSum over H
     assert "ReduceSum" not in {n.op_type for n in then_branch.node}
     assert "ReduceSum" in {n.op_type for n in else_branch.node}
 
@@ -132,3 +185,5 @@ def test_bad_arguments_are_rejected():
         build_fast_weights_graph(model, 1)
     with pytest.raises(ValueError, match="form"):
         build_fast_weights_graph(model, 5, form="fastest")
+    with pytest.raises(ValueError, match="small_form"):
+        build_fast_weights_graph(model, 5, small_form="wide")
