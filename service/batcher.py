@@ -94,7 +94,7 @@ class Batcher:
             self._m_queue_wait = metrics.queue_wait.labels(name)
             self._m_inference_time = metrics.inference_time.labels(name)
             self._m_batch_rows = metrics.batch_rows.labels(name)
-            self._m_queue_rows = metrics.queue_rows.labels(name)
+            metrics.queue_rows.labels(name).set_function(lambda: self._queued_rows)  # read at scrape time
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()
@@ -153,7 +153,7 @@ class Batcher:
                 if self._metrics is not None:
                     self._m_batch_requests.observe(1)
                     self._m_queue_wait.observe(0.0)
-                return self._run_chunked(tokens)
+                return self._run_and_observe(tokens)
             probed = True  # it arrived before the requests it now queues with: it goes first
         now = time.monotonic()
         deadline = now + self.default_timeout_s if deadline is None else deadline
@@ -167,7 +167,6 @@ class Batcher:
         else:
             self._queue.append(item)
         self._queued_rows += rows
-        self._set_depth()
         self._arrived.set()
         # One timer per request (cheaper than wait_for + shield): at the deadline a request still waiting is
         # answered 504, and one still queued is dropped there and then (its rows are never computed).
@@ -217,7 +216,6 @@ class Batcher:
         if item.queued:
             item.queued = False
             self._queued_rows -= item.rows
-            self._set_depth()
 
     async def _worker(self) -> None:
         while True:
@@ -288,11 +286,12 @@ class Batcher:
                 self._m_queue_wait.observe(start - item.enqueued)
         try:
             if tokens.shape[0] <= self.inline_max_rows:
-                outputs = self._run_chunked(tokens)
+                outputs = self._run_and_observe(tokens)
             else:
-                outputs = await asyncio.get_running_loop().run_in_executor(
+                outputs, runs = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._run_chunked, tokens
                 )
+                self._observe(runs)
         except Exception as exc:
             log.exception("inference failed", extra={"model": self.name, "rows": int(tokens.shape[0])})
             for item in batch:
@@ -306,24 +305,31 @@ class Batcher:
                 item.future.set_result({k: v[offset:end] for k, v in outputs.items()})
             offset = end
 
-    def _run_chunked(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """Runs in the executor thread. One run per max_batch_size rows."""
+    def _run_chunked(self, tokens: np.ndarray) -> tuple[dict[str, np.ndarray], list[tuple[float, int]]]:
+        """One run per max_batch_size rows (in the executor thread, or inline). Returns the outputs and
+        (seconds, rows) of each run, for the caller to record on the event loop's thread."""
         parts: list[dict[str, np.ndarray]] = []
+        runs: list[tuple[float, int]] = []
         for lo in range(0, tokens.shape[0], self.max_batch_size):
             chunk = tokens[lo : lo + self.max_batch_size]
             t0 = time.perf_counter()
             parts.append(self._run(chunk))
+            runs.append((time.perf_counter() - t0, chunk.shape[0]))
             self.runs += 1
-            if self._metrics is not None:
-                self._m_inference_time.observe(time.perf_counter() - t0)
-                self._m_batch_rows.observe(chunk.shape[0])
         if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+            return parts[0], runs
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}, runs
 
-    def _set_depth(self) -> None:
+    def _run_and_observe(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
+        outputs, runs = self._run_chunked(tokens)
+        self._observe(runs)
+        return outputs
+
+    def _observe(self, runs: list[tuple[float, int]]) -> None:
         if self._metrics is not None:
-            self._m_queue_rows.set(self._queued_rows)
+            for seconds, rows in runs:
+                self._m_inference_time.observe(seconds)
+                self._m_batch_rows.observe(rows)
 
     def _count_rejected(self, reason: str) -> None:
         if self._metrics is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -141,47 +141,45 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     return (f"{field}: {msg}" if field else msg), field
 
 
+def _validation_answer(exc: ValidationError, path: str, retry: dict[str, str]) -> JSONResponse:
+    message, field = validation_message(list(exc.errors()))
+    return error_response(path, 400 if is_v2(path) else 422, "invalid_request", message, field)
+
+
+def _queue_full_answer(exc: QueueFullError, path: str, retry: dict[str, str]) -> JSONResponse:
+    msg = f"overloaded: {exc}; retry later. Exceeds maximum queue size"
+    return error_response(path, 503, "overloaded", msg, None, retry)
+
+
+# Each exception the routes raise on purpose -> its answer (path, Retry-After headers). Checked in this order.
+_DOMAIN_ANSWERS: dict[type[Exception], Callable[[Any, str, dict[str, str]], JSONResponse]] = {
+    ApiError: lambda e, path, retry: error_response(path, e.status, e.code, e.message, e.field, e.headers),
+    ValidationError: _validation_answer,  # a body validated by the fast path (FastAPI's own: below)
+    SequenceError: lambda e, path, retry: error_response(path, 422, e.code, e.message, e.field),
+    ModelNotFoundError: lambda e, path, retry: error_response(path, 404, "model_not_found", str(e), "model"),
+    ModelNotReadyError: lambda e, path, retry: error_response(path, 503, "not_ready", str(e), "model", retry),
+    ModelLoadError: lambda e, path, retry: error_response(
+        path, 400 if is_v2(path) else 500, "load_failed", str(e)
+    ),
+    QueueFullError: _queue_full_answer,
+    BatcherClosedError: lambda e, path, retry: error_response(
+        path, 503, "shutting_down", str(e), None, retry
+    ),
+    DeadlineExceededError: lambda e, path, retry: error_response(path, 504, "deadline_exceeded", str(e)),
+}
+DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(_DOMAIN_ANSWERS)
+
+
 def domain_error(exc: BaseException, path: str, retry_after_s: int = 1) -> JSONResponse | None:
     """The JSON error answer for an exception the routes raise on purpose; None for anything else.
 
     One mapping for both ways a request is served: FastAPI's exception handlers and the ASGI fast path
     (`service.fastpath`), so a status or message cannot differ between them.
     """
-    retry = {"Retry-After": str(retry_after_s)}
-    if isinstance(exc, ApiError):
-        return error_response(path, exc.status, exc.code, exc.message, exc.field, exc.headers)
-    if isinstance(exc, ValidationError):  # a body validated by the fast path (FastAPI's own: below)
-        message, field = validation_message(list(exc.errors()))
-        return error_response(path, 400 if is_v2(path) else 422, "invalid_request", message, field)
-    if isinstance(exc, SequenceError):
-        return error_response(path, 422, exc.code, exc.message, exc.field)
-    if isinstance(exc, ModelNotFoundError):
-        return error_response(path, 404, "model_not_found", str(exc), "model")
-    if isinstance(exc, ModelNotReadyError):
-        return error_response(path, 503, "not_ready", str(exc), "model", retry)
-    if isinstance(exc, ModelLoadError):
-        return error_response(path, 400 if is_v2(path) else 500, "load_failed", str(exc))
-    if isinstance(exc, QueueFullError):
-        msg = f"overloaded: {exc}; retry later. Exceeds maximum queue size"
-        return error_response(path, 503, "overloaded", msg, None, retry)
-    if isinstance(exc, BatcherClosedError):
-        return error_response(path, 503, "shutting_down", str(exc), None, retry)
-    if isinstance(exc, DeadlineExceededError):
-        return error_response(path, 504, "deadline_exceeded", str(exc))
+    for kind, answer in _DOMAIN_ANSWERS.items():
+        if isinstance(exc, kind):
+            return answer(exc, path, {"Retry-After": str(retry_after_s)})
     return None
-
-
-DOMAIN_ERRORS: tuple[type[Exception], ...] = (
-    ApiError,
-    ValidationError,
-    SequenceError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    ModelLoadError,
-    QueueFullError,
-    BatcherClosedError,
-    DeadlineExceededError,
-)
 
 
 def _retry_after_s(request: Request) -> int:

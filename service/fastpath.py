@@ -14,7 +14,10 @@ apply exactly as to every other route. Errors map through `service.errors.domain
 FastAPI handlers use.
 
 A request whose client disconnects while it waits is cancelled: its queued rows are never computed and it
-is counted with status 499 (one watcher task per request, started only once the body is read).
+is counted with status 499. The watcher task that listens for the disconnect starts only when a request is
+still unanswered `WATCH_AFTER_S` after its body was read: most requests are answered well within that, and a
+task per request cost more than the rest of the fast path's own work (measured, docs/benchmarks.md). So a
+client that gives up is noticed at the earliest `WATCH_AFTER_S` after it sent its request.
 """
 
 from __future__ import annotations
@@ -22,17 +25,19 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import DOMAIN_ERRORS, ApiError, domain_error, render_json
 from service.middleware import CLIENT_GONE_STATUS, HEADERS_KEY
 
+# A request still unanswered this long after its body arrived gets a task that watches for its client leaving.
+WATCH_AFTER_S = 0.05
 
-@dataclass(frozen=True)
-class RawRequest:
+
+class RawRequest(NamedTuple):
     """What a hot-route handler sees: the path, its parameters, lower-cased headers and the whole body."""
 
     path: str
@@ -41,12 +46,14 @@ class RawRequest:
     body: bytes
 
 
-@dataclass
-class RawResponse:
+class RawResponse(NamedTuple):
     body: bytes
     status: int = 200
     media_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = {}  # extra headers; never mutated (a NamedTuple default is shared)
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 Handler = Callable[[RawRequest, Any], Awaitable[RawResponse]]  # (request, app state) -> response
@@ -121,7 +128,9 @@ class FastPath:
 
         task = asyncio.current_task()
         assert task is not None
+        loop = asyncio.get_running_loop()
         gone = False
+        watcher: asyncio.Task[None] | None = None
 
         async def watch() -> None:
             nonlocal gone
@@ -130,7 +139,11 @@ class FastPath:
             gone = True
             task.cancel()
 
-        watcher = asyncio.get_running_loop().create_task(watch())
+        def start_watching() -> None:
+            nonlocal watcher
+            watcher = loop.create_task(watch())
+
+        timer = loop.call_later(WATCH_AFTER_S, start_watching)
         try:
             response = await route.handler(request, self.state)
         except asyncio.CancelledError:
@@ -143,14 +156,19 @@ class FastPath:
         except DOMAIN_ERRORS as exc:
             response = _error(path, exc, self.state.settings.retry_after_s)
         finally:
-            watcher.cancel()
-        headers_out = [
-            (b"content-type", response.media_type.encode()),
-            (b"content-length", str(len(response.body)).encode()),
-        ]
-        headers_out += [
-            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
-        ]
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
+        content_type = (
+            _JSON_TYPE
+            if response.media_type == "application/json"
+            else (b"content-type", response.media_type.encode())
+        )
+        headers_out = [content_type, (b"content-length", b"%d" % len(response.body))]
+        if response.headers:
+            headers_out += [
+                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
+            ]
         await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
         await send({"type": "http.response.body", "body": response.body})
 

@@ -6,8 +6,13 @@ client cannot explode their cardinality.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -15,53 +20,159 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
+# The metrics updated on every request are plain objects read by a collector at scrape time:
+# prometheus_client's own Counter and Histogram take a lock per value and scan the buckets on every call,
+# a few microseconds that added up on a lone request (measured, docs/benchmarks.md). They are updated only
+# from the event loop's thread (the batcher records runs there, after the executor returns), so they need
+# no lock. The exposition is the text prometheus_client writes for its own types, less `_created`.
+
+
+class CountChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class HistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bucket with value <= le
+        self.sum += value
+
+
+class _LoopMetric:
+    """A labelled metric family: label values -> child, made on first use."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], CountChild | HistogramChild] = {}
+
+    def _child(self) -> CountChild | HistogramChild:
+        raise NotImplementedError
+
+    def _get(self, values: tuple[str, ...]) -> CountChild | HistogramChild:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._child()
+        return child
+
+
+class LoopCounter(_LoopMetric):
+    def _child(self) -> CountChild:
+        return CountChild()
+
+    def labels(self, *values: str) -> CountChild:
+        child = self._get(tuple(str(v) for v in values))
+        assert isinstance(child, CountChild)
+        return child
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            assert isinstance(child, CountChild)
+            family.add_metric(values, child.value)
+        return family
+
+
+class LoopHistogram(_LoopMetric):
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        super().__init__(name, documentation, labelnames)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+
+    def _child(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
+
+    def labels(self, *values: str) -> HistogramChild:
+        child = self._get(tuple(str(v) for v in values))
+        assert isinstance(child, HistogramChild)
+        return child
+
+    def family(self) -> Metric:
+        family = Metric(self.name, self.documentation, "histogram")
+        for values, child in list(self._children.items()):
+            assert isinstance(child, HistogramChild)
+            labels = dict(zip(self.labelnames, values, strict=True))
+            cumulative = 0
+            for le, count in zip(self._le, list(child.counts), strict=True):
+                cumulative += count
+                family.add_sample(f"{self.name}_bucket", {**labels, "le": le}, cumulative)
+            family.add_sample(f"{self.name}_count", labels, cumulative)
+            family.add_sample(f"{self.name}_sum", labels, child.sum)
+        return family
+
+
+class _LoopCollector:
+    def __init__(self, metrics: Sequence[LoopCounter | LoopHistogram]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for m in self._metrics:
+            yield m.family()
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.http_requests = Counter(
-            "fws_http_requests_total",
-            "HTTP requests by route template and status.",
-            ["method", "route", "status"],
-            registry=r,
+        self.http_requests = LoopCounter(
+            "fws_http_requests", "HTTP requests by route template and status.", ["method", "route", "status"]
         )
-        self.http_latency = Histogram(
+        self.http_latency = LoopHistogram(
             "fws_http_request_duration_seconds",
             "HTTP request latency by route template and status.",
             ["method", "route", "status"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.batch_rows = Histogram(
+        self.batch_rows = LoopHistogram(
             "fws_batch_size_rows",
             "Rows per onnxruntime run (after dynamic batching).",
             ["model"],
-            buckets=ROW_BUCKETS,
-            registry=r,
+            ROW_BUCKETS,
         )
-        self.batch_requests = Histogram(
+        self.batch_requests = LoopHistogram(
             "fws_batch_size_requests",
             "Queued requests coalesced into one onnxruntime run.",
             ["model"],
-            buckets=ROW_BUCKETS,
-            registry=r,
+            ROW_BUCKETS,
         )
+        # Read at scrape time from each batcher (`set_function`): nothing to update per request.
         self.queue_rows = Gauge(
             "fws_queue_depth_rows", "Rows waiting for an onnxruntime run.", ["model"], registry=r
         )
-        self.queue_wait = Histogram(
-            "fws_queue_wait_seconds",
-            "Time from enqueue to the start of the run.",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.queue_wait = LoopHistogram(
+            "fws_queue_wait_seconds", "Time from enqueue to the start of the run.", ["model"], LATENCY_BUCKETS
         )
-        self.inference_time = Histogram(
-            "fws_inference_duration_seconds",
-            "Wall time of one onnxruntime run.",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.inference_time = LoopHistogram(
+            "fws_inference_duration_seconds", "Wall time of one onnxruntime run.", ["model"], LATENCY_BUCKETS
+        )
+        r.register(
+            _LoopCollector(
+                [
+                    self.http_requests,
+                    self.http_latency,
+                    self.batch_rows,
+                    self.batch_requests,
+                    self.queue_wait,
+                    self.inference_time,
+                ]
+            )
         )
         self.rejected = Counter(
             "fws_requests_rejected_total",

@@ -167,43 +167,50 @@ class LoadedModel:
         return encode(queries, self.vocab, self.info.seq_len)
 
 
-def _byte_table(vocab: Vocabulary) -> np.ndarray | None:
-    """ASCII byte -> token id (-1 where none), when every non-PAD token is one ASCII character."""
+_NO_TOKEN = 255  # in a translation table: this byte is no token (the vocabulary has far fewer than 255)
+
+
+def _byte_table(vocab: Vocabulary) -> bytes | None:
+    """A `bytes.translate` table: ASCII byte -> token id, `_NO_TOKEN` where none; NUL -> PAD.
+
+    None when some non-PAD token is not one ASCII character (then `encode` goes token by token).
+    """
     return _byte_table_of(vocab.tokens, vocab.pad_id)
 
 
 @functools.lru_cache(maxsize=64)
-def _byte_table_of(tokens: tuple[str, ...], pad_id: int) -> np.ndarray | None:
-    table = np.full(256, -1, dtype=np.int64)
+def _byte_table_of(tokens: tuple[str, ...], pad_id: int) -> bytes | None:
+    if len(tokens) >= _NO_TOKEN or pad_id >= _NO_TOKEN:
+        return None
+    table = bytearray([_NO_TOKEN]) * 256
     for i, tok in enumerate(tokens):
         if i == pad_id:
             continue
         if len(tok) != 1 or ord(tok) > 127:
             return None
         table[ord(tok)] = i
-    if table[0] < 0:
-        table[0] = pad_id  # NUL is no token: `encode` pads with it (and refuses it inside a query)
-    table.setflags(write=False)
-    return table
+    if table[0] != _NO_TOKEN:
+        return None  # NUL is a token: it cannot be the padding byte
+    table[0] = pad_id  # `encode` pads with NUL (and refuses it inside a query)
+    return bytes(table)
 
 
 def encode(queries: Sequence[ParsedQuery], vocab: Vocabulary, seq_len: int) -> np.ndarray:
-    """Left padded (B, T) int64 ids. Vectorised: every row right-justified into one byte buffer, then one
-    table lookup for the whole batch (NUL bytes are the padding)."""
+    """Left padded (B, T) int64 ids. Every row right-justified into one byte string (NUL bytes are the
+    padding), translated to ids in one `bytes.translate` call, then one conversion for the whole batch.
+    """
     texts = [q.to_sequence() for q in queries]
     for text in texts:
         if len(text) > seq_len:
             raise ValueError(f"query of {len(text)} tokens does not fit T={seq_len}")
     table = _byte_table(vocab)
-    if table is not None and table[0] == vocab.pad_id and not any("\0" in t for t in texts):
-        try:
-            raw = "".join(t.rjust(seq_len, "\0") for t in texts).encode("ascii")
-        except UnicodeEncodeError:
-            raw = b""  # parse_sequence rejects these first; the slow path below names the character
-        if raw:
-            ids = table[np.frombuffer(raw, dtype=np.uint8).reshape(len(texts), seq_len)]  # (B, T)
-            if ids.min() >= 0:
-                return ids
+    if table is not None:
+        joined = "".join([t.rjust(seq_len, "\0") for t in texts])
+        if joined.isascii():
+            ids = joined.encode("ascii").translate(table)
+            # A NUL inside a query would pass for padding: such rows take the token-by-token path below.
+            if _NO_TOKEN not in ids and all("\0" not in t for t in texts):
+                return np.frombuffer(ids, dtype=np.uint8).astype(np.int64).reshape(len(texts), seq_len)
     tokens = np.full((len(texts), seq_len), vocab.pad_id, dtype=np.int64)  # (B, T)
     for row, text in enumerate(texts):
         tokens[row, seq_len - len(text) :] = vocab.encode(text)  # raises the typed error for a bad char
@@ -370,6 +377,12 @@ def _rank_rows(
         e = [math.exp(x - top) for x in row]
         total = math.fsum(e)
         probs = [x / total for x in e]
+        if k == 1:  # the usual question: no sort, the first of a tie as below
+            best = max(probs)
+            c = probs.index(best)
+            values.append([answer_classes[c]])
+            chances.append([round(best, 6)])
+            continue
         order = sorted(range(len(probs)), key=lambda c: -probs[c])[:k]  # stable: ties keep the first
         values.append([answer_classes[c] for c in order])
         chances.append([round(probs[c], 6) for c in order])

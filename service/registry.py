@@ -90,6 +90,8 @@ class ModelRegistry:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._entries: dict[str, _Entry] = {}
+        # family -> its ready buckets, shortest first; cleared wherever an entry's model or state changes
+        self._family_buckets: dict[str, list[LoadedModel]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -167,10 +169,17 @@ class ModelRegistry:
         ]
 
     def family_buckets(self, family: str) -> list[LoadedModel]:
-        """Ready models of one family, shortest sequence length first (the native API picks the first fit)."""
-        return sorted(
-            (m for m in self.ready_models() if m.info.family == family), key=lambda m: m.info.seq_len
-        )
+        """Ready models of one family, shortest sequence length first (the native API picks the first fit).
+
+        Asked on every request, so the answer is kept until a model is loaded, fails or is unloaded.
+        """
+        buckets = self._family_buckets.get(family)
+        if buckets is None:
+            buckets = sorted(
+                (m for m in self.ready_models() if m.info.family == family), key=lambda m: m.info.seq_len
+            )
+            self._family_buckets[family] = buckets
+        return list(buckets)
 
     def families(self) -> list[str]:
         return sorted({m.info.family for m in self.ready_models()})
@@ -207,9 +216,18 @@ class ModelRegistry:
     # -- inference ----------------------------------------------------------------------------------------
 
     async def infer(
-        self, name: str, tokens: np.ndarray, version: str | None = None, deadline: float | None = None
+        self,
+        name: str,
+        tokens: np.ndarray,
+        version: str | None = None,
+        deadline: float | None = None,
+        *,
+        ids_checked: bool = False,
     ) -> dict[str, np.ndarray]:
         """Run `tokens` (B, T) int64 through the batcher of `name`; returns {"logits", "memory_attention"}.
+
+        Token ids are range-checked unless `ids_checked` says the caller built them from the model's own
+        vocabulary (`LoadedModel.encode`), which cannot produce an id out of range.
 
         `deadline` is an absolute `time.monotonic()` value; default now + settings.request_timeout_s (a
         caller may only shorten it). The request stays on the version it was queued for, even if a reload
@@ -227,7 +245,7 @@ class ModelRegistry:
         if tokens.dtype != np.int64:
             tokens = tokens.astype(np.int64)
         vocab_size = len(model.info.vocab_tokens)
-        if tokens.min() < 0 or tokens.max() >= vocab_size:
+        if not ids_checked and (tokens.min() < 0 or tokens.max() >= vocab_size):
             raise ValueError(f"token ids must be in [0, {vocab_size}) for model {name!r}")
         limit = time.monotonic() + self.settings.request_timeout_s
         deadline = limit if deadline is None else min(deadline, limit)
@@ -249,6 +267,7 @@ class ModelRegistry:
         async with entry.lock:
             if entry.model is None:
                 entry.state = ModelState.LOADING
+                self._family_buckets.clear()
             path = repo / name / version / ONNX_FILENAME
             loop = asyncio.get_running_loop()
             s = self.settings
@@ -276,6 +295,7 @@ class ModelRegistry:
                     entry.state = ModelState.UNAVAILABLE
                     entry.reason = f"load of version {version} failed: {exc.reason}"
                     self.metrics.model_ready.labels(name).set(0)
+                self._family_buckets.clear()
                 log.error(
                     "model load failed", extra={"model": name, "version": version, "reason": exc.reason}
                 )
@@ -284,6 +304,7 @@ class ModelRegistry:
             old_model, old_batcher = entry.model, entry.batcher
             entry.model, entry.batcher = model, batcher  # the atomic swap
             entry.state, entry.reason = ModelState.READY, ""
+            self._family_buckets.clear()
             self.metrics.model_loads.labels(name, "ok").inc()
             self.metrics.model_ready.labels(name).set(1)
             if old_model is not None:
@@ -304,6 +325,7 @@ class ModelRegistry:
             old_model, old_batcher = entry.model, entry.batcher
             entry.model, entry.batcher = None, None
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+            self._family_buckets.clear()
             self.metrics.model_ready.labels(name).set(0)
             if old_model is not None:
                 self.metrics.model_info.remove(name, old_model.info.version, old_model.info.providers[0])

@@ -111,7 +111,7 @@ async def answer(
     async def run(model: LoadedModel, rows: list[int]) -> None:
         parsed = [q for q in (queries[i] for i in rows) if isinstance(q, ParsedQuery)]
         tokens = model.encode(parsed)  # (B, T)
-        out = await registry.infer(model.info.name, tokens, deadline=deadline)
+        out = await registry.infer(model.info.name, tokens, deadline=deadline, ids_checked=True)
         preds = decode(
             parsed,
             out[OUTPUT_LOGITS],

@@ -258,9 +258,11 @@ def test_metrics_count_rows_per_run_and_requests_per_run() -> None:
         await asyncio.gather(*rest)
 
     run_async(body, metrics=metrics)
-    assert metrics.batch_rows.labels("m")._sum.get() == 10  # runs of 1 and 9 rows
-    assert metrics.batch_requests.labels("m")._sum.get() == 4
-    assert metrics.queue_rows.labels("m")._value.get() == 0
+    sample = metrics.registry.get_sample_value
+    assert sample("fws_batch_size_rows_sum", {"model": "m"}) == 10  # runs of 1 and 9 rows
+    assert sample("fws_batch_size_rows_count", {"model": "m"}) == 2
+    assert sample("fws_batch_size_requests_sum", {"model": "m"}) == 4
+    assert sample("fws_queue_depth_rows", {"model": "m"}) == 0
 
 
 def test_small_runs_execute_on_the_event_loop_and_larger_ones_in_the_executor() -> None:

@@ -161,3 +161,83 @@ def test_an_unexpected_error_in_a_hot_route_is_a_json_500_without_a_stack_trace(
         assert r.json() == {"error": {"code": "internal", "message": "internal server error", "field": None}}
         assert "secret" not in r.text
         assert client.post(B, json={"items": [{"sequence": "a1??a"}]}).status_code == 200  # still serving
+
+
+# ------------------------------------------------------------------------------ the disconnect watcher
+
+
+def _drive(handler_s: float, disconnect_after_s: float | None) -> tuple[list[dict], int]:
+    """One request through a FastPath whose handler takes `handler_s`; the client leaves after
+    `disconnect_after_s` (None: never). Returns what was sent and how many tasks the fast path started."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from service.fastpath import FastPath, RawRequest, hot_route, json_response
+
+    async def handler(request: RawRequest, state: object) -> object:
+        await asyncio.sleep(handler_s)
+        return json_response({"ok": True})
+
+    async def fallback(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("not a hot route")
+
+    state = SimpleNamespace(settings=SimpleNamespace(retry_after_s=1))
+    app = FastPath(fallback, [hot_route("POST", "/x", handler)], state)
+    sent: list[dict] = []
+
+    async def main() -> int:
+        messages = 0
+
+        async def receive() -> dict:
+            nonlocal messages
+            messages += 1
+            if messages == 1:
+                return {"type": "http.request", "body": b"{}", "more_body": False}
+            if disconnect_after_s is None:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(max(0.0, disconnect_after_s - (asyncio.get_running_loop().time() - t0)))
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        t0 = asyncio.get_running_loop().time()
+        before = len(asyncio.all_tasks())
+        started = 0
+        real_create_task = asyncio.get_running_loop().create_task
+
+        def counting_create_task(coro, **kw):  # type: ignore[no-untyped-def]
+            nonlocal started
+            started += 1
+            return real_create_task(coro, **kw)
+
+        asyncio.get_running_loop().create_task = counting_create_task  # type: ignore[method-assign]
+        scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
+        await app(scope, receive, send)
+        await asyncio.sleep(0)
+        assert len(asyncio.all_tasks()) == before  # no watcher left behind
+        return started
+
+    started = asyncio.run(main())
+    return sent, started
+
+
+def test_a_quick_answer_starts_no_watcher_task() -> None:
+    sent, started = _drive(handler_s=0.0, disconnect_after_s=None)
+    assert sent[0]["status"] == 200 and started == 0
+
+
+def test_a_slow_answer_is_watched_and_cancelled_when_its_client_leaves() -> None:
+    from service.fastpath import WATCH_AFTER_S
+
+    sent, started = _drive(handler_s=30.0, disconnect_after_s=WATCH_AFTER_S * 3)
+    assert started == 1
+    assert sent[0]["status"] == 499
+    assert json.loads(sent[1]["body"])["error"]["code"] == "client_gone"
+
+
+def test_a_slow_answer_whose_client_stays_gets_its_answer() -> None:
+    from service.fastpath import WATCH_AFTER_S
+
+    sent, started = _drive(handler_s=WATCH_AFTER_S * 2, disconnect_after_s=None)
+    assert started == 1 and sent[0]["status"] == 200

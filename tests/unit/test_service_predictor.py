@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import onnx
 import pytest
 
 from model.data import VOCAB, generate
-from model.vocab import parse_sequence
+from model.vocab import SequenceError, parse_sequence
 from service import predictor
 from service.predictor import SMALL_BATCH, ModelLoadError, decode, load_model, model_names, softmax, versions
 
@@ -57,6 +58,28 @@ def test_encoding_left_pads_to_the_bucket_length(t11: predictor.LoadedModel) -> 
     assert tokens.shape == (2, 11) and tokens.dtype == np.int64
     assert tokens[0, :6].tolist() == [VOCAB.pad_id] * 6
     assert VOCAB.decode(tokens[0]) == "a1??a" and VOCAB.decode(tokens[1]) == "c9k8j3f1??c"
+
+
+def test_the_byte_table_encoding_equals_the_token_by_token_one() -> None:
+    """`encode`'s one-translate path gives what `Vocabulary.encode` gives, row by row, left padded."""
+    batch = generate(300, 1, 8, seed=7, length=19)
+    queries = [parse_sequence(VOCAB.decode(row)) for row in batch.tokens]
+    tokens = predictor.encode(queries, VOCAB, 19)
+    assert tokens.shape == (300, 19) and tokens.dtype == np.int64
+    for row, q in zip(tokens, queries, strict=True):
+        text = q.to_sequence()
+        assert row.tolist() == [VOCAB.pad_id] * (19 - len(text)) + VOCAB.encode(text)
+    assert predictor.encode(queries[:1], VOCAB, 19).tolist() == tokens[:1].tolist()
+
+
+def test_encoding_refuses_what_the_vocabulary_refuses_and_what_does_not_fit() -> None:
+    query = parse_sequence("a1??a")
+    with pytest.raises(ValueError, match="does not fit"):
+        predictor.encode([query], VOCAB, 4)
+    for text in ("a1??\u00e9", "a1?\0a", "a1??A"):  # not ASCII; NUL (would pass for padding); not a token
+        odd = dataclasses.replace(query, text=text)
+        with pytest.raises(SequenceError):
+            predictor.encode([odd], VOCAB, 11)
 
 
 def test_the_bundled_model_answers_fresh_sequences_correctly(t11: predictor.LoadedModel) -> None:
