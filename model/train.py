@@ -46,6 +46,7 @@ class TrainConfig:
     eval_every: int = 500
     eval_size: int | None = None  # None = the full 10k validation split
     target_error: float | None = None  # early stop once validation error <= this
+    stop_at: int | None = None  # end this process after this step; the lr schedule still spans `steps`
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -108,7 +109,8 @@ def train(
     loss_sum, correct, seen = 0.0, 0, 0
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    while step < cfg.steps:
+    last = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
+    while step < last:
         idx = torch.from_numpy(batch_indices(cfg.seed, step, cfg.batch_size, len(train_set))).to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
@@ -124,7 +126,7 @@ def train(
         correct += int((logits.argmax(-1) == targets[idx]).sum())
         seen += len(idx)
         bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.eval_every == 0 or step == last:
             valid = error_report(model, valid_set, device=device)
             model.train()
             history.append(
@@ -209,6 +211,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=t.eval_every)
     p.add_argument("--eval-size", type=int, help="rows of the validation split (default 10k)")
     p.add_argument("--target-error", type=float, help="stop early once validation error <= this (e.g. 0)")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        help="end this process after this step, the lr schedule still over --steps (screen, then --resume)",
+    )
     p.add_argument("--out", type=Path, required=True, help="checkpoint path")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--no-progress", action="store_true")

@@ -61,3 +61,19 @@ def test_cosine_schedule_ends_at_min_lr():
     cfg = TrainConfig(steps=100, lr=1e-3, min_lr=1e-5, lr_schedule="cosine")
     assert learning_rate(cfg, 0) == 1e-3
     assert abs(learning_rate(cfg, 100) - 1e-5) < 1e-12
+
+
+def test_stop_at_ends_early_and_a_resume_matches_the_uninterrupted_cosine_run(tmp_path):
+    # --stop-at screens a run on its full-length schedule; --resume then finishes exactly that run.
+    cfg = ModelConfig(hidden_size=16, embed_size=16)
+    full = TrainConfig(**{**_tiny(40).__dict__, "eval_every": 20})
+    straight = train(cfg, full)
+    screened = train(cfg, TrainConfig(**{**full.__dict__, "stop_at": 25}), tmp_path / "s.pt")
+    assert screened.step == 25
+    assert screened.history[-1]["step"] == 25
+    assert screened.history[-1]["lr"] == learning_rate(full, 24)  # cosine over 40 steps, not over 25
+    assert "test" in screened.metrics
+    resumed = train(cfg, full, tmp_path / "s.pt", resume_from=tmp_path / "s.pt")
+    assert resumed.step == 40
+    for k in straight.state_dict:
+        assert torch.allclose(straight.state_dict[k], resumed.state_dict[k], atol=1e-6), k
