@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.inference                       # checkpoints/default.pt, T=11, batch 1/32/256
     .venv/bin/python -m bench.inference --checkpoint ckpt.pt --seq-len 19 --batch-sizes 1,256 --threads 2
     .venv/bin/python -m bench.inference --threads 1 --clock cpu   # one core's CPU time: robust to a busy host
-    .venv/bin/python -m bench.inference --threads 2 --concurrent 2  # + 2 sessions × 1 thread in parallel
+    .venv/bin/python -m bench.inference --two-cores --batch-sizes 1,256  # each engine's 2-core configurations
 
 The machine is shared and noisy, so engines are timed in interleaved rounds (each engine once per round,
 `--rounds` rounds) and each cell is the median round; the ratios compare numbers from the same rounds.
@@ -15,6 +15,14 @@ Engines:
   ort traced         the export module traced by torch.onnx (the shipped graph before export.builder)
   ort                the exported graph in onnxruntime, CPU provider, intra-op threads = --threads
   ort 1 thread       the same graph with one intra-op thread (no thread-pool hand-off: best at batch 1)
+  ort iobinding      the same graph called through a reused IOBinding (`--levers`: the calling convention)
+
+Two cores (``--two-cores``, wall clock, every configuration of both engines in the same run): one call with
+two threads (``torch.set_num_threads(2)`` / intra-op threads 2); one call with one thread; one call whose
+batch is split in two halves run at once on two single-thread workers (the calling thread and one helper
+thread; two onnxruntime sessions, one compiled torch model); and two whole batches in flight on two Python
+threads with one thread each. torch's thread count is set per calling thread (OpenMP keeps it per thread),
+so the configurations of one engine can be interleaved.
 """
 
 from __future__ import annotations
@@ -41,13 +49,85 @@ def _torch_runner(model, threads: int) -> Runner:
     import torch
 
     def run(tokens: np.ndarray) -> object:
+        if torch.get_num_threads() != threads:  # per calling thread (OpenMP): set once per thread and switch
+            torch.set_num_threads(threads)
         with torch.inference_mode():
             return model(torch.from_numpy(tokens))
 
     return run
 
 
-def _ort_runner(path: Path, threads: int, spinning: bool = True) -> Runner:
+class ThreadRunner:
+    """Runs every call of `runner` in one persistent worker thread (the caller waits for the result).
+
+    In ``--two-cores`` every configuration of both engines is called this way, so each pays the same
+    hand-off and each OS thread keeps one thread count for its whole life: torch's thread count is per
+    calling thread (OpenMP), and torch.compile guards on it, so switching it in one thread recompiles.
+    """
+
+    def __init__(self, runner: Runner):
+        import queue
+        import threading
+
+        self.runner = runner
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            tokens = self._jobs.get()
+            if tokens is None:
+                return
+            try:
+                self._done.put(self.runner(tokens))
+            except BaseException as exc:  # handed back to the caller
+                self._done.put(exc)
+
+    def submit(self, tokens: np.ndarray) -> None:
+        self._jobs.put(tokens)
+
+    def result(self) -> object:
+        out = self._done.get()
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def __call__(self, tokens: np.ndarray) -> object:
+        self.submit(tokens)
+        return self.result()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+
+
+class SplitRunner:
+    """One call whose batch is split in two halves that run at the same time on two single-thread workers
+    (two ThreadRunners), the results concatenated back in order. What a server could do with one large
+    batch on two cores when one call cannot use them (onnxruntime's nodes are too small to split across
+    intra-op threads)."""
+
+    def __init__(self, first: Runner, second: Runner):
+        self.workers = (ThreadRunner(first), ThreadRunner(second))
+
+    def __call__(self, tokens: np.ndarray) -> object:
+        if len(tokens) < 2:
+            return self.workers[0](tokens)
+        half = (len(tokens) + 1) // 2
+        self.workers[0].submit(tokens[:half])
+        self.workers[1].submit(tokens[half:])
+        head, tail = self.workers[0].result(), self.workers[1].result()
+        pairs = zip(head, tail, strict=True)  # type: ignore[call-overload]  # runners return sequences
+        return [np.concatenate([np.asarray(a), np.asarray(b)]) for a, b in pairs]
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+
+
+def _ort_runner(path: Path, threads: int, spinning: bool = True, iobinding: bool = False) -> Runner:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -59,6 +139,17 @@ def _ort_runner(path: Path, threads: int, spinning: bool = True) -> Runner:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    if iobinding:  # per call: bind the input and unallocated CPU outputs (the batch varies), run, copy out
+        binding = session.io_binding()
+
+        def run_bound(tokens: np.ndarray) -> object:
+            binding.bind_cpu_input("tokens", tokens)
+            for name in names:
+                binding.bind_output(name, "cpu")
+            session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()
+
+        return run_bound
 
     def run(tokens: np.ndarray) -> object:
         return session.run(names, {"tokens": tokens})
@@ -66,10 +157,35 @@ def _ort_runner(path: Path, threads: int, spinning: bool = True) -> Runner:
     return run
 
 
+def _compile(model, seq_len: int) -> Runner:
+    """torch.compile (inductor) of `model`, compiled once here; raises when it cannot compile."""
+    import torch
+    import torch._dynamo.config
+
+    # one compiled graph per (batch size, thread count): dynamo guards on both (num_threads is global state)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    compiled = torch.compile(model, dynamic=False)
+    sample = np.zeros((2, seq_len), dtype=np.int64)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        compiled(torch.from_numpy(sample))
+    return compiled
+
+
 def build_engines(
-    checkpoint: Path, seq_len: int, threads: int, compile_: bool, workdir: Path, dynamo: bool = False
+    checkpoint: Path,
+    seq_len: int,
+    threads: int,
+    compile_: bool,
+    workdir: Path,
+    dynamo: bool = False,
+    two_cores: bool = False,
 ) -> tuple[dict[str, Runner], dict[str, str]]:
-    """The engines to compare, all computing the same function of the same weights, and notes on each."""
+    """The engines to compare, all computing the same function of the same weights, and notes on each.
+
+    two_cores: only torch.compile and the shipped graph, each in its one-call 2-core configurations (two
+    threads, one thread, the batch split over two single-thread workers); see the module docstring.
+    """
     import torch
 
     from export.graph import export_module
@@ -84,20 +200,28 @@ def build_engines(
         "graph": f"{graph.describe()}, {graph.size_bytes / 1024:.1f} KiB, "
         f"{ckpt.config.kind} H={ckpt.config.hidden_size} T={seq_len}"
     }
-    engines: dict[str, Runner] = {
-        "torch eager": _torch_runner(reference, threads),
-        "torch eager/export": _torch_runner(export_module(reference, seq_len), threads),
-    }
+    engines: dict[str, Runner] = {}
+    if not two_cores:
+        engines["torch eager"] = _torch_runner(reference, threads)
+        engines["torch eager/export"] = _torch_runner(export_module(reference, seq_len), threads)
     if compile_:
         try:
-            compiled = torch.compile(reference, dynamic=False)
-            sample = np.zeros((2, seq_len), dtype=np.int64)
-            with warnings.catch_warnings(), torch.inference_mode():
-                warnings.simplefilter("ignore")
-                compiled(torch.from_numpy(sample))
+            compiled = _compile(reference, seq_len)
             engines["torch.compile"] = _torch_runner(compiled, threads)
+            if two_cores:  # every configuration in its own worker thread(s): see ThreadRunner
+                engines["torch.compile"] = ThreadRunner(_torch_runner(compiled, 2))
+                engines["torch.compile 1 thread"] = ThreadRunner(_torch_runner(compiled, 1))
+                engines["torch.compile split 2×1"] = SplitRunner(
+                    _torch_runner(compiled, 1), _torch_runner(compiled, 1)
+                )
         except Exception as exc:  # inductor needs a C++ toolchain; say why it is missing
             notes["torch.compile"] = f"unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    if two_cores:
+        engines["ort"] = ThreadRunner(_ort_runner(graph.path, 2))
+        engines["ort 1 thread"] = ThreadRunner(_ort_runner(graph.path, 1))
+        engines["ort split 2×1"] = SplitRunner(_ort_runner(graph.path, 1), _ort_runner(graph.path, 1))
+        engines["hand-off only"] = ThreadRunner(lambda tokens: tokens)  # what the worker thread adds
+        return engines, notes
     if ckpt.config.kind == "fast" and not dynamo:  # the graph before export.builder, side by side
         traced = export_bucket(ckpt, seq_len, workdir / "traced.onnx", "bench", traced=True)
         notes["traced graph"] = f"{traced.describe()}, {traced.size_bytes / 1024:.1f} KiB"
@@ -112,19 +236,23 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def concurrent_throughput(
-    path: Path, tokens: np.ndarray, workers: int, seconds: float, repeats: int = 3
+    path: Path | list[Runner], tokens: np.ndarray, workers: int, seconds: float, repeats: int = 3
 ) -> float:
-    """Sequences/s (wall clock, median of `repeats`) of `workers` sessions with one intra-op thread each,
-    each running whole batches in its own Python thread (onnxruntime releases the GIL while it runs).
+    """Sequences/s (wall clock, median of `repeats`) of `workers` runners with one thread each, each
+    running whole batches in its own Python thread (onnxruntime and torch release the GIL while they run).
 
-    How a server with several batches in flight uses several cores; one call with intra-op threads = 2 did
-    not (measured: slower than one thread at batch 256, its nodes are too small to split).
+    `path`: an ONNX file (one onnxruntime session with one intra-op thread per worker), or the runners
+    themselves (e.g. one torch runner with one thread, shared by the workers). How a server with several
+    batches in flight uses several cores.
     """
     import threading
 
-    runners = [_ort_runner(path, 1) for _ in range(workers)]
-    for run in runners:
-        run(tokens)
+    runners = [_ort_runner(path, 1) for _ in range(workers)] if isinstance(path, Path) else list(path)
+    runners = (runners * workers)[:workers]
+    for run in runners:  # warm-up in another thread, as the workers run (torch: thread count per thread)
+        warm = threading.Thread(target=run, args=(tokens,))
+        warm.start()
+        warm.join()
     rates = []
     for _ in range(repeats):
         counts = [0] * workers
@@ -163,14 +291,24 @@ def build_lever_engines(
     engines: dict[str, Runner] = {}
     notes: dict[str, str] = {}
 
-    def add(name: str, proto: onnx.ModelProto, threads_: int | None = None, spinning: bool = True) -> None:
+    def add(
+        name: str,
+        proto: onnx.ModelProto,
+        threads_: int | None = None,
+        spinning: bool = True,
+        iobinding: bool = False,
+        max_batch: int | None = None,
+    ) -> None:
         path = workdir / f"{len(engines)}.onnx"
         onnx.save(proto, str(path))
         fused = ort_optimize(proto, "all")
         size = path.stat().st_size // 1024
         nodes, fused_nodes = len(all_nodes(proto.graph)), len(all_nodes(fused.graph))
         notes[name] = f"{nodes} nodes ({fused_nodes} fused; If branches added up), {size} KiB"
-        engines[name] = _ort_runner(path, threads if threads_ is None else threads_, spinning)
+        run = _ort_runner(path, threads if threads_ is None else threads_, spinning, iobinding)
+        if max_batch is not None:
+            run.max_batch = max_batch  # type: ignore[attr-defined]
+        engines[name] = run
 
     def traced_as_is(model: torch.nn.Module) -> onnx.ModelProto:
         """The training module itself (Gather + Linear input, mask blend, per-step weight updates)."""
@@ -207,13 +345,19 @@ def build_lever_engines(
 
         model = ckpt.model()
         add("built, few-nodes form only", build_fast_weights_graph(model, seq_len, form="few-nodes"))
+        add(
+            "built, single-row form only", build_fast_weights_graph(model, seq_len, "single-row"), max_batch=1
+        )
         add("built, wide form only", build_fast_weights_graph(model, seq_len, form="wide"))
+        before = build_fast_weights_graph(model, seq_len, small_form="few-nodes")
+        add("If(few-nodes ≤ 3, wide) (before)", before)
     shipped = export_bucket(ckpt, seq_len, workdir / "shipped.onnx", "bench")
     shipped_proto = onnx.load(str(shipped.path))
     add("shipped", shipped_proto)
     if threads != 1:
         add("shipped, 1 thread", shipped_proto, threads_=1)
     add("shipped, no spinning", shipped_proto, spinning=False)
+    add("shipped, IOBinding", shipped_proto, iobinding=True)
     return engines, notes
 
 
@@ -259,12 +403,17 @@ def time_engines(
     """
     now = CLOCKS[clock]
     samples: dict[str, dict[int, list[float]]] = {e: {b: [] for b in inputs} for e in engines}
-    for batch, tokens in inputs.items():
-        for run in engines.values():  # warm-up (and compile for every shape torch.compile specialises on)
+    for batch, tokens_ in inputs.items():
+        tokens = tokens_
+        # an engine with a `max_batch` (a graph of a fixed batch of 1) is skipped at larger batches (NaN)
+        takes = {n: r for n, r in engines.items() if batch <= getattr(r, "max_batch", batch)}
+        for name in engines.keys() - takes.keys():
+            samples[name][batch].append(float("nan"))
+        for run in takes.values():  # warm-up (and compile for every shape torch.compile specialises on)
             for _ in range(3):
                 run(tokens)
         calls = {}
-        for name, run in engines.items():  # calls per round so that a round takes ~round_seconds
+        for name, run in takes.items():  # calls per round so that a round takes ~round_seconds
             start = time.perf_counter()
             n = 0
             while time.perf_counter() - start < 0.05:
@@ -272,7 +421,7 @@ def time_engines(
                 n += 1
             calls[name] = max(1, int(n * round_seconds / (time.perf_counter() - start)))
         for _ in range(rounds):
-            for name, run in engines.items():
+            for name, run in takes.items():
                 start = now()
                 for _ in range(calls[name]):
                     run(tokens)
@@ -290,6 +439,9 @@ def format_table(results: dict[str, dict[int, float]], baseline: str = "torch ea
     for name, per in results.items():
         cells = []
         for b in batches:
+            if per[b] != per[b]:  # NaN: the engine does not take this batch size
+                cells.append(f"{'—':>12}{'—':>11}{'—':>7}")
+                continue
             ratio = results[baseline][b] / per[b] if baseline in results else float("nan")
             cells.append(f"{per[b] * 1e6:>12.1f}{b / per[b]:>11,.0f}{ratio:>7.2f}")
         lines.append(f"{name:<{width}}" + "".join(cells))
@@ -324,8 +476,56 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also: throughput of N onnxruntime sessions × 1 thread running batches in parallel (wall clock)",
     )
+    p.add_argument(
+        "--two-cores",
+        action="store_true",
+        help="instead: torch.compile and onnxruntime, each in every 2-core configuration (wall clock)",
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     return p
+
+
+TWO_CORE_CONFIGS = {  # label -> engine-name suffix in build_engines(two_cores=True); "" = two threads
+    "one call × 2 threads": "",
+    "one call × 1 thread": " 1 thread",
+    "one call, batch split over 2 × 1 thread": " split 2×1",
+}
+
+
+def two_core_report(
+    results: dict[str, dict[int, float]], in_flight: dict[str, dict[int, float]], batches: list[int]
+) -> str:
+    """seq/s of each engine in each 2-core configuration, the best per engine, and the ratio of bests."""
+    engines = [e for e in ("torch.compile", "ort") if e in results]
+    rates: dict[str, dict[str, dict[int, float]]] = {e: {} for e in engines}
+    for engine in engines:
+        for label, suffix in TWO_CORE_CONFIGS.items():
+            per = results[engine + suffix]
+            rates[engine][label] = {b: b / per[b] for b in batches}
+        rates[engine]["2 calls in flight × 1 thread each"] = in_flight.get(engine, {})
+    width = 44
+    head = f"{'seq/s, wall clock':<{width}}" + "".join(
+        f"{f'{e} b={b}':>22}" for b in batches for e in engines
+    )
+    lines = [head]
+    for label in rates[engines[0]]:
+        cells = []
+        for b in batches:
+            for e in engines:
+                rate = rates[e][label].get(b)
+                cells.append(f"{rate:>22,.0f}" if rate else f"{'—':>22}")
+        lines.append(f"{label:<{width}}" + "".join(cells))
+    for b in batches:
+        best = {}
+        for e in engines:
+            label, rate = max(((lb, r.get(b, 0.0)) for lb, r in rates[e].items()), key=lambda x: x[1])
+            best[e] = (label, rate)
+            lines.append(f"batch {b}: best {e}: {rate:,.0f} seq/s ({label})")
+        if len(best) == 2:
+            lines.append(
+                f"batch {b}: ort best / torch.compile best = {best['ort'][1] / best['torch.compile'][1]:.2f}×"
+            )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,12 +545,36 @@ def main(argv: list[str] | None = None) -> int:
         elif args.levers:
             engines, notes = build_lever_engines(args.checkpoint, args.seq_len, args.threads, Path(tmp))
         else:
+            if args.two_cores:
+                args.threads, args.clock = 2, "wall"
             engines, notes = build_engines(
-                args.checkpoint, args.seq_len, args.threads, not args.no_compile, Path(tmp), args.dynamo
+                args.checkpoint,
+                args.seq_len,
+                args.threads,
+                not args.no_compile,
+                Path(tmp),
+                args.dynamo,
+                two_cores=args.two_cores,
             )
         results = time_engines(engines, inputs, args.rounds, args.round_seconds, args.clock)
+        in_flight: dict[str, dict[int, float]] = {}
+        if args.two_cores:  # both engines, alternating, 3 × 1 s each per batch size
+            pools = {"ort": Path(tmp) / "model.onnx"}
+            if "torch.compile 1 thread" in engines:  # the same compiled model, one thread per worker
+                one = engines["torch.compile 1 thread"]
+                pools["torch.compile"] = [one.runner]  # type: ignore[attr-defined,assignment]
+            for batch, tokens in inputs.items():
+                samples: dict[str, list[float]] = {e: [] for e in pools}
+                for _ in range(3):
+                    for engine, pool in pools.items():
+                        samples[engine].append(concurrent_throughput(pool, tokens, 2, 1.0, repeats=1))
+                for engine, rates in samples.items():
+                    in_flight.setdefault(engine, {})[batch] = statistics.median(rates)
+        for run in engines.values():
+            if isinstance(run, ThreadRunner | SplitRunner):
+                run.close()
         concurrent: dict[int, float] = {}
-        if args.concurrent and not (args.levers or args.buckets_of):
+        if args.concurrent and not (args.levers or args.buckets_of or args.two_cores):
             for batch, tokens in inputs.items():
                 concurrent[batch] = concurrent_throughput(
                     Path(tmp) / "model.onnx", tokens, args.concurrent, 2.0
@@ -365,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for key, note in notes.items():
         print(f"  {key}: {note}")
-    baseline = "shipped" if args.levers else "torch eager"
+    baseline = "shipped" if args.levers else "torch.compile" if args.two_cores else "torch eager"
     if args.buckets_of:
         baseline = next(iter(results))
     print(format_table(results, baseline))
@@ -373,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         if ref in results and "ort" in results:
             ratios = ", ".join(f"batch {b}: {results[ref][b] / results['ort'][b]:.2f}×" for b in batches)
             print(f"ort vs {ref}: {ratios}")
+    if args.two_cores:
+        print("two cores, every configuration of each engine in this run:")
+        print(two_core_report(results, in_flight, batches))
     for batch, rate in concurrent.items():
         single = batch / results.get("ort 1 thread", results["ort"])[batch]
         print(
@@ -386,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             "clock": args.clock,
             "seq_len": args.seq_len,
             "seconds_per_call": {e: {str(b): s for b, s in per.items()} for e, per in results.items()},
+            "in_flight_seq_per_s": {e: {str(b): r for b, r in per.items()} for e, per in in_flight.items()},
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from bench.inference import concurrent_throughput, main
+from bench.inference import SplitRunner, _ort_runner, concurrent_throughput, main
 from export.onnx_export import export_bucket
 from model.checkpoint import Checkpoint, build_model, save_checkpoint
 from model.config import ModelConfig
@@ -38,3 +39,45 @@ def test_parallel_sessions_report_a_throughput(tmp_path):
     graph = export_bucket(ckpt, 7, tmp_path / "model.onnx", "f")
     tokens = generate(8, 1, 2, 0, length=7).tokens
     assert concurrent_throughput(graph.path, tokens, workers=2, seconds=0.1, repeats=1) > 0
+
+
+def test_a_batch_split_over_two_workers_gives_the_unsplit_answer_in_order(tmp_path):
+    ckpt = small_checkpoint(tmp_path / "small.pt")
+    graph = export_bucket(ckpt, 7, tmp_path / "model.onnx", "f")
+    tokens = generate(9, 1, 2, 1, length=7).tokens  # odd: halves of 5 and 4
+    whole = _ort_runner(graph.path, 1)(tokens)
+    split = SplitRunner(_ort_runner(graph.path, 1), _ort_runner(graph.path, 1))
+    try:
+        for got, want in zip(split(tokens), whole, strict=True):  # type: ignore[call-overload]
+            np.testing.assert_array_equal(got, want)
+        assert len(split(tokens[:1])[0]) == 1  # type: ignore[index]  # one row: not split
+    finally:
+        split.close()
+
+
+def test_two_core_mode_reports_every_configuration_and_the_best(tmp_path, capsys):
+    path = tmp_path / "small.pt"
+    small_checkpoint(path)
+    args = ["--checkpoint", str(path), "--seq-len", "7", "--batch-sizes", "1,4", "--rounds", "1"]
+    assert main([*args, "--round-seconds", "0.01", "--two-cores", "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    for config in (
+        "one call × 2 threads",
+        "one call × 1 thread",
+        "one call, batch split over 2 × 1 thread",
+        "2 calls in flight × 1 thread each",
+    ):
+        assert config in out
+    assert "batch 4: best ort:" in out and "hand-off only" in out
+
+
+def test_levers_skip_batches_a_fixed_batch_graph_cannot_take(tmp_path, capsys):
+    path = tmp_path / "small.pt"
+    small_checkpoint(path)
+    args = ["--checkpoint", str(path), "--seq-len", "5", "--batch-sizes", "1,2", "--rounds", "1"]
+    assert main([*args, "--round-seconds", "0.005", "--levers", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("built, single-row form only"))
+    cells = row.split()[4:]
+    assert float(cells[0]) > 0 and cells[3:] == ["—", "—", "—"]  # batch 1 timed, batch 2 skipped
+    assert "If(few-nodes ≤ 3, wide) (before)" in out and "shipped, IOBinding" in out
