@@ -4,8 +4,10 @@
     .venv/bin/python -m bench.engine_sweep --batch-sizes 1,8 --rounds 1 --round-seconds 0.05 --no-compile
 
 A thin driver over bench.inference (the export helper's benchmark: interleaved rounds, medians, ratios in
-one run): it runs it twice, once over batch sizes on one bucket, once over the repository's buckets with
-the same one-pair queries left padded to each T (what a query pays for a longer bucket), and plots both.
+one run): it runs it three times, once over batch sizes on one bucket, once over the repository's buckets
+with the same one-pair queries left padded to each T (what a query pays for a longer bucket), and once with
+``--two-cores`` (torch.compile and onnxruntime each in every 2-core configuration, the ratio of the bests),
+and plots the first two.
 """
 
 from __future__ import annotations
@@ -58,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--round-seconds", type=float, default=0.3)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument(
+        "--two-core-batch-sizes", help="batch sizes of the --two-cores run (default: --batch-sizes)"
+    )
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     p.add_argument("--plot", type=Path, help="write a PNG here")
-    p.add_argument("--json", type=Path, help="write both runs' results here")
+    p.add_argument("--json", type=Path, help="write the three runs' results here")
     args = p.parse_args(argv)
     common = ["--batch-sizes", args.batch_sizes, "--threads", str(args.threads), "--rounds", str(args.rounds)]
     common += ["--round-seconds", str(args.round_seconds)]
@@ -73,13 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         code = code or inference.main(
             [*common, "--buckets-of", str(args.repository), "--seq-len", "5", "--json", str(by_bucket)]
         )
+        print("== two cores, every configuration of each engine (bench.inference --two-cores)", flush=True)
+        two_cores = Path(tmp) / "two_cores.json"
+        args2 = ["--batch-sizes", args.two_core_batch_sizes or args.batch_sizes, "--rounds", str(args.rounds)]
+        args2 += ["--round-seconds", str(args.round_seconds), "--json", str(two_cores), *extra]
+        code = code or inference.main([*args2, "--two-cores"])
         if code:
             return code
         batches, buckets = json.loads(by_batch.read_text()), json.loads(by_bucket.read_text())
+        parallel = json.loads(two_cores.read_text())
     if args.plot:
         plot(batches, buckets, args.plot)
     if args.json:
-        args.json.write_text(json.dumps({"by_batch": batches, "by_bucket": buckets}, indent=2) + "\n")
+        both = {"by_batch": batches, "by_bucket": buckets, "two_cores": parallel}
+        args.json.write_text(json.dumps(both, indent=2) + "\n")
     return 0
 
 
