@@ -405,12 +405,14 @@ def part_batching(args, wrk):
 
 
 def part_workers(args, wrk):
-    print("== uvicorn workers: 1 vs 2 (service, and the naive server)")
+    print("== uvicorn workers: 1 vs 2 (service, the naive server, and the floor: what the stack allows)")
     servers = [
         service("service 1 worker", workers=1),
         service("service 2 workers", workers=2),
         uvicorn_app("naive 1 worker", "bench.serving_apps:naive_app", 1),
         uvicorn_app("naive 2 workers", "bench.serving_apps:naive_app", 2),
+        uvicorn_app("floor 1 worker", "bench.serving_apps:floor_app", 1),
+        uvicorn_app("floor 2 workers", "bench.serving_apps:floor_app", 2),
     ]
     for t, _ in servers:
         t.metrics_url = None  # /metrics is per worker process: a scrape sees one of them
@@ -418,6 +420,10 @@ def part_workers(args, wrk):
     for line in ratio_lines(results, "service 2 workers", "service 1 worker"):
         print(line)
     for line in ratio_lines(results, "naive 2 workers", "naive 1 worker"):
+        print(line)
+    for line in ratio_lines(results, "floor 2 workers", "floor 1 worker"):
+        print(line)
+    for line in ratio_lines(results, "service 2 workers", "floor 2 workers"):
         print(line)
     return results
 

@@ -17,6 +17,7 @@ import uvicorn
 from service.config import Settings
 from service.logs import configure_logging, uvicorn_log_config
 from service.main import create_app
+from service.transport import CoalescingHttpToolsProtocol
 
 
 class _DrainingServer(uvicorn.Server):
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         server_header=False,
         lifespan="on",
+        http=CoalescingHttpToolsProtocol,  # one socket write per response (service/transport.py)
     )
     server = _DrainingServer(config)
     server.app_state = app.state
