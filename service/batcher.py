@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -94,7 +95,12 @@ class Batcher:
             self._m_queue_wait = metrics.queue_wait.labels(name)
             self._m_inference_time = metrics.inference_time.labels(name)
             self._m_batch_rows = metrics.batch_rows.labels(name)
-            metrics.queue_rows.labels(name).set_function(lambda: self._queued_rows)  # read at scrape time
+            # Read at scrape time. A weak reference: an unloaded model's batcher (and its session) must not be
+            # kept alive by the gauge; a newer batcher of the same model replaces the function.
+            batcher = weakref.ref(self)
+            metrics.queue_rows.labels(name).set_function(
+                lambda: b._queued_rows if (b := batcher()) is not None else 0
+            )
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._arrived = asyncio.Event()

@@ -328,3 +328,34 @@ def test_small_requests_submitted_together_share_one_run_even_when_the_batcher_i
         return m.batches
 
     assert run_async(body, inline_max_rows=4) == [[1, 2, 3], [4]]
+
+
+def test_the_queue_gauge_reads_the_live_batcher_and_does_not_keep_a_closed_one_alive() -> None:
+    import gc
+    import weakref
+
+    metrics = Metrics()
+    depth = {}
+
+    async def main() -> weakref.ref[Batcher]:
+        model = FakeModel()
+        model.gate.clear()
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(model.run, pool, name="m", metrics=metrics, inline_max_rows=0)
+            batcher.start()
+            first = asyncio.ensure_future(batcher.submit(rows(1)))
+            await until(model.started.is_set)  # the first run holds the executor
+            queued = [asyncio.ensure_future(batcher.submit(rows(2, 3))) for _ in range(2)]
+            await until(lambda: batcher.queued_rows == 4)
+            depth["busy"] = metrics.registry.get_sample_value("fws_queue_depth_rows", {"model": "m"})
+            model.gate.set()
+            await asyncio.gather(first, *queued)
+            depth["idle"] = metrics.registry.get_sample_value("fws_queue_depth_rows", {"model": "m"})
+            await batcher.close()
+            return weakref.ref(batcher)
+
+    gone = asyncio.run(main())
+    gc.collect()
+    assert depth == {"busy": 4, "idle": 0}
+    assert gone() is None  # the gauge's function holds no strong reference (it would keep the session)
+    assert metrics.registry.get_sample_value("fws_queue_depth_rows", {"model": "m"}) == 0
