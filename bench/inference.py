@@ -15,14 +15,16 @@ Engines:
   ort traced         the export module traced by torch.onnx (the shipped graph before export.builder)
   ort                the exported graph in onnxruntime, CPU provider, intra-op threads = --threads
   ort 1 thread       the same graph with one intra-op thread (no thread-pool hand-off: best at batch 1)
-  ort iobinding      the same graph called through a reused IOBinding (`--levers`: the calling convention)
+`--levers` also calls the shipped graph through a reused IOBinding and through `session._sess.run` (the
+C++ binding that `session.run` calls after its Python-side checks): the calling convention.
 
 Two cores (``--two-cores``, wall clock, every configuration of both engines in the same run): one call with
 two threads (``torch.set_num_threads(2)`` / intra-op threads 2); one call with one thread; one call whose
-batch is split in two halves run at once on two single-thread workers (the calling thread and one helper
-thread; two onnxruntime sessions, one compiled torch model); and two whole batches in flight on two Python
-threads with one thread each. torch's thread count is set per calling thread (OpenMP keeps it per thread),
-so the configurations of one engine can be interleaved.
+batch is split in two halves run at once on two single-thread workers (two onnxruntime sessions, one
+compiled torch model); and two whole batches in flight on two Python threads with one thread each. The
+one-call configurations run in persistent worker threads (ThreadRunner), the same hand-off for both engines
+("hand-off only" times it): torch's thread count and dynamo's recompile limit are per calling thread, and
+torch.compile guards on the thread count, so no thread ever switches it.
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ class SplitRunner:
             worker.close()
 
 
-def _ort_runner(path: Path, threads: int, spinning: bool = True, iobinding: bool = False) -> Runner:
+def _ort_runner(path: Path, threads: int, spinning: bool = True, call: str = "run") -> Runner:
+    """An onnxruntime session's call. call: "run" (`session.run`, public), "iobinding" (a reused IOBinding,
+    public), "private" (`session._sess.run`, the C++ binding `run` wraps after its Python-side checks)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -148,7 +152,7 @@ def _ort_runner(path: Path, threads: int, spinning: bool = True, iobinding: bool
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    if iobinding:  # per call: bind the input and unallocated CPU outputs (the batch varies), run, copy out
+    if call == "iobinding":  # per call: bind the input and unallocated CPU outputs (batch varies), run, copy
         binding = session.io_binding()
 
         def run_bound(tokens: np.ndarray) -> object:
@@ -159,6 +163,13 @@ def _ort_runner(path: Path, threads: int, spinning: bool = True, iobinding: bool
             return binding.copy_outputs_to_cpu()
 
         return run_bound
+    if call == "private":
+        inner = session._sess
+
+        def run_private(tokens: np.ndarray) -> object:
+            return inner.run(names, {"tokens": tokens}, None)
+
+        return run_private
 
     def run(tokens: np.ndarray) -> object:
         return session.run(names, {"tokens": tokens})
@@ -304,7 +315,7 @@ def build_lever_engines(
         proto: onnx.ModelProto,
         threads_: int | None = None,
         spinning: bool = True,
-        iobinding: bool = False,
+        call: str = "run",
         max_batch: int | None = None,
     ) -> None:
         path = workdir / f"{len(engines)}.onnx"
@@ -313,7 +324,7 @@ def build_lever_engines(
         size = path.stat().st_size // 1024
         nodes, fused_nodes = len(all_nodes(proto.graph)), len(all_nodes(fused.graph))
         notes[name] = f"{nodes} nodes ({fused_nodes} fused; If branches added up), {size} KiB"
-        run = _ort_runner(path, threads if threads_ is None else threads_, spinning, iobinding)
+        run = _ort_runner(path, threads if threads_ is None else threads_, spinning, call)
         if max_batch is not None:
             run.max_batch = max_batch  # type: ignore[attr-defined]
         engines[name] = run
@@ -365,7 +376,8 @@ def build_lever_engines(
     if threads != 1:
         add("shipped, 1 thread", shipped_proto, threads_=1)
     add("shipped, no spinning", shipped_proto, spinning=False)
-    add("shipped, IOBinding", shipped_proto, iobinding=True)
+    add("shipped, IOBinding", shipped_proto, call="iobinding")
+    add("shipped, session._sess.run", shipped_proto, call="private")
     return engines, notes
 
 

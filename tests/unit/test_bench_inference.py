@@ -81,3 +81,4 @@ def test_levers_skip_batches_a_fixed_batch_graph_cannot_take(tmp_path, capsys):
     cells = row.split()[4:]
     assert float(cells[0]) > 0 and cells[3:] == ["—", "—", "—"]  # batch 1 timed, batch 2 skipped
     assert "If(few-nodes ≤ 3, wide) (before)" in out and "shipped, IOBinding" in out
+    assert "shipped, session._sess.run" in out
