@@ -126,9 +126,9 @@ class FastPath:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         request = RawRequest(path, params, headers, body)
 
-        task = asyncio.current_task()
-        assert task is not None
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)  # given the loop: one lookup of the running loop, not two
+        assert task is not None
         gone = False
         watcher: asyncio.Task[None] | None = None
 
