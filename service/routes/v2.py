@@ -476,6 +476,14 @@ async def repository_index(request: Request, registry: RegistryDep) -> Response:
     return JSONResponse(rows)
 
 
+async def _parameters(request: Request) -> dict[str, Any]:
+    """The optional `parameters` object of a repository load/unload body."""
+    params = (await _json_body(request)).get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ApiError(400, "bad_request", "'parameters' must be an object")
+    return params
+
+
 @router.post(
     "/repository/models/{name}/load",
     responses=_ERRORS,
@@ -483,9 +491,7 @@ async def repository_index(request: Request, registry: RegistryDep) -> Response:
 )
 async def load(name: ModelName, request: Request, registry: RegistryDep) -> Response:
     checked_name(name)
-    params = (await _json_body(request)).get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ApiError(400, "bad_request", "'parameters' must be an object")
+    params = await _parameters(request)
     if "config" in params or any(str(k).startswith("file:") for k in params):
         raise ApiError(
             400,
@@ -510,9 +516,7 @@ async def load(name: ModelName, request: Request, registry: RegistryDep) -> Resp
 )
 async def unload(name: ModelName, request: Request, registry: RegistryDep) -> Response:
     checked_name(name)
-    params = (await _json_body(request)).get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ApiError(400, "bad_request", "'parameters' must be an object")
+    await _parameters(request)  # checked, though unload takes none
     await registry.unload(name)
     return JSONResponse({"name": name, "state": "UNAVAILABLE"})
 
