@@ -305,6 +305,8 @@ def test_every_v2_error_is_a_json_object_with_a_string_error(client):
         client.post("/v2/repository/models/no_such_model/load"),
         client.post("/v2/repository/models/%2E%2E/load"),
         client.post(f"/v2/repository/models/{MODEL}/load", json={"parameters": {"config": "{}"}}),
+        client.post(f"/v2/repository/models/{MODEL}/load", json={"parameters": [1]}),
+        client.post(f"/v2/repository/models/{MODEL}/unload", json={"parameters": "x"}),
         client.get(f"/v2/models/{MODEL}/infer"),
         client.post(f"/v2/models/{MODEL}/infer", content=b" " * (4 * 1024 * 1024 + 1)),
         client.post(
@@ -314,7 +316,8 @@ def test_every_v2_error_is_a_json_object_with_a_string_error(client):
         ),
     ]
     statuses = [r.status_code for r in cases]
-    assert statuses == [400, 400, 400, 415, 400, 404, 404, 400, 404, 400, 400, 405, 413, 413]
+    assert statuses == [400, 400, 400, 415, 400, 404, 404, 400, 404, 400, 400, 400, 400, 405, 413, 413]
+    assert [r.json()["error"] for r in cases[11:13]] == ["'parameters' must be an object"] * 2
     for r in cases:
         assert r.headers["content-type"].startswith("application/json")
         body = r.json()
