@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
         lifespan="on",
         http=CoalescingHttpToolsProtocol,  # one socket write per response (service/transport.py)
+        # Nothing here reads the client address (the logs do not record it), so uvicorn's X-Forwarded-For
+        # rewriting would be work on every request for no effect.
+        proxy_headers=False,
     )
     server = _DrainingServer(config)
     server.app_state = app.state
