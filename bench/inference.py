@@ -38,6 +38,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -361,8 +362,9 @@ def build_lever_engines(
     add("export module, traced (before)", onnx.load(str(traced.path)))
     if ckpt.config.kind == "fast":
         from export.builder import build_fast_weights_graph
+        from model.fastweights import FastWeightsRNN
 
-        model = ckpt.model()
+        model = cast(FastWeightsRNN, ckpt.model())
         add("built, few-nodes form only", build_fast_weights_graph(model, seq_len, form="few-nodes"))
         add(
             "built, single-row form only", build_fast_weights_graph(model, seq_len, "single-row"), max_batch=1
