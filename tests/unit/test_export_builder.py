@@ -46,13 +46,13 @@ def run(proto: onnx.ModelProto, tokens: np.ndarray) -> tuple[np.ndarray, np.ndar
     return logits, attn
 
 
-def assert_matches(model, proto, tokens, atol=1e-4) -> None:
+def assert_matches(model, proto, tokens, atol=1e-4, rtol=1e-5) -> None:
     with torch.no_grad():
         ref_logits, ref_attn = (t.numpy() for t in model(torch.from_numpy(tokens)))
     logits, attn = run(proto, tokens)
     assert logits.shape == ref_logits.shape and attn.shape == ref_attn.shape
-    np.testing.assert_allclose(logits, ref_logits, atol=atol, rtol=1e-5)
-    np.testing.assert_allclose(attn, ref_attn, atol=atol, rtol=1e-5)
+    np.testing.assert_allclose(logits, ref_logits, atol=atol, rtol=rtol)
+    np.testing.assert_allclose(attn, ref_attn, atol=atol, rtol=rtol)
     assert (logits.argmax(-1) == ref_logits.argmax(-1)).all()
 
 
@@ -123,11 +123,13 @@ def test_built_graph_matches_for_any_length_decay_and_inner_steps(seq_len, decay
     # λ = 0 and small λ take the explicit-weights path of the few-nodes form (the scale would be too large)
     model = make_checkpoint(seed % 7, decay=decay, fast_lr=fast_lr, inner_steps=inner_steps).model()
     tokens = left_padded(np.random.default_rng(seed), 40, seq_len)
+    # rtol 5e-5: with extreme λ, η and S the float32 reference is itself this far from exact (found here:
+    # λ = 0, η = 1, S = 2, an attention of 17.1929 in float64, 17.1937 from torch, 17.1935 from the graph)
     for form in ("few-nodes", "wide"):
-        assert_matches(model, build_fast_weights_graph(model, seq_len, form=form), tokens)
+        assert_matches(model, build_fast_weights_graph(model, seq_len, form=form), tokens, rtol=5e-5)
     single_row = build_fast_weights_graph(model, seq_len, form="single-row")
     for row in tokens[:4]:
-        assert_matches(model, single_row, row[None])
+        assert_matches(model, single_row, row[None], rtol=5e-5)
 
 
 def test_heavily_padded_queries_of_the_task_match_in_every_bucket():
