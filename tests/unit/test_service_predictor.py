@@ -179,3 +179,35 @@ def test_small_and_large_batches_are_ranked_alike(top_k: int) -> None:
         for (_, p_alone), (_, p_batch) in zip(alone.top_k, batch[row].top_k, strict=True):
             assert p_alone == pytest.approx(p_batch, abs=1.01e-6)
     assert batch[0].value == "0" and batch[1].value == "2"
+
+
+def test_runs_go_through_the_cpp_binding_and_fall_back_to_the_public_api(
+    t11: predictor.LoadedModel,
+) -> None:
+    tokens = t11.encode([parse_sequence("c9k8j3f1??c"), parse_sequence("a1??a")])
+    expected = t11.session.run(None, {"tokens": tokens})
+    assert t11._binding is t11.session._sess  # onnxruntime's binding is found and used
+
+    def same(out: dict[str, np.ndarray]) -> bool:
+        return np.array_equal(out["logits"], expected[0]) and np.array_equal(
+            out["memory_attention"], expected[1]
+        )
+
+    assert same(t11.run(tokens))
+
+    class Failing:
+        calls = 0
+
+        def run(self, *args: object) -> None:
+            Failing.calls += 1
+            raise RuntimeError("binding changed")
+
+    class WithoutBinding:  # a session object of some onnxruntime without `_sess`
+        def __init__(self, session: object) -> None:
+            self.run = session.run  # type: ignore[attr-defined]
+
+    failing = dataclasses.replace(t11)
+    failing._binding = Failing()
+    assert same(failing.run(tokens)) and Failing.calls == 1
+    bare = dataclasses.replace(t11, session=WithoutBinding(t11.session))  # type: ignore[arg-type]
+    assert bare._binding is None and same(bare.run(tokens))
