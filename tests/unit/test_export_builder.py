@@ -4,6 +4,7 @@ function on left-padded input, for any length, λ, η and S, at batch sizes on b
 from __future__ import annotations
 
 import collections
+import copy
 
 import numpy as np
 import onnx
@@ -120,16 +121,29 @@ def test_the_single_row_form_gathers_the_first_pair_and_runs_seven_nodes_per_ste
     seed=st.integers(0, 2**16),
 )
 def test_built_graph_matches_for_any_length_decay_and_inner_steps(seq_len, decay, fast_lr, inner_steps, seed):
+    """Every form is as exact as the float32 training model: compared with a float64 run of the same model,
+    no further off than 1e-4 plus 4× the float32 model's own error. (Random weights with extreme λ, η and S
+    can be ill-conditioned: hypothesis found rows where torch's float32 output is 1.3e-3 from float64, and
+    two float32 orders of evaluation then differ by more than any fixed tolerance.)"""
     # λ = 0 and small λ take the explicit-weights path of the few-nodes form (the scale would be too large)
     model = make_checkpoint(seed % 7, decay=decay, fast_lr=fast_lr, inner_steps=inner_steps).model()
+    exact = copy.deepcopy(model).double()
     tokens = left_padded(np.random.default_rng(seed), 40, seq_len)
-    # rtol 5e-5: with extreme λ, η and S the float32 reference is itself this far from exact (found here:
-    # λ = 0, η = 1, S = 2, an attention of 17.1929 in float64, 17.1937 from torch, 17.1935 from the graph)
-    for form in ("few-nodes", "wide"):
-        assert_matches(model, build_fast_weights_graph(model, seq_len, form=form), tokens, rtol=5e-5)
+    with torch.no_grad():
+        ref32 = [t.numpy() for t in model(torch.from_numpy(tokens))]
+        ref64 = [t.numpy() for t in exact(torch.from_numpy(tokens))]
+    bounds = [1e-4 + 4 * np.abs(r32 - r64).max() for r32, r64 in zip(ref32, ref64, strict=True)]
+    outputs = {
+        form: run(build_fast_weights_graph(model, seq_len, form=form), tokens)
+        for form in ("few-nodes", "wide")
+    }
     single_row = build_fast_weights_graph(model, seq_len, form="single-row")
-    for row in tokens[:4]:
-        assert_matches(model, single_row, row[None], rtol=5e-5)
+    rows = [run(single_row, row[None]) for row in tokens[:4]]
+    outputs["single-row"] = tuple(np.concatenate(part) for part in zip(*rows, strict=True))
+    for form, got in outputs.items():
+        for name, out, r64, bound in zip(("logits", "attention"), got, ref64, bounds, strict=True):
+            err = np.abs(out - r64[: len(out)]).max()
+            assert err <= bound, (form, name, err, bound)
 
 
 def test_heavily_padded_queries_of_the_task_match_in_every_bucket():
