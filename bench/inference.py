@@ -499,6 +499,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also: throughput of N onnxruntime sessions × 1 thread running batches in parallel (wall clock)",
     )
     p.add_argument(
+        "--engines",
+        metavar="NAMES",
+        help="only the engines whose name contains one of these comma-separated strings (fewer engines per "
+        "round: tighter A/B runs)",
+    )
+    p.add_argument(
         "--two-cores",
         action="store_true",
         help="instead: torch.compile and onnxruntime, each in every 2-core configuration (wall clock)",
@@ -578,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.dynamo,
                 two_cores=args.two_cores,
             )
+        if args.engines:
+            wanted = [w.strip() for w in args.engines.split(",") if w.strip()]
+            engines = {name: run for name, run in engines.items() if any(w in name for w in wanted)}
+            if not engines:
+                print(f"error: no engine matches --engines {args.engines!r}", file=sys.stderr)
+                return 2
         results = time_engines(engines, inputs, args.rounds, args.round_seconds, args.clock)
         in_flight: dict[str, dict[int, float]] = {}
         if args.two_cores:  # both engines, alternating, 3 × (3 rounds' time, at most 1 s) each per batch size

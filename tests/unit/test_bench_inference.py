@@ -82,3 +82,14 @@ def test_levers_skip_batches_a_fixed_batch_graph_cannot_take(tmp_path, capsys):
     assert float(cells[0]) > 0 and cells[3:] == ["—", "—", "—"]  # batch 1 timed, batch 2 skipped
     assert "If(few-nodes ≤ 3, wide) (before)" in out and "shipped, IOBinding" in out
     assert "shipped, session._sess.run" in out
+
+
+def test_engines_can_be_narrowed_for_tighter_a_b_runs(tmp_path, capsys):
+    path = tmp_path / "small.pt"
+    small_checkpoint(path)
+    args = ["--checkpoint", str(path), "--seq-len", "5", "--batch-sizes", "1", "--rounds", "1"]
+    args += ["--round-seconds", "0.005", "--threads", "1", "--no-compile"]
+    assert main([*args, "--engines", "ort traced,eager/export"]) == 0
+    rows = [line.split("  ")[0] for line in capsys.readouterr().out.splitlines()[3:] if line[:1].isalpha()]
+    assert [r for r in rows if not r.startswith(("ort vs", "engine"))] == ["torch eager/export", "ort traced"]
+    assert main([*args, "--engines", "no such engine"]) == 2
