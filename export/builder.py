@@ -203,6 +203,13 @@ class _Emitter:
     def op1(self, op_type: str, inputs: list[str], hint: str, **attrs) -> str:
         return self.op(op_type, inputs, hint, 1, **attrs)[0]
 
+    def layer_norm_relu(self, p: _Params, u: str, gain_scale: float = 1.0, beta: str | None = None) -> str:
+        """relu(LayerNorm(u)): the model's gain times `gain_scale`, its bias or the given `beta` tensor."""
+        gamma = self.const("gamma", p.gamma * _F32(gain_scale))
+        beta = beta if beta is not None else self.const("beta", p.beta)
+        normed = self.op1("LayerNormalization", [u, gamma, beta], "ln", axis=-1, epsilon=p.eps)
+        return self.op1("Relu", [normed], "h")
+
     def head(self, p: _Params, h: str) -> str:
         """(B, H) -> logits (B, classes): Gemm, Relu, Gemm (onnxruntime fuses the first two)."""
         w1, b1, w2, b2 = p.head
@@ -253,10 +260,7 @@ def _few_nodes(e: _Emitter, p: _Params) -> tuple[str, str]:
             ah = e.op1("MatMul", [scores, past], "ah")  # (B, 1, H)  A(t) q
             u = e.op1("Sum", [z, ah], "u")
             last = step == p.inner_steps - 1  # the last inner step gives h~(t), 0 on a PAD step
-            gamma = e.const("gamma", p.gamma * _F32(scale[t] if last else 1.0))
-            beta = biases[t] if last else e.const("beta", p.beta)
-            normed = e.op1("LayerNormalization", [u, gamma, beta], "ln", axis=-1, epsilon=p.eps)
-            query = e.op1("Relu", [normed], "h")
+            query = e.layer_norm_relu(p, u, scale[t] if last else 1.0, biases[t] if last else None)
         h = query
 
     logits = e.head(p, e.op1("Reshape", [h, e.ints("flat", [-1, H])], "h_final"))
@@ -325,10 +329,7 @@ def _single_row(e: _Emitter, p: _Params) -> tuple[str, str]:
                 scores = e.op1("Mul", [scores, e.const("weight", p.weight(t).reshape(1, t))], "scores")
             u = e.op1("Gemm", [scores, past, z], "u")  # (1, H)  z + A(t) q
             last = step == p.inner_steps - 1  # the last inner step gives h~(t), 0 on a PAD step
-            gamma = e.const("gamma", p.gamma * _F32(scale[t] if last else 1.0))
-            beta = bias[t] if last else e.const("beta", p.beta)
-            normed = e.op1("LayerNormalization", [u, gamma, beta], "ln", axis=-1, epsilon=p.eps)
-            query = e.op1("Relu", [normed], "h")
+            query = e.layer_norm_relu(p, u, scale[t] if last else 1.0, bias[t] if last else None)
         h = query
 
     logits = e.head(p, h)
@@ -374,9 +375,7 @@ def _wide(e: _Emitter, p: _Params) -> tuple[str, str]:
             ah = e.op1("MatMul", [weight, flat], "ah")  # (1, B·H)  Σ_τ η λ^(t−1−τ) (h(τ)ᵀq) h(τ)
             ah = e.op1("Reshape", [ah, e.ints("bh", [-1, H])], "ah")  # (B, H)
             u = e.op1("Sum", [z, ah], "u")
-            gamma, beta = e.const("gamma", p.gamma), e.const("beta", p.beta)
-            normed = e.op1("LayerNormalization", [u, gamma, beta], "ln", axis=-1, epsilon=p.eps)
-            query = e.op1("Relu", [normed], "h")
+            query = e.layer_norm_relu(p, u)
         h = e.op1("Mul", [query, masks[t]], "h")  # left padding: PAD steps keep h = 0
 
     logits = e.head(p, h)
