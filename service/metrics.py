@@ -7,7 +7,8 @@ client cannot explode their cardinality.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -50,64 +51,53 @@ class HistogramChild:
         self.sum += value
 
 
-class _LoopMetric:
-    """A labelled metric family: label values -> child, made on first use."""
+Child = TypeVar("Child", CountChild, HistogramChild)
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+
+class _LoopMetric(Generic[Child]):
+    """A labelled metric family: label values -> child, made on first use by `make_child`."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], make_child: Callable[[], Child]
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], CountChild | HistogramChild] = {}
+        self._make_child: Callable[[], Child] = make_child
+        self._children: dict[tuple[str, ...], Child] = {}
 
-    def _child(self) -> CountChild | HistogramChild:
-        raise NotImplementedError
-
-    def _get(self, values: tuple[str, ...]) -> CountChild | HistogramChild:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-        child = self._children.get(values)
+    def labels(self, *values: str) -> Child:
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
         if child is None:
-            child = self._children[values] = self._child()
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {key}")
+            child = self._children[key] = self._make_child()
         return child
 
 
-class LoopCounter(_LoopMetric):
-    def _child(self) -> CountChild:
-        return CountChild()
-
-    def labels(self, *values: str) -> CountChild:
-        child = self._get(tuple(str(v) for v in values))
-        assert isinstance(child, CountChild)
-        return child
+class LoopCounter(_LoopMetric[CountChild]):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        super().__init__(name, documentation, labelnames, CountChild)
 
     def family(self) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, child in list(self._children.items()):
-            assert isinstance(child, CountChild)
             family.add_metric(values, child.value)
         return family
 
 
-class LoopHistogram(_LoopMetric):
+class LoopHistogram(_LoopMetric[HistogramChild]):
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
     ) -> None:
-        super().__init__(name, documentation, labelnames)
-        self.bounds = tuple(float(b) for b in buckets)
-        self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
-
-    def _child(self) -> HistogramChild:
-        return HistogramChild(self.bounds)
-
-    def labels(self, *values: str) -> HistogramChild:
-        child = self._get(tuple(str(v) for v in values))
-        assert isinstance(child, HistogramChild)
-        return child
+        bounds = tuple(float(b) for b in buckets)
+        super().__init__(name, documentation, labelnames, lambda: HistogramChild(bounds))
+        self._le = [floatToGoString(b) for b in bounds] + ["+Inf"]
 
     def family(self) -> Metric:
         family = Metric(self.name, self.documentation, "histogram")
         for values, child in list(self._children.items()):
-            assert isinstance(child, HistogramChild)
             labels = dict(zip(self.labelnames, values, strict=True))
             cumulative = 0
             for le, count in zip(self._le, list(child.counts), strict=True):
