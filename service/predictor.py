@@ -12,6 +12,7 @@ Layout (Triton's, see `export/contract.py`)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import json
@@ -155,7 +156,7 @@ class LoadedModel:
     # feed is always the one valid input, so those checks cannot fail. None (private API gone in some
     # onnxruntime release): the public `run`. Any error there also goes through `run`, which keeps
     # onnxruntime's own provider fallback and error messages.
-    _binding: Any = None
+    _binding: Any = field(default=None, init=False, repr=False)  # set from `session` in __post_init__
 
     def __post_init__(self) -> None:
         binding = getattr(self.session, "_sess", None)
@@ -170,10 +171,9 @@ class LoadedModel:
         feed = {INPUT_TOKENS: tokens.astype(np.int64, copy=False)}
         outputs = None
         if self._binding is not None:
-            try:
+            # An error there is answered again by the public API below, with its own handling.
+            with contextlib.suppress(Exception):
                 outputs = self._binding.run(self._output_names, feed, None)
-            except Exception:  # answered again by the public API below, with its own handling
-                outputs = None
         if outputs is None:
             outputs = self.session.run(self._output_names, feed)
         logits, attention = outputs
