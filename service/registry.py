@@ -91,7 +91,7 @@ class ModelRegistry:
         self.metrics = metrics or Metrics()
         self._entries: dict[str, _Entry] = {}
         # family -> its ready buckets, shortest first; cleared wherever an entry's model or state changes
-        self._family_buckets: dict[str, list[LoadedModel]] = {}
+        self._family_buckets: dict[str, tuple[LoadedModel, ...]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -168,18 +168,20 @@ class ModelRegistry:
             e.model for e in self._entries.values() if e.state is ModelState.READY and e.model is not None
         ]
 
-    def family_buckets(self, family: str) -> list[LoadedModel]:
+    def family_buckets(self, family: str) -> tuple[LoadedModel, ...]:
         """Ready models of one family, shortest sequence length first (the native API picks the first fit).
 
         Asked on every request, so the answer is kept until a model is loaded, fails or is unloaded.
         """
         buckets = self._family_buckets.get(family)
         if buckets is None:
-            buckets = sorted(
-                (m for m in self.ready_models() if m.info.family == family), key=lambda m: m.info.seq_len
+            buckets = tuple(
+                sorted(
+                    (m for m in self.ready_models() if m.info.family == family), key=lambda m: m.info.seq_len
+                )
             )
             self._family_buckets[family] = buckets
-        return list(buckets)
+        return buckets  # a tuple: the cached answer itself, safe to hand out
 
     def families(self) -> list[str]:
         return sorted({m.info.family for m in self.ready_models()})

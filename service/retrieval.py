@@ -54,7 +54,7 @@ def parse_query(item: Any, max_length: int, prefix: str = "") -> ParsedQuery:
         raise
 
 
-def buckets_for(registry: ModelRegistry, family: str) -> list[LoadedModel]:
+def buckets_for(registry: ModelRegistry, family: str) -> tuple[LoadedModel, ...]:
     """The family's ready buckets; ModelNotFoundError (unknown family) or ModelNotReadyError (none ready)."""
     buckets = registry.family_buckets(family)
     if buckets:
