@@ -68,6 +68,9 @@ class Checkpoint:
     history: list[dict[str, Any]] = field(default_factory=list)
     optimizer_state: dict[str, Any] | None = None
     code_version: str = ""
+    # Set when `state_dict` holds averaged weights (EMA/SWA, see model.train.WeightAverage): the averaging
+    # settings, how many snapshots went in, and the raw trained weights a resumed run continues from.
+    averaging: dict[str, Any] | None = None
 
     @property
     def vocab(self) -> Vocabulary:
@@ -97,6 +100,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
         "history": ckpt.history,
         "optimizer_state": ckpt.optimizer_state,
         "code_version": ckpt.code_version or code_version(),
+        "averaging": ckpt.averaging,
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -132,6 +136,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         history=payload["history"],
         optimizer_state=payload["optimizer_state"],
         code_version=payload["code_version"],
+        averaging=payload.get("averaging"),  # absent in checkpoints written before averaging existed
     )
 
 

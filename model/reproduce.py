@@ -116,7 +116,8 @@ def _previous_run(path: Path, model_cfg: ModelConfig, train_cfg: TrainConfig) ->
         return "none"
     ignore = ("threads", "progress")
     same = {k: v for k, v in asdict(train_cfg).items() if k not in ignore}
-    theirs = {k: v for k, v in ckpt.train_args.items() if k not in ignore}
+    # an option added after the checkpoint was written is at its default there
+    theirs = {k: v for k, v in {**asdict(TrainConfig()), **ckpt.train_args}.items() if k not in ignore}
     if ckpt.config != model_cfg or theirs != same:
         return "none"
     return "finished" if "test" in ckpt.metrics else "unfinished"

@@ -4,6 +4,11 @@
 
 Data order is a pure function of (seed, step), so a resumed run (``--resume``) sees exactly the batches an
 uninterrupted run would have seen.
+
+Weight averaging (``--ema-decay`` or ``--swa-every``, typically as a fine-tune: ``--resume`` of a copy of a
+trained checkpoint at a moderate constant lr) makes the *averaged* weights the checkpoint's weights: they are
+what is validated, tested, saved and exported; the raw weights travel in the checkpoint's ``averaging`` field
+so that a resumed run continues both the training and the average.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ class TrainConfig:
     eval_size: int | None = None  # None = the full 10k validation split
     target_error: float | None = None  # early stop once validation error <= this
     stop_at: int | None = None  # end this process after this step; the lr schedule still spans `steps`
+    ema_decay: float | None = None  # average the weights: EMA with this decay after every step ...
+    swa_every: int | None = None  # ... or SWA: equal-weight mean of the weights every this many steps
+    average_start: int = (
+        0  # averaging takes the weights after steps average_start+1, ... (EMA) / +swa_every (SWA)
+    )
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +73,57 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
     return cfg.lr
+
+
+@dataclass
+class WeightAverage:
+    """EMA or SWA (Izmailov et al. 2018) of a model's weights, kept beside the raw weights that train.
+
+    EMA: avg <- decay * avg + (1 - decay) * w after every step past `start` (avg starts as the first such w).
+    SWA: the plain mean of the weights after steps start + every, start + 2 * every, ...
+    """
+
+    kind: str  # "ema" | "swa"
+    decay: float = 0.0
+    every: int = 1
+    start: int = 0
+    count: int = 0  # snapshots folded in so far
+    weights: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> WeightAverage | None:
+        if cfg.ema_decay is not None and cfg.swa_every is not None:
+            raise ValueError("choose one of ema_decay and swa_every")
+        if cfg.ema_decay is not None:
+            if not 0.0 < cfg.ema_decay < 1.0:
+                raise ValueError(f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
+            return cls("ema", decay=cfg.ema_decay, start=cfg.average_start)
+        if cfg.swa_every is not None:
+            if cfg.swa_every < 1:
+                raise ValueError(f"swa_every must be >= 1, got {cfg.swa_every}")
+            return cls("swa", every=cfg.swa_every, start=cfg.average_start)
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "decay": self.decay, "every": self.every, "start": self.start}
+
+    def update(self, model: nn.Module, step: int) -> None:
+        """Fold in the weights `model` has after `step` steps, if this step is one the average takes."""
+        if step <= self.start or (self.kind == "swa" and (step - self.start) % self.every):
+            return
+        current = model.state_dict()
+        if self.weights is None:
+            self.weights = {k: v.detach().clone() for k, v in current.items()}
+        else:
+            for k, v in current.items():
+                avg = self.weights[k]
+                if not avg.is_floating_point():
+                    avg.copy_(v)
+                elif self.kind == "ema":
+                    avg.mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
+                else:
+                    avg.add_(v.detach() - avg, alpha=1.0 / (self.count + 1))
+        self.count += 1
 
 
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
@@ -92,19 +153,31 @@ def train(
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, VOCAB).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    average = WeightAverage.from_config(cfg)
+    averaged_model = build_model(model_cfg, VOCAB).to(device) if average is not None else None
     step, history = 0, []
     if resume_from is not None:
         prev = load_checkpoint(resume_from)
         if prev.config != model_cfg:
             raise CheckpointError(f"{resume_from}: model config differs from the one requested")
-        model.load_state_dict(prev.state_dict)
+        if prev.averaging is None:
+            model.load_state_dict(prev.state_dict)
+        else:  # the checkpoint's weights are an average; training continues from the raw ones
+            model.load_state_dict(prev.averaging["raw_state_dict"])
+            if average is not None:
+                if prev.averaging["settings"] != average.settings():
+                    raise CheckpointError(
+                        f"{resume_from}: weight averaging settings differ from the ones requested"
+                    )
+                average.weights = {k: v.to(device).clone() for k, v in prev.state_dict.items()}
+                average.count = prev.averaging["count"]
         if prev.optimizer_state is not None:
             optimizer.load_state_dict(prev.optimizer_state)
         step, history = prev.step, list(prev.history)
 
     started = time.perf_counter()
     elapsed_before = history[-1]["wall_s"] if history else 0.0
-    ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, {})
+    ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, {}, average)
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
     loss_sum, correct, seen = 0.0, 0, 0
     loss_fn = nn.CrossEntropyLoss()
@@ -122,45 +195,61 @@ def train(
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         step += 1
+        if average is not None:
+            average.update(model, step)
         loss_sum += loss.item() * len(idx)
         correct += int((logits.argmax(-1) == targets[idx]).sum())
         seen += len(idx)
         bar.update(1)
         if step % cfg.eval_every == 0 or step == last:
-            valid = error_report(model, valid_set, device=device)
+            valid = error_report(_weights_to_judge(model, averaged_model, average), valid_set, device=device)
+            record = {
+                "step": step,
+                "train_loss": loss_sum / seen,
+                "train_acc": correct / seen,  # of the raw weights, on the batches they trained on
+                "valid_error": valid["error"],  # of the checkpoint's weights (the average, when averaging)
+                "lr": learning_rate(cfg, step - 1),
+            }
+            if average is not None:
+                record["valid_error_raw"] = error_report(model, valid_set, device=device)["error"]
+                record["average_count"] = average.count
             model.train()
-            history.append(
-                {
-                    "step": step,
-                    "train_loss": loss_sum / seen,
-                    "train_acc": correct / seen,
-                    "valid_error": valid["error"],
-                    "lr": learning_rate(cfg, step - 1),
-                    "wall_s": elapsed_before + time.perf_counter() - started,
-                }
-            )
+            history.append({**record, "wall_s": elapsed_before + time.perf_counter() - started})
             bar.set_postfix(
                 loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", valid_err=f"{valid['error']:.4f}"
             )
             loss_sum, correct, seen = 0.0, 0, 0
-            ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, {"valid": valid})
+            ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, {"valid": valid}, average)
             if out is not None:
                 save_checkpoint(ckpt, out)
             if cfg.target_error is not None and valid["error"] <= cfg.target_error:
                 bar.write(f"early stop at step {step}: validation error {valid['error']:.4%}")
                 break
     bar.close()
-    test = error_report(model, fixed_split("test", cfg.k_min, cfg.k_max, length=length), device=device)
+    test_set = fixed_split("test", cfg.k_min, cfg.k_max, length=length)
+    test = error_report(_weights_to_judge(model, averaged_model, average), test_set, device=device)
     metrics = {
         **ckpt.metrics,
         "test": test,
         "steps": step,
         "wall_s": history[-1]["wall_s"] if history else 0.0,
     }
-    ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, metrics)
+    if average is not None:  # what the average bought, on the same split
+        metrics["test_raw"] = error_report(model, test_set, device=device)
+    ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, metrics, average)
     if out is not None:
         save_checkpoint(ckpt, out)
     return ckpt
+
+
+def _weights_to_judge(
+    model: nn.Module, averaged_model: nn.Module | None, average: WeightAverage | None
+) -> nn.Module:
+    """The model whose weights the checkpoint carries: the average once it has one, else the raw model."""
+    if average is None or average.weights is None or averaged_model is None:
+        return model
+    averaged_model.load_state_dict(average.weights)
+    return averaged_model
 
 
 def _snapshot(
@@ -171,16 +260,23 @@ def _snapshot(
     step: int,
     history: list[dict[str, Any]],
     metrics: dict[str, Any],
+    average: WeightAverage | None = None,
 ) -> Checkpoint:
+    raw = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    averaging = None
+    if average is not None and average.weights is not None:
+        averaging = {"settings": average.settings(), "count": average.count, "raw_state_dict": raw}
+        raw = {k: v.detach().cpu().clone() for k, v in average.weights.items()}
     return Checkpoint(
         config=model_cfg,
-        state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        state_dict=raw,
         step=step,
         seed=cfg.seed,
         metrics=metrics,
         train_args=asdict(cfg),
         history=list(history),
         optimizer_state=optimizer.state_dict(),
+        averaging=averaging,
     )
 
 
@@ -216,6 +312,22 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="end this process after this step, the lr schedule still over --steps (screen, then --resume)",
     )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        help="keep an EMA of the weights with this decay (e.g. 0.999); the checkpoint carries the average",
+    )
+    p.add_argument(
+        "--swa-every",
+        type=int,
+        help="SWA: average the weights every this many steps; the checkpoint carries the average",
+    )
+    p.add_argument(
+        "--average-start",
+        type=int,
+        default=t.average_start,
+        help="averaging takes only weights after this step (default 0: from the first step this run trains)",
+    )
     p.add_argument("--out", type=Path, required=True, help="checkpoint path")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--no-progress", action="store_true")
@@ -245,8 +357,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     test = ckpt.metrics["test"]
     per_k = ", ".join(f"K={k}: {100 * v['error']:.2f}%" for k, v in test["per_k"].items())
+    raw = ckpt.metrics.get("test_raw")
+    averaged = "" if raw is None else f" (averaged weights; raw weights {100 * raw['error']:.2f}%)"
     print(
-        f"{args.out}: step {ckpt.step}, test error {100 * test['error']:.2f}% ({per_k}), "
+        f"{args.out}: step {ckpt.step}, test error {100 * test['error']:.2f}% ({per_k}){averaged}, "
         f"{ckpt.metrics['wall_s']:.0f} s"
     )
     return 0
@@ -256,4 +370,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Batch", "TrainConfig", "learning_rate", "train"]
+__all__ = ["Batch", "TrainConfig", "WeightAverage", "learning_rate", "train"]

@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint
 from model.config import ModelConfig
 from model.train import TrainConfig, batch_indices, learning_rate, train
 
@@ -77,3 +78,50 @@ def test_stop_at_ends_early_and_a_resume_matches_the_uninterrupted_cosine_run(tm
     assert resumed.step == 40
     for k in straight.state_dict:
         assert torch.allclose(straight.state_dict[k], resumed.state_dict[k], atol=1e-6), k
+
+
+def _constant(steps, **kw):
+    # constant lr: runs of different lengths then share one weight trajectory
+    return TrainConfig(**{**_tiny(steps).__dict__, "eval_every": 2, "lr_schedule": "constant", **kw})
+
+
+def test_weight_averages_equal_hand_computed_ones_and_the_raw_weights_train_unchanged(tmp_path):
+    cfg = ModelConfig(hidden_size=16, embed_size=16)
+    w = {s: train(cfg, _constant(s)).state_dict for s in (1, 2, 3, 4)}  # raw weights after s steps
+    swa = train(cfg, _constant(4, swa_every=2), tmp_path / "swa.pt")
+    ema = train(cfg, _constant(4, ema_decay=0.75, average_start=1), tmp_path / "ema.pt")
+    for k in w[4]:
+        assert torch.allclose(swa.state_dict[k], (w[2][k] + w[4][k]) / 2, atol=1e-6), k
+        hand = 0.75 * (0.75 * w[2][k] + 0.25 * w[3][k]) + 0.25 * w[4][k]
+        assert torch.allclose(ema.state_dict[k], hand, atol=1e-6), k
+        assert torch.equal(swa.averaging["raw_state_dict"][k], w[4][k]), k  # averaging never steers training
+        assert torch.equal(ema.averaging["raw_state_dict"][k], w[4][k]), k
+    assert swa.averaging["count"] == 2 and ema.averaging["count"] == 3
+    # what is tested and saved is the average, and the raw weights' test error is reported beside it
+    assert load_checkpoint(tmp_path / "swa.pt").averaging["count"] == 2
+    assert "test_raw" in swa.metrics and not torch.equal(swa.state_dict["embed.weight"], w[4]["embed.weight"])
+    assert swa.train_args["swa_every"] == 2 and ema.train_args["ema_decay"] == 0.75
+
+
+def test_resume_continues_the_average_exactly(tmp_path):
+    cfg = ModelConfig(hidden_size=16, embed_size=16)
+    straight = train(cfg, _constant(12, ema_decay=0.9))
+    train(cfg, _constant(6, ema_decay=0.9), tmp_path / "r.pt")
+    resumed = train(cfg, _constant(12, ema_decay=0.9), tmp_path / "r.pt", resume_from=tmp_path / "r.pt")
+    assert resumed.averaging["count"] == straight.averaging["count"] == 12
+    for k in straight.state_dict:
+        assert torch.allclose(straight.state_dict[k], resumed.state_dict[k], atol=1e-6), k
+        raw = straight.averaging["raw_state_dict"][k]
+        assert torch.allclose(raw, resumed.averaging["raw_state_dict"][k], atol=1e-6), k
+
+
+def test_averaging_as_a_fine_tune_starts_at_the_resumed_step_and_refuses_other_settings(tmp_path):
+    cfg = ModelConfig(hidden_size=16, embed_size=16)
+    base = train(cfg, _constant(4), tmp_path / "f.pt")
+    assert base.averaging is None
+    tuned = train(cfg, _constant(10, swa_every=3), tmp_path / "f.pt", resume_from=tmp_path / "f.pt")
+    assert tuned.averaging["count"] == 2  # steps 6 and 9 of 5..10 (the phase counts from average_start 0)
+    with pytest.raises(CheckpointError, match="averaging settings differ"):
+        train(cfg, _constant(12, swa_every=2), tmp_path / "f.pt", resume_from=tmp_path / "f.pt")
+    with pytest.raises(ValueError, match="one of"):
+        train(cfg, _constant(2, swa_every=2, ema_decay=0.9))
