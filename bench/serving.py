@@ -209,7 +209,7 @@ def service(name: str, env: dict[str, str] | None = None, workers: int | None = 
         cmd = [sys.executable, "-m", "service"]
     else:  # uvicorn's own multi-process supervisor; each worker builds the app (and its sessions) after fork
         cmd = uvicorn_command("service.main:create_app", port, workers, factory=True)
-        cmd += ["--http", "service.transport:CoalescingHttpToolsProtocol"]  # as `python -m service` serves
+        cmd += ["--http", "service.transport:ServiceHttpProtocol"]  # as `python -m service` serves
     url = f"http://127.0.0.1:{port}"
     target = Target(name, url + "/v1/retrieve", metrics_url=url + "/metrics")
     return target, process(name, cmd, full, url + "/v2/health/ready", root=root)

@@ -17,7 +17,7 @@ import uvicorn
 from service.config import Settings
 from service.logs import configure_logging, uvicorn_log_config
 from service.main import create_app
-from service.transport import CoalescingHttpToolsProtocol
+from service.transport import ServiceHttpProtocol
 
 
 class _DrainingServer(uvicorn.Server):
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         server_header=False,
         lifespan="on",
-        http=CoalescingHttpToolsProtocol,  # one socket write per response (service/transport.py)
+        http=ServiceHttpProtocol,  # hot routes without ASGI, one write per response (service/transport.py)
         # Nothing here reads the client address (the logs do not record it), so uvicorn's X-Forwarded-For
         # rewriting would be work on every request for no effect.
         proxy_headers=False,

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import DOMAIN_ERRORS, ApiError, domain_error, render_json
-from service.middleware import CLIENT_GONE_STATUS, HEADERS_KEY
+from service.middleware import CLIENT_GONE_STATUS, HEADERS_KEY, RequestPolicy
 
 # A request still unanswered this long after its body arrived gets a task that watches for its client leaving.
 WATCH_AFTER_S = 0.05
@@ -89,7 +89,7 @@ class FastPath:
         self._patterns = [r for r in routes if "{" in r.template]
         self._fastapi_routes = fastapi_routes  # template -> APIRoute, so metrics label by template
 
-    def _match(self, method: str, path: str) -> tuple[HotRoute, dict[str, str]] | None:
+    def match(self, method: str, path: str) -> tuple[HotRoute, dict[str, str]] | None:
         route = self._exact.get((method, path))
         if route is not None:
             return route, {}
@@ -104,7 +104,7 @@ class FastPath:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        found = self._match(scope["method"], scope["path"])
+        found = self.match(scope["method"], scope["path"])
         if found is None:
             await self.app(scope, receive, send)
             return
@@ -145,32 +145,53 @@ class FastPath:
 
         timer = loop.call_later(WATCH_AFTER_S, start_watching)
         try:
-            response = await route.handler(request, self.state)
+            response = await self.respond(route, request)
         except asyncio.CancelledError:
             if not gone:
                 raise  # a real cancellation (shutdown): not ours to swallow
             task.uncancel()
-            response = _error(
-                path, ApiError(CLIENT_GONE_STATUS, "client_gone", "client closed the request"), 1
-            )
-        except DOMAIN_ERRORS as exc:
-            response = _error(path, exc, self.state.settings.retry_after_s)
+            response = client_gone(path)
         finally:
             timer.cancel()
             if watcher is not None:
                 watcher.cancel()
-        content_type = (
-            _JSON_TYPE
-            if response.media_type == "application/json"
-            else (b"content-type", response.media_type.encode())
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": header_list(response)}
         )
-        headers_out = [content_type, (b"content-length", b"%d" % len(response.body))]
-        if response.headers:
-            headers_out += [
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
-            ]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers_out})
         await send({"type": "http.response.body", "body": response.body})
+
+    async def respond(self, route: HotRoute, request: RawRequest) -> RawResponse:
+        """The route's answer to `request`, domain errors (bad input, unknown model, overload) included."""
+        try:
+            return await route.handler(request, self.state)
+        except DOMAIN_ERRORS as exc:
+            return _error(request.path, exc, self.state.settings.retry_after_s)
+
+
+class HotRoutes(NamedTuple):
+    """What the HTTP protocol needs to serve the hot routes without ASGI (service/transport.py): the routes
+    with their handlers, and the policy every request gets (id, API key, size limit, metrics, log)."""
+
+    fastpath: FastPath
+    policy: RequestPolicy
+
+
+def client_gone(path: str) -> RawResponse:
+    """What is recorded for a request whose client left before its answer (never sent: nobody is there)."""
+    return _error(path, ApiError(CLIENT_GONE_STATUS, "client_gone", "client closed the request"), 1)
+
+
+def header_list(response: RawResponse) -> list[tuple[bytes, bytes]]:
+    """Content type and length, then the response's extra headers, as (lower-case name, value) bytes."""
+    content_type = (
+        _JSON_TYPE
+        if response.media_type == "application/json"
+        else (b"content-type", response.media_type.encode())
+    )
+    headers = [content_type, (b"content-length", b"%d" % len(response.body))]
+    if response.headers:
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    return headers
 
 
 def _error(path: str, exc: BaseException, retry_after_s: int) -> RawResponse:

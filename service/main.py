@@ -25,9 +25,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.config import Settings
 from service.errors import JSONResponse, install_error_handlers, is_v2
-from service.fastpath import FastPath, HotRoute
+from service.fastpath import FastPath, HotRoute, HotRoutes
 from service.metrics import Metrics
-from service.middleware import PUBLIC_PATHS, ServiceMiddleware
+from service.middleware import PUBLIC_PATHS, RequestPolicy, ServiceMiddleware
 from service.registry import ModelRegistry
 from service.routes import health, metrics, native
 
@@ -141,10 +141,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routes = [route for router in routers for route in router.routes]
     _document_middleware_errors(routes)
     fastapi_stack: ASGIApp = partial(FastAPI.__call__, app)
+    policy = RequestPolicy(settings, metrics_)
     if settings.fast_path:  # the hot routes straight from ASGI (service/fastpath.py)
         by_template = {r.path: r for r in routes if isinstance(r, APIRoute)}
-        fastapi_stack = FastPath(fastapi_stack, hot_routes(), app.state, lambda: by_template)
-    app.front = ServiceMiddleware(fastapi_stack, settings, metrics_, lambda: routes)
+        fast = FastPath(fastapi_stack, hot_routes(), app.state, lambda: by_template)
+        fastapi_stack = fast
+        # ... and, under `python -m service`, straight from the HTTP protocol (service/transport.py)
+        app.hot = HotRoutes(fast, policy)
+    app.front = ServiceMiddleware(fastapi_stack, policy, lambda: routes)
     return app
 
 
@@ -158,6 +162,7 @@ class ServiceApp(FastAPI):
     """
 
     front: ASGIApp | None = None
+    hot: HotRoutes | None = None  # what the HTTP protocol may serve itself (service/transport.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.front is None:

@@ -22,8 +22,9 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,18 +52,13 @@ class BodyTooLargeError(HTTPException):
         super().__init__(413, f"request body larger than the limit of {limit} bytes")
 
 
-class ServiceMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: Settings,
-        metrics: Metrics,
-        routes: Callable[[], Sequence[BaseRoute]] | None = None,
-    ):
-        self.app = app
+class RequestPolicy:
+    """What every request gets, whoever serves it (this middleware, or the HTTP protocol serving the hot
+    routes itself, `service/transport.py`): its id, API key and body-size checks, metrics and access log."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
         self.settings = settings
         self.metrics = metrics
-        self._routes = routes  # to label requests rejected before routing (401, 413) by their template
         key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
         # Compare digests: constant time, and the key's length does not leak either.
         self._expected = hashlib.sha256(f"Bearer {key}".encode()).digest() if key else None
@@ -73,19 +69,88 @@ class ServiceMiddleware:
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_counter = itertools.count(1)
 
-    def _next_id(self) -> str:
-        return f"{self._id_prefix}{next(self._id_counter):016x}"
+    def request_id(self, headers: dict[str, str]) -> str:
+        """The client's `X-Request-ID` when it is sane, else a new one."""
+        rid = headers.get("x-request-id", "")
+        return rid if _REQUEST_ID.match(rid) else f"{self._id_prefix}{next(self._id_counter):016x}"
+
+    def refusal(self, path: str, headers: dict[str, str]) -> Refusal | None:
+        """Why this request is answered before its body is read (401, 413), or None."""
+        if self._expected is not None and path not in PUBLIC_PATHS and not self._authorized(headers):
+            return Refusal(
+                401,
+                "unauthorized",
+                "missing or wrong API key (Authorization: Bearer <key>)",
+                ((b"www-authenticate", b"Bearer"),),
+            )
+        if _declared_length(headers) > self.settings.max_body_bytes:
+            return self.too_large()
+        return None
+
+    def too_large(self) -> Refusal:
+        limit = self.settings.max_body_bytes
+        return Refusal(413, "body_too_large", f"request body larger than the limit of {limit} bytes")
+
+    def record(self, method: str, template: str, path: str, status: int, elapsed: float) -> None:
+        """Count and time one answered request; one access-log line (health checks excepted)."""
+        key = (method, template, status)
+        children = self._children.get(key)
+        if children is None:
+            label = str(status)
+            children = self._children[key] = (
+                self.metrics.http_requests.labels(method, template, label),
+                self.metrics.http_latency.labels(method, template, label),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
+        if log.isEnabledFor(logging.INFO) and not template.startswith("/v2/health"):
+            log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "path": path,
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+            )
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        assert self._expected is not None
+        given = hashlib.sha256(headers.get("authorization", "").encode("latin-1")).digest()
+        return hmac.compare_digest(given, self._expected)
+
+
+class Refusal(NamedTuple):
+    status: int
+    code: str
+    message: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    def body(self, path: str) -> bytes:
+        return orjson.dumps(error_body(path, self.code, self.message))
+
+
+class ServiceMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        policy: RequestPolicy,
+        routes: Callable[[], Sequence[BaseRoute]] | None = None,
+    ):
+        self.app = app
+        self.policy = policy
+        self._routes = routes  # to label requests rejected before routing (401, 413) by their template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        policy = self.policy
         headers = _headers(scope)
         scope[HEADERS_KEY] = headers  # decoded once: the fast path reads them from here
-        rid = headers.get("x-request-id", "")
-        if not _REQUEST_ID.match(rid):
-            rid = self._next_id()
+        rid = policy.request_id(headers)
         token = request_id_var.set(rid)
         path: str = scope["path"]
         state: dict[str, Any] = {"status": 500, "started": False, "bytes": 0}
@@ -98,19 +163,14 @@ class ServiceMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
-        async def reject(
-            status: int, code: str, message: str, extra: list[tuple[bytes, bytes]] | None = None
-        ) -> None:
-            import orjson
-
-            body = orjson.dumps(error_body(path, code, message))
-            hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send_wrapper(
-                {"type": "http.response.start", "status": status, "headers": hdrs + (extra or [])}
-            )
+        async def reject(refusal: Refusal) -> None:
+            body = refusal.body(path)
+            hdrs = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+            message = {"type": "http.response.start", "status": refusal.status, "headers": hdrs}
+            await send_wrapper({**message, "headers": [*hdrs, *refusal.headers]})
             await send_wrapper({"type": "http.response.body", "body": body})
 
-        limit = self.settings.max_body_bytes
+        limit = policy.settings.max_body_bytes
 
         async def receive_limited() -> Message:
             message = await receive()
@@ -121,49 +181,21 @@ class ServiceMiddleware:
             return message
 
         try:
-            if self._expected is not None and path not in PUBLIC_PATHS and not self._authorized(headers):
-                await reject(
-                    401,
-                    "unauthorized",
-                    "missing or wrong API key (Authorization: Bearer <key>)",
-                    [(b"www-authenticate", b"Bearer")],
-                )
-            elif _declared_length(headers) > limit:
-                await reject(413, "body_too_large", f"request body larger than the limit of {limit} bytes")
+            refusal = policy.refusal(path, headers)
+            if refusal is not None:
+                await reject(refusal)
             else:
                 await self.app(scope, receive_limited, send_wrapper)
         except BodyTooLargeError:
             if not state["started"]:
-                await reject(413, "body_too_large", f"request body larger than the limit of {limit} bytes")
+                await reject(policy.too_large())
         except Exception:
             log.exception("unhandled error", extra={"path": path})
             if not state["started"]:
-                await reject(500, "internal", "internal server error")
+                await reject(INTERNAL)
         finally:
             elapsed = time.perf_counter() - start
-            template = self._template(scope)
-            method = scope.get("method", "")
-            key = (method, template, state["status"])
-            children = self._children.get(key)
-            if children is None:
-                status = str(state["status"])
-                children = self._children[key] = (
-                    self.metrics.http_requests.labels(method, template, status),
-                    self.metrics.http_latency.labels(method, template, status),
-                )
-            children[0].inc()
-            children[1].observe(elapsed)
-            if log.isEnabledFor(logging.INFO) and not template.startswith("/v2/health"):
-                log.info(
-                    "request",
-                    extra={
-                        "method": method,
-                        "path": path,
-                        "route": template,
-                        "status": state["status"],
-                        "duration_ms": round(elapsed * 1000, 3),
-                    },
-                )
+            policy.record(scope.get("method", ""), self._template(scope), path, state["status"], elapsed)
             request_id_var.reset(token)
 
     def _template(self, scope: Scope) -> str:
@@ -172,10 +204,8 @@ class ServiceMiddleware:
             route = next((r for r in self._routes() if r.matches(scope)[0] is Match.FULL), None)
         return getattr(route, "path", None) or "unmatched"
 
-    def _authorized(self, headers: dict[str, str]) -> bool:
-        assert self._expected is not None
-        given = hashlib.sha256(headers.get("authorization", "").encode("latin-1")).digest()
-        return hmac.compare_digest(given, self._expected)
+
+INTERNAL = Refusal(500, "internal", "internal server error")
 
 
 def _headers(scope: Scope) -> dict[str, str]:

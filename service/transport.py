@@ -1,21 +1,31 @@
-"""uvicorn's httptools protocol with one socket write per response instead of two.
+"""The HTTP protocol `python -m service` runs: uvicorn's httptools protocol, made cheaper per request.
 
-uvicorn writes a response's status line and headers when the app sends `http.response.start`, and the body
-when it sends `http.response.body`: two `send` system calls and two TCP segments for every small JSON answer.
-Here the connection's writes are held and go to the socket together (one `writelines`, a single `writev`)
-the moment the response is complete; a response still streaming is written at the end of the current
-event-loop iteration at the latest, so nothing waits for later data (measured, docs/benchmarks.md).
+`CoalescingHttpToolsProtocol`: one socket write per response instead of two. uvicorn writes a response's
+status line and headers when the app sends `http.response.start`, and the body when it sends
+`http.response.body`: two `send` system calls and two TCP segments for every small JSON answer. Here the
+connection's writes are held and go to the socket together (one `writelines`, a single `writev`) the moment
+the response is complete; a response still streaming is written at the end of the current event-loop
+iteration at the latest, so nothing waits for later data (measured, docs/benchmarks.md).
 
-Use it with `uvicorn.Config(http=CoalescingHttpToolsProtocol)` (`python -m service` does) or
-`uvicorn --http service.transport:CoalescingHttpToolsProtocol`.
+`ServiceHttpProtocol` (the one `python -m service` uses): the same, and the hot inference routes served by
+the protocol itself, without ASGI (see its docstring). With uvicorn's own runner:
+`uvicorn --factory service.main:create_app --http service.transport:ServiceHttpProtocol`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from service.fastpath import HotRoute, HotRoutes, RawRequest, RawResponse, header_list
+from service.logs import request_id_var
+from service.middleware import CLIENT_GONE_STATUS, INTERNAL
+
+log = logging.getLogger("service.access")
 
 
 class CoalescingTransport:
@@ -78,3 +88,171 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self._coalescing.flush()  # the whole response at once, now
         super().on_response_complete()
+
+
+class ServiceHttpProtocol(CoalescingHttpToolsProtocol):
+    """The coalescing protocol that serves the app's hot routes itself, without ASGI.
+
+    A request for a hot route (`app.hot`, see `service.main.create_app`) is answered from the parser's
+    callbacks: its body is collected as it arrives, the route's handler runs in a task of its own and its
+    answer goes out as one write of status line, headers and body. Skipped, per request, are the ASGI scope
+    and messages, uvicorn's request/response cycle with its header checks, and the middleware's wrappers
+    (measured, docs/benchmarks.md); kept, through the same objects, are everything the ASGI path does: the
+    handlers and their error mapping (`FastPath.respond`), request ids, metrics and the access log
+    (`RequestPolicy`). A client that disconnects cancels its request at once (status 499 in the metrics).
+
+    Anything unusual goes the ordinary way, through uvicorn's cycle and the ASGI app, so its behaviour is
+    exactly uvicorn's: a request pipelined behind an unfinished one, `Expect: 100-continue`, a chunked or
+    over-limit body, a missing API key, a URL with a query string or escapes, an upgrade, and any route that
+    is not hot. The client address is not read on this path (nothing in the service uses it).
+    """
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._hot: HotRoutes | None = _hot_routes(self.app)
+
+    def on_headers_complete(self) -> None:
+        hot = self._hot
+        if hot is not None and (self.cycle is None or self.cycle.response_complete):
+            exchange = _exchange_for(self, hot)
+            if exchange is not None:
+                self.cycle = exchange  # type: ignore[assignment]  # what uvicorn's callbacks look at
+                return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        cycle: Any = self.cycle
+        if type(cycle) is HotExchange:
+            cycle.chunks.append(body)
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle: Any = self.cycle
+        if type(cycle) is HotExchange:
+            cycle.start()
+        else:
+            super().on_message_complete()
+
+
+def _hot_routes(app: Any) -> HotRoutes | None:
+    """The app's hot routes, looking through uvicorn's wrappers (proxy headers, message logger)."""
+    for _ in range(4):
+        hot = getattr(app, "hot", None)
+        if hot is not None:
+            return hot
+        app = getattr(app, "app", None)
+    return None
+
+
+def _exchange_for(protocol: ServiceHttpProtocol, hot: HotRoutes) -> HotExchange | None:
+    """A `HotExchange` for the request whose headers were just parsed, or None if it goes the ASGI way."""
+    parser = protocol.parser
+    url = protocol.url
+    if protocol.expect_100_continue or protocol.limit_concurrency is not None or parser.should_upgrade():
+        return None
+    if b"?" in url or b"%" in url or b"#" in url or not url.startswith(b"/"):
+        return None
+    try:
+        path = url.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    method = parser.get_method().decode("ascii")
+    found = hot.fastpath.match(method, path)
+    if found is None:
+        return None
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in protocol.headers}  # names lower-case
+    if "transfer-encoding" in headers or hot.policy.refusal(path, headers) is not None:
+        return None
+    keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+    return HotExchange(protocol, hot, found[0], found[1], method, path, headers, keep_alive)
+
+
+class HotExchange:
+    """One hot request on one connection, from its parsed headers to its written answer.
+
+    It stands in for uvicorn's `RequestResponseCycle` as the protocol's `cycle`, so it has the attributes the
+    protocol's own callbacks use: `disconnected`, `response_complete`, `keep_alive` (cleared by a graceful
+    shutdown) and `message_event.set()` (called when the connection is lost: here it cancels the request).
+    """
+
+    def __init__(
+        self,
+        protocol: ServiceHttpProtocol,
+        hot: HotRoutes,
+        route: HotRoute,
+        params: dict[str, str],
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        keep_alive: bool,
+    ) -> None:
+        self.protocol = protocol
+        self.hot = hot
+        self.route = route
+        self.params = params
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.default_headers = protocol.server_state.default_headers  # the Date header, as uvicorn sends
+        self.started_at = time.perf_counter()
+        self.chunks: list[bytes] = []
+        self.disconnected = False
+        self.response_complete = False
+        self.message_event = self
+        self.task: asyncio.Task[None] | None = None
+
+    def set(self) -> None:  # the protocol's `cycle.message_event.set()`
+        if self.disconnected and self.task is not None:
+            self.task.cancel()
+
+    def start(self) -> None:
+        protocol = self.protocol
+        self.task = task = protocol.loop.create_task(self.run())
+        task.add_done_callback(protocol.tasks.discard)
+        protocol.tasks.add(task)  # a graceful shutdown waits for it, as for uvicorn's own tasks
+
+    async def run(self) -> None:
+        hot, path = self.hot, self.path
+        policy = hot.policy
+        rid = policy.request_id(self.headers)
+        token = request_id_var.set(rid)
+        status = 500
+        try:
+            body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+            request = RawRequest(path, self.params, self.headers, body)
+            try:
+                response = await hot.fastpath.respond(self.route, request)
+            except asyncio.CancelledError:
+                if not self.disconnected:
+                    raise  # a real cancellation (shutdown)
+                status = CLIENT_GONE_STATUS
+                return
+            except Exception:
+                log.exception("unhandled error", extra={"path": path})
+                response = RawResponse(INTERNAL.body(path), INTERNAL.status)
+            status = response.status
+            self._write(response, rid)
+        finally:
+            elapsed = time.perf_counter() - self.started_at
+            policy.record(self.method, self.route.template, path, status, elapsed)
+            request_id_var.reset(token)
+
+    def _write(self, response: RawResponse, rid: str) -> None:
+        protocol = self.protocol
+        transport = protocol.transport
+        if transport.is_closing():  # gone without a connection_lost callback yet
+            self.response_complete = True
+            return
+        head = [STATUS_LINE[response.status]]
+        for name, value in (*self.default_headers, *header_list(response), (b"x-request-id", rid.encode())):
+            head += [name, b": ", value, b"\r\n"]
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head += [b"\r\n", response.body]
+        transport.write(b"".join(head))
+        self.response_complete = True
+        if not self.keep_alive:
+            transport.close()
+        protocol.on_response_complete()  # flushes; starts a pipelined request or arms the keep-alive timer
