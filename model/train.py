@@ -14,6 +14,7 @@ so that a resumed run continues both the training and the average.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -130,8 +131,15 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
     """Rows of the train split for `step`: epoch-wise shuffles seeded by (seed, epoch)."""
     per_epoch = n // batch_size
     epoch, pos = divmod(step, per_epoch)
+    return _epoch_order(seed, epoch, n)[pos * batch_size : (pos + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """One epoch's shuffle, drawn once per epoch (redrawing it every step costs ~15 ms at n = 1M)."""
     order = np.random.default_rng([seed, epoch]).permutation(n)
-    return order[pos * batch_size : (pos + 1) * batch_size]
+    order.flags.writeable = False  # shared by every step of the epoch
+    return order
 
 
 def train(

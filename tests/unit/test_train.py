@@ -58,6 +58,14 @@ def test_data_order_covers_each_epoch_once():
     assert sorted(rows.tolist()) == list(range(n))
 
 
+def test_cached_epoch_order_gives_the_same_rows_as_drawing_the_shuffle_every_step():
+    n, bs, seed = 1000, 100, 3
+    for step in (0, 9, 10, 11, 35, 9, 0):  # across epochs and back again
+        epoch, pos = divmod(step, n // bs)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        assert batch_indices(seed, step, bs, n).tolist() == order[pos * bs : (pos + 1) * bs].tolist()
+
+
 def test_cosine_schedule_ends_at_min_lr():
     cfg = TrainConfig(steps=100, lr=1e-3, min_lr=1e-5, lr_schedule="cosine")
     assert learning_rate(cfg, 0) == 1e-3
