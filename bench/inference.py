@@ -366,12 +366,16 @@ def build_lever_engines(
 
         model = cast(FastWeightsRNN, ckpt.model())
         add("built, few-nodes form only", build_fast_weights_graph(model, seq_len, form="few-nodes"))
-        add(
-            "built, single-row form only", build_fast_weights_graph(model, seq_len, "single-row"), max_batch=1
-        )
+        for form in ("single-row", "single-row-matrix", "single-row-windows"):
+            add(f"built, {form} form only", build_fast_weights_graph(model, seq_len, form), max_batch=1)
         add("built, wide form only", build_fast_weights_graph(model, seq_len, form="wide"))
         before = build_fast_weights_graph(model, seq_len, small_form="few-nodes")
         add("If(few-nodes ≤ 3, wide) (before)", before)
+        add(
+            "If(single-row, wide) (before)", build_fast_weights_graph(model, seq_len, small_form="single-row")
+        )
+        matrix = build_fast_weights_graph(model, seq_len, small_form="single-row-matrix")
+        add("If(single-row-matrix, wide)", matrix)
     shipped = export_bucket(ckpt, seq_len, workdir / "shipped.onnx", "bench")
     shipped_proto = onnx.load(str(shipped.path))
     add("shipped", shipped_proto)
@@ -475,6 +479,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--seq-len", type=int, default=11, help="bucket length T (11: K up to 4)")
     p.add_argument("--batch-sizes", default="1,32,256")
+    p.add_argument(
+        "--pairs",
+        metavar="K or K1-K2",
+        help="pairs per query (default: uniform in 1..the most that fit T); e.g. 4 at T=11: no PAD at all",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads and onnxruntime intra-op threads")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--round-seconds", type=float, default=0.3)
@@ -565,8 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     from model.vocab import max_pairs_for_length
 
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    k_max = max_pairs_for_length(args.seq_len)
-    inputs = {b: generate(b, 1, k_max, b, length=args.seq_len).tokens for b in batches}
+    k_min, k_max = 1, max_pairs_for_length(args.seq_len)
+    if args.pairs:
+        first, _, last = args.pairs.partition("-")
+        k_min, k_max = int(first), int(last or first)
+    inputs = {b: generate(b, k_min, k_max, b, length=args.seq_len).tokens for b in batches}
     with tempfile.TemporaryDirectory() as tmp:
         if args.buckets_of:
             engines, notes = build_bucket_engines(args.buckets_of, args.threads)
@@ -618,10 +630,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     print(
-        f"in-process inference, {args.checkpoint.name}, K uniform in 1..{k_max}, threads={args.threads}, "
-        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__} (CPU provider), "
-        f"median of {args.rounds} interleaved rounds, {args.clock} clock"
+        f"in-process inference, {args.checkpoint.name}, K uniform in {k_min}..{k_max}, "
+        f"threads={args.threads}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__} (CPU "
+        f"provider), median of {args.rounds} interleaved rounds, {args.clock} clock"
     )
+    # the single-row graph skips a query's leading PAD steps, so say how long the timed queries are
+    from model.data import PAD_ID
+
+    lengths = []
+    for b, tokens in inputs.items():
+        real = (tokens != PAD_ID).sum(axis=1)
+        lengths.append(f"batch {b}: {int(real[0])}" if b == 1 else f"batch {b}: {real.mean():.1f} on average")
+    print(f"  real tokens per query (of T={args.seq_len}): " + ", ".join(lengths))
     for key, note in notes.items():
         print(f"  {key}: {note}")
     baseline = "shipped" if args.levers else "torch.compile" if args.two_cores else "torch eager"
@@ -647,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "clock": args.clock,
             "seq_len": args.seq_len,
+            "pairs": [k_min, k_max],
             "seconds_per_call": {e: {str(b): s for b, s in per.items()} for e, per in results.items()},
             "in_flight_seq_per_s": {e: {str(b): r for b, r in per.items()} for e, per in in_flight.items()},
         }

@@ -2,7 +2,7 @@
 
 Tracing (`export.graph`) gave ~12 ONNX nodes per time step plus a prologue that turned the PAD mask into decay
 weights at run time. This builder emits exactly the nodes the function needs and folds what it can into
-constants. Three forms of the same function, because onnxruntime's costs differ with the batch size:
+constants. Several forms of the same function, because onnxruntime's costs differ with the batch size:
 
 * **single row** (batch 1, where onnxruntime's cost is ~0.5 µs per node): 2-D (1, H) tensors, so every
   product is a Gemm with its scalar and its addend inside: 7 nodes per time step (Concat to append to the
@@ -12,6 +12,18 @@ constants. Three forms of the same function, because onnxruntime's costs differ 
   V = 38, H = 50; one time step less per call). One Gather on one table returns, for the whole call, h(0),
   h(1), every C·x(t) + b and every step's LayerNorm bias; the row ids come from one int64 MatMul of the
   tokens by a constant routing matrix (which forms a·V + b for the pair) and one Add.
+* **single row, windows** (batch 1, shipped): the single-row steps without the leading PAD steps. A chain
+  of If on "is the token before the next window's start PAD" (Gather, Equal, If: ~2.4 µs a level) picks
+  the window that starts at most two positions before the row's first real token (starts 0, 2, 4, ...:
+  one per task length 2K + 3 in an odd bucket), and only that window's steps run; PAD at a window's first
+  two positions comes out of the h(0) and pair tables (0), so no step needs a PAD mask, and the window's
+  memory at its first computed step is the gathered block [h~(0); h~(1)] (no Concat). The last of the
+  `WINDOWS` windows also takes rows that start later, masking their PAD steps as the single-row form does.
+  A row of K pairs in the T = 11 graph runs 2K + 1 steps instead of 9.
+* **single row, matrix** (for comparison, not shipped): carries the fast-weight matrix A(t) (H, H) instead
+  of the history, 6 nodes per step (Gemm A = η hᵀh + λ A replaces the Concat and the scores Gemm), but
+  that outer-product Gemm (K = 1) costs ~1.4 µs against ~0.5 µs for the Concat and ~0.4 µs for the Gemm it
+  replaces: 10-15% slower at batch 1, measured.
 * **few nodes** (the small-batch form before, up to 3 rows; kept for comparison): (B, 1, H) tensors, the
   fast memory as a (B, t, H) tensor and both attention products as batched MatMuls: 9 nodes per time step
   after onnxruntime's fusions (FusedMatMul, Add, Relu, FusedMatMul, MatMul, Sum, LayerNormalization, Relu,
@@ -22,7 +34,7 @@ constants. Three forms of the same function, because onnxruntime's costs differ 
   PAD mask, and a Gather of C·x(t) + b per step (one Gather + Split of all steps copied every row twice: 6%
   slower at batch 256): 15 nodes per step, each a large, vectorised kernel.
 
-The exported graph holds single row and wide as the branches of one ``If`` on the batch size
+The exported graph holds single row (windows) and wide as the branches of one ``If`` on the batch size
 (``SMALL_FORMS``). Each branch holds its own constants, the weights included (twice in the file): with the
 weights in the main graph, onnxruntime passes them to the If as implicit inputs and the batch-1 call took
 12 µs longer; with them inside, the If costs ~2-3 µs (measured).
@@ -67,8 +79,9 @@ from model.fastweights import FastWeightsRNN
 OPSET = 17  # LayerNormalization is one op from opset 17
 IR_VERSION = 8  # what onnxruntime 1.x and Triton's onnxruntime backend read for opset 17
 # The form an If sends small batches to, and the largest batch it takes; larger ones take the wide form.
-# single-row: batch 1 only (shipped); few-nodes: up to 3 rows (the measured crossover with the wide form).
-SMALL_FORMS = {"single-row": 1, "few-nodes": 3}
+# single-row-windows: batch 1 only (shipped); single-row, single-row-matrix: batch 1 (for comparison);
+# few-nodes: up to 3 rows (the measured crossover with the wide form).
+SMALL_FORMS = {"single-row-windows": 1, "single-row": 1, "single-row-matrix": 1, "few-nodes": 3}
 MAX_STATE_SCALE = 1e4  # c(τ) = λ^(−τ/2) above this: explicit weights instead of the scaled state
 # Subtracted from a PAD row's LayerNormalization bias: |LN(u)| <= max|γ|·sqrt(H) + max|β| (~10 here), so relu
 # gives exactly 0 (checked against the weights when the graph is built).
@@ -76,7 +89,10 @@ PAD_PENALTY = 1e6
 # The single-row form gathers h(1) from a (V², H) table when V² is at most this (38² = 1444 rows, 282 KiB
 # at H = 50): one time step less per call.
 PAIR_TABLE_MAX_ROWS = 4096
-FORMS = ("auto", "single-row", "few-nodes", "wide")
+# The single-row-windows form: at most this many windows (If levels + 1); rows that start later than the
+# last window's start run its steps with PAD masked (for T = 11: windows at 0, 2, 4, 6, 8, every length)
+WINDOWS = 5
+FORMS = ("auto", "single-row-windows", "single-row", "single-row-matrix", "few-nodes", "wide")
 
 _F32 = np.float32
 
@@ -97,6 +113,7 @@ class _Params:
     fast_lr: float
     inner_steps: int
     pair_h1: np.ndarray | None  # (V·V, H): h(1) of every left-padded first pair (a, b), row a·V + b; or None
+    pad_id: int
 
     @property
     def vocab_size(self) -> int:
@@ -110,11 +127,13 @@ class _Params:
         """(t,): η·λ^(t−1−τ), the weight of stored position τ < t at step t (left padding)."""
         return np.array([self.fast_lr * self.decay ** (t - 1 - tau) for tau in range(t)], dtype=_F32)
 
-    def state_scale(self) -> tuple[bool, list[float]]:
-        """Whether the stored state carries the decay (c(τ) = λ^(−τ/2)), and c(τ) per step (last: 1)."""
+    def state_scale(self, steps: int | None = None) -> tuple[bool, list[float]]:
+        """Whether the stored state carries the decay (c(τ) = λ^(−τ/2), decided for the whole length), and
+        c(τ) per step of a run of `steps` steps (default: T; the last step's state is not stored: 1)."""
         T, lam = self.seq_len, self.decay
         scaled = lam > 0 and lam ** (-(T - 2) / 2) <= MAX_STATE_SCALE
-        return scaled, [lam ** (-tau / 2) if scaled else 1.0 for tau in range(T - 1)] + [1.0]
+        n = T if steps is None else steps
+        return scaled, [lam ** (-tau / 2) if scaled else 1.0 for tau in range(n - 1)] + [1.0]
 
 
 def _pair_table(model: FastWeightsRNN) -> np.ndarray:
@@ -171,6 +190,7 @@ def _params(model: FastWeightsRNN, seq_len: int) -> _Params:
         fast_lr=float(cfg.fast_lr),
         inner_steps=cfg.inner_steps,
         pair_h1=_pair_table(model) if seq_len >= 3 and cfg.vocab_size**2 <= PAIR_TABLE_MAX_ROWS else None,
+        pad_id=model.pad_id,
     )
 
 
@@ -338,6 +358,220 @@ def _single_row(e: _Emitter, p: _Params) -> tuple[str, str]:
     return logits, e.op1("MatMul", [scores, e.const("to_attention", to_output)], "attention")  # (1, T)
 
 
+def _single_row_matrix(e: _Emitter, p: _Params) -> tuple[str, str]:
+    """One row, the fast-weight matrix A(t) (H, H) carried instead of the history: 6 nodes per step, Gemm
+    (W h~/c + C x + b), Relu, Gemm (q A + z), LayerNormalization, Relu, Gemm (A = η/c² h~ᵀh~ + λ A); the
+    states h~(τ) are stacked once, at the end, for memory_attention (module docstring)."""
+    T, H, V = p.seq_len, p.hidden_size, p.vocab_size
+    lam, eta = p.decay, p.fast_lr
+    # c(τ) = λ^(−τ): position τ then enters memory_attention with η·λ^(T−2)·h~(τ)ᵀq, one Gemm's alpha
+    scaled = lam > 0 and lam ** (-(T - 2)) <= MAX_STATE_SCALE
+    scale = [lam ** (-tau) if scaled else 1.0 for tau in range(T - 1)] + [1.0]
+    first = 1 if p.pair_h1 is None else 2  # steps that come out of the table
+    penalty = p.penalty[:V] * _F32(max(scale))  # (V, 1), as in the single-row form
+    groups = [p.table[V:] * _F32(scale[0])]  # h~(0), 0 for PAD
+    if p.pair_h1 is not None:
+        groups.append(p.pair_h1 * _F32(scale[1]))  # h~(1) of the pair
+        # A(2) = η (λ h(0)ᵀh(0) + h(1)ᵀh(1)) is one Gemm of the block [c(1)·√λ·h(0); h~(1)] with itself
+        groups.append(p.table[V:] * _F32(scale[1] * np.sqrt(lam)))
+    groups.append(p.table[:V])  # C·x + b
+    groups += [p.beta[None] * _F32(scale[t]) + penalty for t in range(first, T)]
+    offsets = np.cumsum([0] + [len(g) for g in groups])
+    x_group = len(groups) - (T - first) - 1
+    pair = ({0: V, 1: 1}, offsets[1])
+    columns: list[tuple[dict[int, int], int]] = []
+    if p.pair_h1 is not None:
+        columns += [({0: 1}, offsets[2]), pair]  # the (2, H) block for A(2)
+    columns.append(({0: 1}, offsets[0]))  # h~(0)
+    if p.pair_h1 is not None:
+        columns.append(pair)  # h~(1) (the same table row again)
+    for t in range(first, T):
+        columns.append(({t: 1}, offsets[x_group]))
+        columns.append(({t: 1}, offsets[x_group + 1 + t - first]))
+    route = np.zeros((T, len(columns)), dtype=np.int64)
+    for j, (weights, _) in enumerate(columns):
+        for position, w in weights.items():
+            route[position, j] = w
+    offset = np.array([[o for _, o in columns]], dtype=np.int64)
+    ids = e.op1("MatMul", [INPUT_TOKENS, e.const("route", route)], "ids")
+    ids = e.op1("Add", [ids, e.const("row_offset", offset)], "ids")  # (1, n)
+    rows = e.op1("Gather", [e.const("table", np.concatenate(groups)), ids], "rows", axis=0)  # (1, n, H)
+    rows = e.op1("Reshape", [rows, e.ints("rows", [-1, H])], "rows")  # (n, H)
+    block = 2 if p.pair_h1 is not None else 0  # rows of the (2, H) block that A(2) is made of
+    sizes = [2] * (block // 2) + [1] * (len(columns) - block)
+    parts = e.op("Split", [rows, e.ints("sizes", sizes)], "row", outputs=len(sizes), axis=0)
+    if p.pair_h1 is not None:
+        block, parts = parts[0], parts[1:]
+        memory = e.op1("Gemm", [block, block], "A", transA=1, alpha=eta / scale[1] ** 2)  # A(2)
+    else:
+        memory = e.op1("Gemm", [parts[0], parts[0]], "A", transA=1, alpha=eta / scale[0] ** 2)  # A(1)
+    states = parts[:first]  # h~(τ) for τ < t, stacked at the end
+    x = {t: parts[first + 2 * (t - first)] for t in range(first, T)}
+    bias = {t: parts[first + 2 * (t - first) + 1] for t in range(first, T)}
+
+    recurrent_t = e.const("recurrent_t", p.recurrent_t)
+    h = states[-1]  # h~(t−1) (1, H)
+    query = ""
+    for t in range(first, T):
+        z = e.op1("Gemm", [h, recurrent_t, x[t]], "z", alpha=float(1 / scale[t - 1]))  # W h + C x + b
+        query = e.op1("Relu", [z], "q")
+        h = query
+        for step in range(p.inner_steps):
+            query = h
+            u = e.op1("Gemm", [query, memory, z], "u")  # (1, H)  z + A(t) q  (A symmetric)
+            last = step == p.inner_steps - 1  # the last inner step gives h~(t), 0 on a PAD step
+            h = e.layer_norm_relu(p, u, scale[t] if last else 1.0, bias[t] if last else None)
+        if t < T - 1:
+            states.append(h)
+            memory = e.op1(
+                "Gemm", [h, h, memory], "A", transA=1, alpha=eta / scale[t] ** 2, beta=lam
+            )  # A(t+1) = λ A(t) + η h(t)ᵀh(t)
+
+    logits = e.head(p, h)
+    # memory_attention: η λ^(T−2−τ) h(τ)ᵀq at the last inner step of the last step, the query position's 0
+    # from a zero row
+    stacked = e.op1("Concat", [*states, e.const("zero_row", np.zeros((1, H), dtype=_F32))], "states", axis=0)
+    if scaled:
+        return logits, e.op1(
+            "Gemm", [query, stacked], "attention", transB=1, alpha=eta * lam ** (T - 2)
+        )  # (1, T)
+    scores = e.op1("Gemm", [query, stacked], "scores", transB=1)
+    weight = np.append(p.weight(T - 1), _F32(0)).reshape(1, T)
+    return logits, e.op1("Mul", [scores, e.const("weight", weight)], "attention")
+
+
+def window_starts(seq_len: int) -> list[int]:
+    """Where the windows of the single-row-windows form start: 0, 2, 4, ... while at least 3 positions
+    remain, at most WINDOWS of them.
+
+    A window from s runs the steps from s + 2 on, h~(0) and h~(1) of its first two positions coming out of
+    the tables (0 for PAD), so it takes the rows whose first real token is at s, s + 1 or s + 2 without a
+    single PAD step; starts 2 apart give the task's lengths (2K + 3: odd, in odd buckets) a window each.
+    The last window also takes the rows that start later, zeroing their PAD steps through the LayerNorm bias
+    as the single-row form does."""
+    return list(range(0, seq_len - 2, 2))[:WINDOWS]
+
+
+def _window(e: _Emitter, p: _Params, start: int, table: str, offsets: dict[str, int]) -> tuple[str, str]:
+    """One row whose tokens before `start` are PAD: only the steps j = 2 .. T − start − 1 of the window
+    run, 7 nodes each, 6 at j = 2 (its memory is the gathered block [h~(0); h~(1)]: no Concat). `table`:
+    h(0) | h~(1) of every pair | C·x + b | [for the last window: c(j)·β, − the PAD penalty for PAD, per
+    token and step j], the groups starting at `offsets`; the window gathers what it needs (MatMul, Add,
+    Gather, Reshape, Split, as the single-row form does)."""
+    T, H, V = p.seq_len, p.hidden_size, p.vocab_size
+    L = T - start
+    lam = p.decay
+    scaled, scale = p.state_scale(L)  # c(τ) from the window's start, scaled or not as the shared rows are
+    masked = "bias" in offsets and start == offsets["last_start"]  # PAD steps can occur: biases gathered
+    pair = ({start: V, start + 1: 1}, offsets["pair"])
+    columns = [({start: 1}, offsets["h0"]), pair, pair]  # the block [h~(0); h~(1)], then h~(1) alone
+    columns += [({start + j: 1}, offsets["x"]) for j in range(2, L)]
+    if masked:
+        columns += [({start + j: 1}, offsets["bias"] + V * (j - 2)) for j in range(2, L)]
+    route = np.zeros((T, len(columns)), dtype=np.int64)
+    for c, (weights, _) in enumerate(columns):
+        for position, w in weights.items():
+            route[position, c] = w
+    offset = np.array([[o for _, o in columns]], dtype=np.int64)
+    ids = e.op1("MatMul", [INPUT_TOKENS, e.const("route", route)], "ids")
+    ids = e.op1("Add", [ids, e.const("row_offset", offset)], "ids")  # (1, n)
+    rows = e.op1("Gather", [table, ids], "rows", axis=0)  # (1, n, H)
+    rows = e.op1("Reshape", [rows, e.ints("rows", [-1, H])], "rows")  # (n, H)
+    sizes = [2] + [1] * (len(columns) - 2)
+    parts = e.op("Split", [rows, e.ints("sizes", sizes)], "row", outputs=len(sizes), axis=0)
+    past, h = parts[0], parts[1]  # [h~(0); h~(1)] (2, H), h~(1) (1, H)
+    x = {j: parts[j] for j in range(2, L)}  # C·x + b at step j
+    bias = {j: parts[L + j - 2] if masked else e.const("beta", p.beta * _F32(scale[j])) for j in range(2, L)}
+
+    recurrent_t = e.const("recurrent_t", p.recurrent_t)
+    scores = ""
+    for j in range(2, L):
+        if j > 2:
+            past = e.op1("Concat", [past, h], "past", axis=0)
+        z = e.op1("Gemm", [h, recurrent_t, x[j]], "z", alpha=float(1 / scale[j - 1]))  # W h + C x + b
+        query = e.op1("Relu", [z], "q")
+        for step in range(p.inner_steps):
+            if scaled:  # η λ^(j−1−τ) h(τ)ᵀ q, the λ^(−τ) living in c(τ)²
+                scores = e.op1("Gemm", [query, past], "scores", transB=1, alpha=p.fast_lr * lam ** (j - 1))
+            else:
+                scores = e.op1("Gemm", [query, past], "scores", transB=1)
+                scores = e.op1("Mul", [scores, e.const("weight", p.weight(j).reshape(1, j))], "scores")
+            u = e.op1("Gemm", [scores, past, z], "u")  # (1, H)  z + A(j) q
+            last = step == p.inner_steps - 1
+            query = e.layer_norm_relu(p, u, scale[j] if last else 1.0, bias[j] if last else None)
+        h = query
+    logits = e.head(p, h)
+    to_output = np.zeros((L - 1, T), dtype=_F32)  # times c(τ), moved to the window's positions, 0 before
+    to_output[np.arange(L - 1), start + np.arange(L - 1)] = scale[: L - 1]
+    return logits, e.op1("MatMul", [scores, e.const("to_attention", to_output)], "attention")  # (1, T)
+
+
+def _single_row_windows(e: _Emitter, p: _Params) -> tuple[str, str]:
+    """One row, no work on its leading PAD steps: a chain of If on "is the token before the next window's
+    start PAD" picks the window that starts at most 2 positions before the row's first real token
+    (`window_starts`; the last window takes any later start), and only that window's steps run
+    (`_window`). Without the pair table (T < 3 or a large vocabulary): the single-row form."""
+    T, V = p.seq_len, p.vocab_size
+    if p.pair_h1 is None:
+        return _single_row(e, p)
+    starts = window_starts(T)
+    scale = p.state_scale()[1]
+    # c(τ) counts from the window's start, so h~(0) and h~(1) are the same rows for every window: one table
+    # for all, which the windows read as an outer-scope value (a Gather's input: nothing to pre-pack)
+    groups = {"h0": p.table[V:], "pair": p.pair_h1 * _F32(scale[1]), "x": p.table[:V]}
+    if starts[-1] + 2 < T - 1:  # the last window also takes later starts: per step c(j)·β, − PAD_PENALTY
+        last = p.state_scale(T - starts[-1])[1]
+        penalty = p.penalty[:V] * _F32(max(last))
+        groups["bias"] = np.concatenate([p.beta[None] * _F32(last[j]) + penalty for j in range(2, len(last))])
+    sizes = [len(g) for g in groups.values()]
+    offsets = {name: int(o) for name, o in zip(groups, np.cumsum([0, *sizes[:-1]]), strict=True)}
+    offsets["last_start"] = starts[-1]
+    table = e.const("table", np.concatenate(list(groups.values())))
+    classes = len(p.head[3])
+
+    def window(i: int) -> onnx.GraphProto:
+        inits: list[onnx.TensorProto] = []
+        sub = _Emitter(f"{e.prefix}from_{starts[i]}/", inits, e._counter)
+        logits, attn = _window(sub, p, starts[i], table, offsets)
+        return _subgraph(sub, inits, logits, attn, classes, T, f"from_{starts[i]}")
+
+    def chain(i: int, em: _Emitter) -> tuple[str, str]:
+        """Window i if the token before window i + 1 is real, else the chain from window i + 1."""
+        if i == len(starts) - 1:
+            return _inline(em, window(i))
+        position = em.const("position", np.array(starts[i + 1] - 1, dtype=np.int64))
+        token = em.op1("Gather", [INPUT_TOKENS, position], "token", axis=1)  # (1,)
+        later = em.op1("Equal", [token, em.ints("pad_id", [p.pad_id])], "starts_later")
+        inits: list[onnx.TensorProto] = []
+        sub = _Emitter(f"{e.prefix}after_{starts[i + 1]}/", inits, e._counter)
+        rest = chain(i + 1, sub)
+        then_branch = _subgraph(sub, inits, *rest, classes, T, f"after_{starts[i + 1]}")
+        logits, attn = em.op(
+            "If", [later], "window", outputs=2, then_branch=then_branch, else_branch=window(i)
+        )
+        return logits, attn
+
+    return chain(0, e)
+
+
+def _subgraph(
+    e: _Emitter, inits: list[onnx.TensorProto], logits: str, attn: str, classes: int, T: int, name: str
+) -> onnx.GraphProto:
+    """The nodes of `e` as an If branch that returns (logits (1, classes), attention (1, T))."""
+    outputs = [
+        helper.make_tensor_value_info(logits, TensorProto.FLOAT, [1, classes]),
+        helper.make_tensor_value_info(attn, TensorProto.FLOAT, [1, T]),
+    ]
+    return helper.make_graph(e.nodes, name, [], outputs, _dedup(inits, e.nodes))
+
+
+def _inline(e: _Emitter, graph: onnx.GraphProto) -> tuple[str, str]:
+    """A subgraph's nodes and constants appended to `e` (the last window needs no If)."""
+    e.nodes.extend(graph.node)
+    e.initializers.extend(graph.initializer)
+    return graph.output[0].name, graph.output[1].name
+
+
 def _wide(e: _Emitter, p: _Params) -> tuple[str, str]:
     """Time-major memory, element-wise attention, 2-D Gemm recurrence: large kernels (module docstring)."""
     T, H, V = p.seq_len, p.hidden_size, p.vocab_size
@@ -396,17 +630,25 @@ def _io(seq_len: int, num_classes: int, batch: str | int = BATCH_AXIS):
     return inputs, outputs
 
 
-_EMITTERS = {"single-row": _single_row, "few-nodes": _few_nodes, "wide": _wide}
+_EMITTERS = {
+    "single-row": _single_row,
+    "single-row-matrix": _single_row_matrix,
+    "single-row-windows": _single_row_windows,
+    "few-nodes": _few_nodes,
+    "wide": _wide,
+}
 
 
 def build_fast_weights_graph(
-    model: FastWeightsRNN, seq_len: int, form: str = "auto", small_form: str = "single-row"
+    model: FastWeightsRNN, seq_len: int, form: str = "auto", small_form: str = "single-row-windows"
 ) -> onnx.ModelProto:
     """The ONNX graph (opset 17, no metadata) of `model` for left-padded sequences of `seq_len` tokens.
 
     form: "auto" (an If on the batch size: `small_form` up to SMALL_FORMS[small_form] rows, "wide" above),
     or one form alone ("single-row" alone declares a batch of exactly 1).
-    small_form: "single-row" (shipped) or "few-nodes" (the shipped graph before, up to 3 rows).
+    small_form: "single-row-windows" (shipped), or for comparison "single-row" (shipped before: every step
+    runs, PAD steps masked), "single-row-matrix" (the fast-weight matrix instead of the history: slower) or
+    "few-nodes" (up to 3 rows, shipped before that).
     """
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
@@ -417,7 +659,8 @@ def build_fast_weights_graph(
     p = _params(model, seq_len)
     initializers: list[onnx.TensorProto] = []
     counter = [0]
-    inputs, outputs = _io(seq_len, model.config.num_classes, 1 if form == "single-row" else BATCH_AXIS)
+    batch = 1 if form.startswith("single-row") else BATCH_AXIS
+    inputs, outputs = _io(seq_len, model.config.num_classes, batch)
     if form == "auto":
         main = _Emitter("", initializers, counter)
         batch = main.op1("Shape", [INPUT_TOKENS], "batch", start=0, end=1)

@@ -59,9 +59,10 @@ OPSET = 17  # LayerNormalization is a single op from opset 17
 DYNAMO_OPSET = 18  # the dynamo exporter's own opset (it cannot convert its Pad down to 17)
 GRAPH_DESCRIPTION = {
     "fast": "built node by node (export.builder): If on the batch size, 1 row a single-row branch "
-    "(2-D Gemms, decay weights in the state's scale, h(0) and h(1) gathered from tables, PAD rows zeroed "
-    "through the LayerNorm bias), more a wide branch (time-major element-wise attention, PAD masked); "
-    "attention form, embedding·C folded into one table, constant decay weights (left padding)",
+    "(If chain on the first real token's position: only the steps from the window it starts in run; 2-D "
+    "Gemms, decay weights in the state's scale, h(0) and h(1) gathered from tables), more a wide branch "
+    "(time-major element-wise attention, PAD masked); attention form, embedding·C folded into one table, "
+    "constant decay weights (left padding)",
     "fast-traced": "attention form, embedding·C folded into one table, decay weights precomputed, "
     "PAD via Where",
     "irnn": "training module traced as is",

@@ -28,7 +28,8 @@ def test_the_benchmark_times_the_built_and_the_traced_graph_side_by_side(tmp_pat
     args = ["--checkpoint", str(path), "--seq-len", "7", "--batch-sizes", "1,5", "--rounds", "1"]
     assert main([*args, "--round-seconds", "0.01", "--threads", "1", "--no-compile"]) == 0
     out = capsys.readouterr().out
-    assert "single_row:" in out and "wide:" in out  # the shipped graph's two branches
+    assert "single_row_windows:" in out and "wide:" in out  # the shipped graph's two branches
+    assert "real tokens per query (of T=7): batch 1: " in out  # the single-row branch skips leading PAD
     for engine in ("torch eager", "ort traced", "ort "):
         assert engine in out
     assert "ort vs ort traced: batch 1:" in out
@@ -81,6 +82,9 @@ def test_levers_skip_batches_a_fixed_batch_graph_cannot_take(tmp_path, capsys):
     cells = row.split()[4:]
     assert float(cells[0]) > 0 and cells[3:] == ["—", "—", "—"]  # batch 1 timed, batch 2 skipped
     assert "If(few-nodes ≤ 3, wide) (before)" in out and "shipped, IOBinding" in out
+    assert "If(single-row, wide) (before)" in out and "If(single-row-matrix, wide)" in out
+    for form in ("single-row-matrix", "single-row-windows"):
+        assert f"built, {form} form only" in out
     assert "shipped, session._sess.run" in out
 
 
@@ -93,3 +97,16 @@ def test_engines_can_be_narrowed_for_tighter_a_b_runs(tmp_path, capsys):
     rows = [line.split("  ")[0] for line in capsys.readouterr().out.splitlines()[3:] if line[:1].isalpha()]
     assert [r for r in rows if not r.startswith(("ort vs", "engine"))] == ["torch eager/export", "ort traced"]
     assert main([*args, "--engines", "no such engine"]) == 2
+
+
+def test_queries_of_a_fixed_number_of_pairs_can_be_timed(tmp_path, capsys):
+    """--pairs 2 at T=7: every query fills the bucket (2K + 3 = 7 tokens), the worst case of the single-row
+    graph, which skips leading PAD steps."""
+    path = tmp_path / "small.pt"
+    small_checkpoint(path)
+    args = ["--checkpoint", str(path), "--seq-len", "7", "--batch-sizes", "1,3", "--rounds", "1"]
+    args += ["--round-seconds", "0.005", "--threads", "1", "--no-compile", "--engines", "ort", "--pairs", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "K uniform in 2..2" in out
+    assert "real tokens per query (of T=7): batch 1: 7, batch 3: 7.0 on average" in out

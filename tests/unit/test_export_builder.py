@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import copy
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,7 +15,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.builder import FORMS, PAIR_TABLE_MAX_ROWS, SMALL_FORMS, build_fast_weights_graph
+from export.builder import (
+    FORMS,
+    PAIR_TABLE_MAX_ROWS,
+    SMALL_FORMS,
+    WINDOWS,
+    build_fast_weights_graph,
+    window_starts,
+)
 from export.contract import INPUT_TOKENS, LOOP_OPS, OUTPUT_ATTENTION, OUTPUT_LOGITS
 from export.onnx_export import all_nodes, ort_optimize
 from model.checkpoint import Checkpoint, build_model
@@ -57,7 +65,10 @@ def assert_matches(model, proto, tokens, atol=1e-4, rtol=1e-5) -> None:
     assert (logits.argmax(-1) == ref_logits.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("form", [f for f in FORMS if f != "single-row"])
+SINGLE_ROW_FORMS = [f for f in FORMS if f.startswith("single-row")]  # a fixed batch of 1 when alone
+
+
+@pytest.mark.parametrize("form", [f for f in FORMS if f not in SINGLE_ROW_FORMS])
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 7, 33, 256, 257])
 def test_every_form_matches_the_training_model_on_both_sides_of_the_switch(form, batch):
     model = make_checkpoint().model()
@@ -75,11 +86,13 @@ def test_the_if_matches_with_either_small_form_at_every_batch_size(small_form, b
     assert_matches(model, proto, left_padded(np.random.default_rng(batch + 100), batch, 11))
 
 
-@pytest.mark.parametrize("seq_len", [2, 3, 5, 11, 19, 27])
-def test_the_single_row_form_matches_one_row_at_a_time_for_every_padding(seq_len):
-    """Every left padding, from none to all PAD but the last token, the first pair's table row included."""
+@pytest.mark.parametrize("form", SINGLE_ROW_FORMS)
+@pytest.mark.parametrize("seq_len", [2, 3, 4, 5, 6, 11, 19, 27])
+def test_each_single_row_form_matches_one_row_at_a_time_for_every_padding(form, seq_len):
+    """Every left padding, from none to all PAD but the last token: the first pair's table row, every window
+    and the last window's masked PAD steps included."""
     model = make_checkpoint(2).model()
-    proto = build_fast_weights_graph(model, seq_len, form="single-row")
+    proto = build_fast_weights_graph(model, seq_len, form=form)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # it only takes one row
     rng = np.random.default_rng(seq_len)
     tokens = rng.integers(1, 38, size=(seq_len, seq_len))
@@ -112,6 +125,20 @@ def test_the_single_row_form_gathers_the_first_pair_and_runs_seven_nodes_per_ste
     assert per_step["Gemm"] == 3 and per_step["Concat"] == 1 and per_step["Relu"] == 2
 
 
+def test_the_matrix_form_carries_the_fast_weights_in_six_nodes_per_step():
+    """The lever measured against the shipped form (docs/export.md): A(t) (H, H) updated by one Gemm, read by
+    one Gemm, the history stacked once at the end for memory_attention."""
+    model = make_checkpoint().model()
+    counts = {}
+    for seq_len in (5, 11):
+        fused = ort_optimize(build_fast_weights_graph(model, seq_len, form="single-row-matrix"), "all")
+        counts[seq_len] = collections.Counter(n.op_type for n in fused.graph.node)
+        assert counts[seq_len]["Concat"] == 1  # the states, once, for memory_attention
+    per_step = {op: (counts[11][op] - counts[5][op]) / 6 for op in counts[11]}
+    assert sum(per_step.values()) == 6, per_step
+    assert per_step["Gemm"] == 3 and per_step["Relu"] == 2 and per_step["LayerNormalization"] == 1
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     seq_len=st.integers(2, 14),
@@ -137,9 +164,10 @@ def test_built_graph_matches_for_any_length_decay_and_inner_steps(seq_len, decay
         form: run(build_fast_weights_graph(model, seq_len, form=form), tokens)
         for form in ("few-nodes", "wide")
     }
-    single_row = build_fast_weights_graph(model, seq_len, form="single-row")
-    rows = [run(single_row, row[None]) for row in tokens[:4]]
-    outputs["single-row"] = tuple(np.concatenate(part) for part in zip(*rows, strict=True))
+    for form in SINGLE_ROW_FORMS:
+        single_row = build_fast_weights_graph(model, seq_len, form=form)
+        rows = [run(single_row, row[None]) for row in tokens[:4]]
+        outputs[form] = tuple(np.concatenate(part) for part in zip(*rows, strict=True))
     for form, got in outputs.items():
         for name, out, r64, bound in zip(("logits", "attention"), got, ref64, bounds, strict=True):
             err = np.abs(out - r64[: len(out)]).max()
@@ -157,7 +185,9 @@ def test_heavily_padded_queries_of_the_task_match_in_every_bucket():
         assert_matches(model, build_fast_weights_graph(model, seq_len), tokens[:1])
 
 
-@pytest.mark.parametrize(("small_form", "limit_value"), [("single-row", 1), ("few-nodes", 3)])
+@pytest.mark.parametrize(
+    ("small_form", "limit_value"), [("single-row-windows", 1), ("single-row", 1), ("few-nodes", 3)]
+)
 def test_the_graph_switches_form_at_the_batch_size_limit(small_form, limit_value):
     proto = build_fast_weights_graph(make_checkpoint().model(), 7, small_form=small_form)
     shape, less, branch = proto.graph.node
@@ -172,6 +202,43 @@ def test_the_graph_switches_form_at_the_batch_size_limit(small_form, limit_value
     # the small branch attends with (batched) matrix products, the wide one with ReduceSum over H
     assert "ReduceSum" not in {n.op_type for n in then_branch.node}
     assert "ReduceSum" in {n.op_type for n in else_branch.node}
+
+
+def executed(proto: onnx.ModelProto, tokens: np.ndarray, tmp_path) -> collections.Counter:
+    """The op types of the kernels onnxruntime ran for one call (its profiler), If branches included."""
+    import json
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {INPUT_TOKENS: tokens})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return collections.Counter(
+        e["args"]["op_name"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+    )
+
+
+@pytest.mark.parametrize("seq_len", [11, 19])
+def test_the_windows_form_runs_only_the_steps_of_the_window_a_row_starts_in(seq_len, tmp_path):
+    """No work on leading PAD steps: a row whose first real token is at f runs the steps of the window that
+    starts at the largest start <= f (one LayerNormalization per step, none for its two table steps), and
+    the first computed step of a window needs no Concat (its memory is the gathered block)."""
+    model = make_checkpoint(4).model()
+    proto = build_fast_weights_graph(model, seq_len, form="single-row-windows")
+    starts = window_starts(seq_len)
+    assert starts == list(range(0, 2 * min(WINDOWS, (seq_len - 1) // 2), 2))
+    rng = np.random.default_rng(seq_len)
+    for first in range(seq_len):
+        row = rng.integers(1, 38, size=(1, seq_len))
+        row[0, :first] = PAD_ID
+        start = max(s for s in starts if s <= first)
+        steps = seq_len - start - 2
+        ran = executed(proto, row, tmp_path)
+        assert ran["LayerNormalization"] == steps, (first, start)
+        assert ran["Concat"] == steps - 1 and ran["If"] == min(starts.index(start) + 1, len(starts) - 1)
+        if first > start + 2:  # only the last window takes rows that start later (PAD steps masked)
+            assert start == starts[-1]
 
 
 def test_no_loops_and_onnxruntime_fuses_the_scalars_of_the_few_nodes_form():
