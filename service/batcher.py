@@ -14,7 +14,8 @@ Semantics (Triton's dynamic batcher, counted in ROWS):
 - onnxruntime runs in the given executor, so health and metrics stay fast while a long run computes, except
   for runs of at most `inline_max_rows` rows, which run on the event loop itself: a small run (tens of
   microseconds) costs less than the two thread hand-offs and GIL exchanges of the executor round trip, which
-  dominated the latency of a lone request (measured: docs/benchmarks.md). 0 turns this off. Such a request
+  dominated the latency of a lone request, and under load more CPU per request than the overlap with request
+  parsing gives back (measured: docs/benchmarks.md). 0 turns this off. Such a request
   that finds nothing queued and nothing running is run at once in its caller's task (nothing could join it).
 """
 

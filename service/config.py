@@ -44,9 +44,11 @@ class Settings(BaseSettings):
         default=1, ge=1, description="Executor threads that run onnxruntime sessions."
     )
     inline_max_rows: int = Field(
-        default=16,
+        default=256,
         ge=0,
-        description="Runs of at most this many rows run on the event loop (no thread hand-off); 0: never.",
+        description="Runs of at most this many rows run on the event loop (no thread hand-off); 0: never."
+        " The default (the default max_batch_size) runs every run there: the hand-off costs more CPU per"
+        " request than the overlap it buys (measured, docs/benchmarks.md).",
     )
     ort_intra_op_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads (0 = its default)."
