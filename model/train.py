@@ -55,9 +55,8 @@ class TrainConfig:
     stop_at: int | None = None  # end this process after this step; the lr schedule still spans `steps`
     ema_decay: float | None = None  # average the weights: EMA with this decay after every step ...
     swa_every: int | None = None  # ... or SWA: equal-weight mean of the weights every this many steps
-    average_start: int = (
-        0  # averaging takes the weights after steps average_start+1, ... (EMA) / +swa_every (SWA)
-    )
+    average_start: int = 0  # the average takes only the weights after this step
+    schedule_start: int = 0  # warmup and cosine count steps from here (a fine-tune's own schedule)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -68,10 +67,11 @@ class TrainConfig:
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
+    step, total = step - cfg.schedule_start, cfg.steps - cfg.schedule_start
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "cosine":
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
     return cfg.lr
 
@@ -333,6 +333,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=t.average_start,
         help="averaging takes only weights after this step (default 0: from the first step this run trains)",
+    )
+    p.add_argument(
+        "--schedule-start",
+        type=int,
+        default=t.schedule_start,
+        help="warmup and cosine count from this step (e.g. the step a --resume fine-tune starts at)",
     )
     p.add_argument("--out", type=Path, required=True, help="checkpoint path")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")

@@ -72,6 +72,19 @@ def test_cosine_schedule_ends_at_min_lr():
     assert abs(learning_rate(cfg, 100) - 1e-5) < 1e-12
 
 
+def test_a_fine_tune_schedule_starts_at_schedule_start():
+    cfg = TrainConfig(
+        steps=300, lr=1e-3, min_lr=1e-5, lr_schedule="cosine", warmup_steps=10, schedule_start=100
+    )
+    assert learning_rate(cfg, 100) == 1e-4  # first warmup step of the fine-tune
+    assert learning_rate(cfg, 110) == 1e-3  # peak right after its warmup
+    assert abs(learning_rate(cfg, 205) - (1e-5 + 0.5 * (1e-3 - 1e-5))) < 1e-12  # halfway down
+    assert abs(learning_rate(cfg, 300) - 1e-5) < 1e-12
+    assert (
+        learning_rate(TrainConfig(**{**cfg.__dict__, "schedule_start": 0}), 110) < 1e-3
+    )  # vs the old schedule
+
+
 def test_stop_at_ends_early_and_a_resume_matches_the_uninterrupted_cosine_run(tmp_path):
     # --stop-at screens a run on its full-length schedule; --resume then finishes exactly that run.
     cfg = ModelConfig(hidden_size=16, embed_size=16)
