@@ -103,8 +103,9 @@ class ServiceHttpProtocol(CoalescingHttpToolsProtocol):
 
     Anything unusual goes the ordinary way, through uvicorn's cycle and the ASGI app, so its behaviour is
     exactly uvicorn's: a request pipelined behind an unfinished one, `Expect: 100-continue`, a chunked or
-    over-limit body, a missing API key, a URL with a query string or escapes, an upgrade, and any route that
-    is not hot. The client address is not read on this path (nothing in the service uses it).
+    over-limit body, a missing API key, a URL with a query string or escapes, an upgrade, a server with a
+    `root_path` or a concurrency limit, and any route that is not hot. The client address is not read on
+    this path (nothing in the service uses it).
     """
 
     def connection_made(self, transport: Any) -> None:
@@ -149,7 +150,9 @@ def _exchange_for(protocol: ServiceHttpProtocol, hot: HotRoutes) -> HotExchange 
     """A `HotExchange` for the request whose headers were just parsed, or None if it goes the ASGI way."""
     parser = protocol.parser
     url = protocol.url
-    if protocol.expect_100_continue or protocol.limit_concurrency is not None or parser.should_upgrade():
+    if protocol.expect_100_continue or protocol.limit_concurrency is not None or protocol.root_path:
+        return None
+    if parser.should_upgrade():
         return None
     if b"?" in url or b"%" in url or b"#" in url or not url.startswith(b"/"):
         return None
