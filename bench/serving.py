@@ -58,6 +58,7 @@ class Target:
     url: str  # full URL of the endpoint under load
     body: Callable[[str], str] = native_body
     metrics_url: str | None = None
+    pid: int | None = None  # the server process, once started: its CPU per request is measured too
 
 
 @dataclass
@@ -283,9 +284,28 @@ def rows_and_runs(metrics_url: str) -> tuple[float, float]:
 
 
 def fmt(cell: Cell) -> str:
-    return f"{cell.rps:>9,.0f} req/s  p50 {cell.p50_us / 1e3:>7.2f} ms  p99 {cell.p99_us / 1e3:>7.2f} ms" + (
-        f"  errors {cell.errors}" if cell.errors else ""
+    cpu = cell.extra.get("cpu_us_per_request")
+    return (
+        f"{cell.rps:>9,.0f} req/s  p50 {cell.p50_us / 1e3:>7.2f} ms  p99 {cell.p99_us / 1e3:>7.2f} ms"
+        + (f"  CPU/req {cpu:>5.0f} µs" if isinstance(cpu, float) else "")
+        + (f"  errors {cell.errors}" if cell.errors else "")
     )
+
+
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a server process and its children (uvicorn's workers, peers' daemons).
+
+    Server CPU per request is steadier than req/s on a shared machine: another process taking a core slows
+    the server down, but costs it little CPU per request."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def run_grid(
@@ -295,7 +315,7 @@ def run_grid(
     results: dict[str, dict[int, Cell]] = {t.name: {} for t, _ in servers}
     with contextlib.ExitStack() as stack:
         for target, ctx in servers:
-            stack.enter_context(ctx)
+            target.pid = getattr(stack.enter_context(ctx), "pid", None)
             load(target, 8, min(1.0, args.duration), wrk)  # warm-up: connections, caches, lazy imports
         for c in clients:
             rounds: dict[str, list[Cell]] = {t.name: [] for t, _ in servers}
@@ -329,7 +349,8 @@ def run_isolated(
     for _ in range(max(1, getattr(args, "rounds", 1))):
         for factory in factories:
             target, ctx = factory()
-            with ctx:
+            with ctx as proc:
+                target.pid = getattr(proc, "pid", None)
                 load(target, 8, min(1.0, args.duration), wrk)  # warm-up
                 for c in clients:
                     rounds.setdefault(target.name, {}).setdefault(c, []).append(
@@ -353,7 +374,10 @@ def measure(target: Target, clients: int, duration: float, wrk: str | None) -> C
     """One cell, with the batch-size distribution the service's own metrics recorded during it."""
     before = batch_histogram(target.metrics_url) if target.metrics_url else None
     rows0 = rows_and_runs(target.metrics_url) if target.metrics_url else None
+    cpu0 = server_cpu_s(target.pid) if target.pid else None
     cell = load(target, clients, duration, wrk)
+    if target.pid and cpu0 is not None and cell.requests:
+        cell.extra["cpu_us_per_request"] = (server_cpu_s(target.pid) - cpu0) * 1e6 / cell.requests
     if target.metrics_url and before is not None and rows0 is not None:
         rows1 = rows_and_runs(target.metrics_url)
         runs = rows1[1] - rows0[1]
@@ -367,9 +391,15 @@ def ratio_lines(results: dict[str, dict[int, Cell]], name: str, ref: str) -> lis
     for c, cell in results[name].items():
         r = results[ref].get(c)
         if r and r.rps and r.p50_us and r.p99_us:
+            cpu, ref_cpu = cell.extra.get("cpu_us_per_request"), r.extra.get("cpu_us_per_request")
             lines.append(
                 f"  {name} / {ref} at {c:>3} clients: req/s ×{cell.rps / r.rps:.2f}, "
                 f"p50 ×{cell.p50_us / r.p50_us:.2f}, p99 ×{cell.p99_us / r.p99_us:.2f}"
+                + (
+                    f", CPU/req ×{cpu / ref_cpu:.2f}"
+                    if isinstance(cpu, float) and isinstance(ref_cpu, float)
+                    else ""
+                )
             )
     return lines
 

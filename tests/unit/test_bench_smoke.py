@@ -55,3 +55,4 @@ def test_serving_overhead_runs_against_real_servers(tmp_path: Path):
     for name, per in cells.items():
         assert per["2"]["requests"] > 0, name
         assert per["2"]["errors"] == 0, name
+        assert 1.0 < per["2"]["extra"]["cpu_us_per_request"] < 1e6, name  # the server's own CPU was read
