@@ -13,7 +13,7 @@ constants. Several forms of the same function, because onnxruntime's costs diffe
   h(1), every C·x(t) + b and every step's LayerNorm bias; the row ids come from one int64 MatMul of the
   tokens by a constant routing matrix (which forms a·V + b for the pair) and one Add.
 * **single row, windows** (batch 1, shipped): the single-row steps without the leading PAD steps. A chain
-  of If on "is the token before the next window's start PAD" (Gather, Equal, If: ~2.4 µs a level) picks
+  of If on "is the token before the next window's start PAD" (Gather, Equal, If: ~2-2.5 µs a level) picks
   the window that starts at most two positions before the row's first real token (starts 0, 2, 4, ...:
   one per task length 2K + 3 in an odd bucket), and only that window's steps run; PAD at a window's first
   two positions comes out of the h(0) and pair tables (0), so no step needs a PAD mask, and the window's
@@ -23,7 +23,7 @@ constants. Several forms of the same function, because onnxruntime's costs diffe
 * **single row, matrix** (for comparison, not shipped): carries the fast-weight matrix A(t) (H, H) instead
   of the history, 6 nodes per step (Gemm A = η hᵀh + λ A replaces the Concat and the scores Gemm), but
   that outer-product Gemm (K = 1) costs ~1.4 µs against ~0.5 µs for the Concat and ~0.4 µs for the Gemm it
-  replaces: 10-15% slower at batch 1, measured.
+  replaces: 8-13% slower at batch 1, measured.
 * **few nodes** (the small-batch form before, up to 3 rows; kept for comparison): (B, 1, H) tensors, the
   fast memory as a (B, t, H) tensor and both attention products as batched MatMuls: 9 nodes per time step
   after onnxruntime's fusions (FusedMatMul, Add, Relu, FusedMatMul, MatMul, Sum, LayerNormalization, Relu,
