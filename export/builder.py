@@ -397,8 +397,8 @@ def _single_row_matrix(e: _Emitter, p: _Params) -> tuple[str, str]:
     ids = e.op1("Add", [ids, e.const("row_offset", offset)], "ids")  # (1, n)
     rows = e.op1("Gather", [e.const("table", np.concatenate(groups)), ids], "rows", axis=0)  # (1, n, H)
     rows = e.op1("Reshape", [rows, e.ints("rows", [-1, H])], "rows")  # (n, H)
-    block = 2 if p.pair_h1 is not None else 0  # rows of the (2, H) block that A(2) is made of
-    sizes = [2] * (block // 2) + [1] * (len(columns) - block)
+    block_rows = 2 if p.pair_h1 is not None else 0  # rows of the (2, H) block that A(2) is made of
+    sizes = [2] * (block_rows // 2) + [1] * (len(columns) - block_rows)
     parts = e.op("Split", [rows, e.ints("sizes", sizes)], "row", outputs=len(sizes), axis=0)
     if p.pair_h1 is not None:
         block, parts = parts[0], parts[1:]
