@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import DOMAIN_ERRORS, ApiError, domain_error, render_json
-from service.middleware import CLIENT_GONE_STATUS, HEADERS_KEY, RequestPolicy
+from service.middleware import CLIENT_GONE_STATUS, HEADERS_KEY, ClientGoneError, RequestPolicy
 
 # A request still unanswered this long after its body arrived gets a task that watches for its client leaving.
 WATCH_AFTER_S = 0.05
@@ -117,7 +117,7 @@ class FastPath:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return  # gone before the body arrived: nothing to answer
+                raise ClientGoneError  # gone before the body arrived: nothing to answer, 499 recorded
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -165,7 +165,7 @@ class FastPath:
         try:
             return await route.handler(request, self.state)
         except DOMAIN_ERRORS as exc:
-            return _error(request.path, exc, self.state.settings.retry_after_s)
+            return error_response(request.path, exc, self.state.settings.retry_after_s)
 
 
 class HotRoutes(NamedTuple):
@@ -178,7 +178,7 @@ class HotRoutes(NamedTuple):
 
 def client_gone(path: str) -> RawResponse:
     """What is recorded for a request whose client left before its answer (never sent: nobody is there)."""
-    return _error(path, ApiError(CLIENT_GONE_STATUS, "client_gone", "client closed the request"), 1)
+    return error_response(path, ApiError(CLIENT_GONE_STATUS, "client_gone", "client closed the request"), 1)
 
 
 def header_list(response: RawResponse) -> list[tuple[bytes, bytes]]:
@@ -194,7 +194,8 @@ def header_list(response: RawResponse) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _error(path: str, exc: BaseException, retry_after_s: int) -> RawResponse:
+def error_response(path: str, exc: BaseException, retry_after_s: int) -> RawResponse:
+    """The answer to a domain error (`service.errors.DOMAIN_ERRORS`), as the FastAPI handlers give it."""
     answer = domain_error(exc, path, retry_after_s)
     assert answer is not None, (
         f"{type(exc).__name__} is not a domain error"

@@ -44,6 +44,10 @@ CLIENT_GONE_STATUS = 499  # nginx's convention for "client closed the request"
 HEADERS_KEY = "fws.headers"  # scope key: the request's headers as a dict, lower-case names
 
 
+class ClientGoneError(Exception):
+    """Raised by a route whose client left before it could be answered: nothing is sent, 499 is recorded."""
+
+
 class BodyTooLargeError(HTTPException):
     """Raised from `receive` once a streamed body passes the limit. An HTTPException, so FastAPI's body
     reader lets it through (it wraps other exceptions in a 400) and the error handlers answer 413."""
@@ -189,6 +193,8 @@ class ServiceMiddleware:
         except BodyTooLargeError:
             if not state["started"]:
                 await reject(policy.too_large())
+        except ClientGoneError:
+            state["status"] = CLIENT_GONE_STATUS
         except Exception:
             log.exception("unhandled error", extra={"path": path})
             if not state["started"]:

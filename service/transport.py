@@ -15,13 +15,15 @@ the protocol itself, without ASGI (see its docstring). With uvicorn's own runner
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from service.fastpath import HotRoute, HotRoutes, RawRequest, RawResponse, header_list
+from service.batcher import BatcherClosedError
+from service.fastpath import HotRoute, HotRoutes, RawRequest, RawResponse, error_response, header_list
 from service.logs import request_id_var
 from service.middleware import CLIENT_GONE_STATUS, INTERNAL
 
@@ -99,7 +101,10 @@ class ServiceHttpProtocol(CoalescingHttpToolsProtocol):
     and messages, uvicorn's request/response cycle with its header checks, and the middleware's wrappers
     (measured, docs/benchmarks.md); kept, through the same objects, are everything the ASGI path does: the
     handlers and their error mapping (`FastPath.respond`), request ids, metrics and the access log
-    (`RequestPolicy`). A client that disconnects cancels its request at once (status 499 in the metrics).
+    (`RequestPolicy`). A client that disconnects cancels its request at once (status 499 in the metrics),
+    unless it had pipelined another request behind it: then, as on uvicorn's own path, reading is paused and
+    the disconnect is noticed when the answer is written. A client that does not read its answers gets the
+    next ones the ASGI way, which waits for it to read.
 
     Anything unusual goes the ordinary way, through uvicorn's cycle and the ASGI app, so its behaviour is
     exactly uvicorn's: a request pipelined behind an unfinished one, `Expect: 100-continue`, a chunked or
@@ -114,7 +119,11 @@ class ServiceHttpProtocol(CoalescingHttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         hot = self._hot
-        if hot is not None and (self.cycle is None or self.cycle.response_complete):
+        if (
+            hot is not None
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.flow.write_paused  # a client not reading its answers: ASGI's send waits for it
+        ):
             exchange = _exchange_for(self, hot)
             if exchange is not None:
                 self.cycle = exchange  # type: ignore[assignment]  # what uvicorn's callbacks look at
@@ -203,16 +212,27 @@ class HotExchange:
         self.chunks: list[bytes] = []
         self.disconnected = False
         self.response_complete = False
-        self.message_event = self
         self.task: asyncio.Task[None] | None = None
 
-    def set(self) -> None:  # the protocol's `cycle.message_event.set()`
-        if self.disconnected and self.task is not None:
+    @property
+    def message_event(self) -> HotExchange:  # the protocol calls `cycle.message_event.set()`
+        return self  # (a property, not an attribute: no reference cycle for the GC to find)
+
+    def set(self) -> None:
+        """The connection was lost: cancel the request, or record it if its body never arrived."""
+        if not self.disconnected:
+            return
+        if self.task is not None:
             self.task.cancel()
+        elif not self.response_complete:
+            self.response_complete = True
+            elapsed = time.perf_counter() - self.started_at
+            self.hot.policy.record(self.method, self.route.template, self.path, CLIENT_GONE_STATUS, elapsed)
 
     def start(self) -> None:
         protocol = self.protocol
-        self.task = task = protocol.loop.create_task(self.run())
+        context = contextvars.Context() if protocol.config.reset_contextvars else None  # as uvicorn does
+        self.task = task = protocol.loop.create_task(self.run(), context=context)
         task.add_done_callback(protocol.tasks.discard)
         protocol.tasks.add(task)  # a graceful shutdown waits for it, as for uvicorn's own tasks
 
@@ -228,34 +248,49 @@ class HotExchange:
             try:
                 response = await hot.fastpath.respond(self.route, request)
             except asyncio.CancelledError:
-                if not self.disconnected:
-                    raise  # a real cancellation (shutdown)
-                status = CLIENT_GONE_STATUS
-                return
+                if self.disconnected:
+                    status = CLIENT_GONE_STATUS
+                    return
+                # The server stopped waiting for it (the graceful shutdown's time ran out): say so and close.
+                self.keep_alive = False
+                closed = BatcherClosedError("the server is shutting down")
+                status = self._write(error_response(path, closed, policy.settings.retry_after_s), rid)
+                raise
             except Exception:
                 log.exception("unhandled error", extra={"path": path})
                 response = RawResponse(INTERNAL.body(path), INTERNAL.status)
-            status = response.status
-            self._write(response, rid)
+            status = self._write(response, rid)
         finally:
             elapsed = time.perf_counter() - self.started_at
             policy.record(self.method, self.route.template, path, status, elapsed)
             request_id_var.reset(token)
+            self.task = None
 
-    def _write(self, response: RawResponse, rid: str) -> None:
+    def _write(self, response: RawResponse, rid: str) -> int:
+        """Send `response` (a JSON 500 instead if it cannot be rendered); its status."""
         protocol = self.protocol
         transport = protocol.transport
         if transport.is_closing():  # gone without a connection_lost callback yet
             self.response_complete = True
-            return
+            return response.status
+        try:
+            data = self._render(response, rid)
+        except Exception:
+            log.exception("unrenderable response", extra={"path": self.path, "status": response.status})
+            response = RawResponse(INTERNAL.body(self.path), INTERNAL.status)
+            data = self._render(response, rid)
+        transport.write(data)
+        self.response_complete = True
+        if not self.keep_alive:
+            transport.close()
+        protocol.on_response_complete()  # flushes; starts a pipelined request or arms the keep-alive timer
+        return response.status
+
+    def _render(self, response: RawResponse, rid: str) -> bytes:
         head = [STATUS_LINE[response.status]]
         for name, value in (*self.default_headers, *header_list(response), (b"x-request-id", rid.encode())):
             head += [name, b": ", value, b"\r\n"]
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head += [b"\r\n", response.body]
-        transport.write(b"".join(head))
-        self.response_complete = True
-        if not self.keep_alive:
-            transport.close()
-        protocol.on_response_complete()  # flushes; starts a pipelined request or arms the keep-alive timer
+        return b"".join(head)

@@ -39,13 +39,19 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(settings: Settings, protocol: type) -> Iterator[Served]:
+def serve(settings: Settings, protocol: type, **options: object) -> Iterator[Served]:
     """A real uvicorn in a thread, with the real app and lifespan (models loaded before it accepts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, http=protocol, log_level="error", lifespan="on"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        http=protocol,
+        log_level="error",
+        lifespan="on",
+        **options,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -114,8 +120,11 @@ def test_the_protocol_answers_exactly_as_the_asgi_path(
     assert proto.status_code < 500
 
 
-def _exchange(port: int, raw: bytes, until_closed: bool = True) -> bytes:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+def _exchange(port: int, raw: bytes, until_closed: bool = True, sock: socket.socket | None = None) -> bytes:
+    """Send `raw` on a new connection (or on `sock`) and read until the server closes (or one answer)."""
+    with contextlib.ExitStack() as stack:
+        if sock is None:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
         sock.sendall(raw)
         sock.settimeout(10)
         out = b""
@@ -326,3 +335,68 @@ def test_a_graceful_shutdown_finishes_the_request_in_flight_then_closes(model_re
         r = asyncio.run(main())
     assert r.status_code == 200 and r.json()["value"] == "9"
     assert r.headers["connection"] == "close"
+
+
+def test_a_client_that_does_not_read_its_answers_cannot_grow_the_server_buffer(
+    servers: dict[str, Served],
+) -> None:
+    """One request at a time, each sent once the last was answered, and never a byte read: once the socket's
+    buffers are full, the next request goes the ASGI way, which waits for the client to read."""
+    served = servers["protocol"]
+    state = served.server.server_state
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", served.port))
+        deadline = time.monotonic() + 5
+        while not (mine := [c for c in list(state.connections) if c.client == sock.getsockname()]):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        (conn,) = mine
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        request = post("/v1/retrieve", RETRIEVE)
+        answered = 0
+        for _ in range(3000):
+            before = state.total_requests
+            sock.sendall(request)
+            deadline = time.monotonic() + 0.5
+            while state.total_requests == before and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            if state.total_requests == before:
+                break  # the server waits for us to read
+            answered += 1
+        buffered = conn.transport.get_write_buffer_size()
+    assert answered < 3000
+    assert buffered <= 128 * 1024, buffered
+
+
+@pytest.mark.parametrize("path", ["protocol", "asgi"])
+def test_a_client_gone_before_its_body_arrived_is_recorded_as_499(
+    servers: dict[str, Served], path: str
+) -> None:
+    url = servers[path].url
+    gone = 'fws_http_requests_total{method="POST",route="/v1/retrieve",status="499"}'
+    failed = 'fws_http_requests_total{method="POST",route="/v1/retrieve",status="500"}'
+    before, before_failed = _counter(url, gone), _counter(url, failed)
+    with socket.create_connection(("127.0.0.1", servers[path].port)) as sock:
+        sock.sendall(post("/v1/retrieve", RETRIEVE)[:-5])  # the body's last 5 bytes never come
+        time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while _counter(url, gone) == before:
+        assert time.monotonic() < deadline, "the request whose body never arrived was not recorded as 499"
+        time.sleep(0.02)
+    assert _counter(url, failed) == before_failed
+
+
+def test_a_request_still_running_when_the_graceful_shutdown_ends_is_told_so(model_repository: Path) -> None:
+    settings = Settings(model_repository=model_repository, log_level="critical", simulated_run_delay_ms=2000)
+    with (
+        serve(settings, ServiceHttpProtocol, timeout_graceful_shutdown=1) as served,
+        socket.create_connection(("127.0.0.1", served.port)) as sock,
+    ):
+        sock.sendall(post("/v1/retrieve", RETRIEVE))
+        time.sleep(0.2)  # in its 2 s run now
+        served.server.should_exit = True
+        answers = _responses(_exchange(served.port, b"", sock=sock))
+    assert answers[0][0] == 503
+    assert b'"shutting_down"' in answers[0][2]
+    assert b"connection: close" in answers[0][1] and b"retry-after: 1" in answers[0][1]
