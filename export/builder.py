@@ -230,6 +230,61 @@ class _Emitter:
         normed = self.op1("LayerNormalization", [u, gamma, beta], "ln", axis=-1, epsilon=p.eps)
         return self.op1("Relu", [normed], "h")
 
+    def gather_rows(
+        self, p: _Params, columns: list[tuple[dict[int, int], int]], table: str | np.ndarray
+    ) -> str:
+        """(n, H): for each column ({position: weight}, offset), row `offset + Σ weight·token[position]` of
+        `table` (a name, or an array to add as a constant). One call's rows in MatMul (tokens (1, T) ·
+        route (T, n)), Add, Gather, Reshape."""
+        route = np.zeros((p.seq_len, len(columns)), dtype=np.int64)
+        for j, (weights, _) in enumerate(columns):
+            for position, w in weights.items():
+                route[position, j] = w
+        offset = np.array([[o for _, o in columns]], dtype=np.int64)
+        ids = self.op1("MatMul", [INPUT_TOKENS, self.const("route", route)], "ids")
+        ids = self.op1("Add", [ids, self.const("row_offset", offset)], "ids")  # (1, n)
+        source = table if isinstance(table, str) else self.const("table", table)
+        rows = self.op1("Gather", [source, ids], "rows", axis=0)  # (1, n, H)
+        return self.op1("Reshape", [rows, self.ints("rows", [-1, p.hidden_size])], "rows")  # (n, H)
+
+    def single_row_steps(
+        self,
+        p: _Params,
+        steps: range,
+        past: str,
+        h: str,
+        x: dict[int, str],
+        bias: dict[int, str],
+        scale: list[float],
+        scaled: bool,
+        append_first: bool,
+    ) -> tuple[str, str]:
+        """The attention-form steps of one row, 7 nodes each: Concat (h~(t−1) onto the memory `past`; not at
+        the first step unless `append_first`), Gemm (W h + C x + b, x[t] holding C x + b), Relu, then per
+        inner step Gemm (scores), Gemm (z + A(t) q), LayerNormalization, Relu (bias[t] at the last inner
+        step). Returns h~ of the last step and its last scores (1, t)."""
+        recurrent_t = self.const("recurrent_t", p.recurrent_t)
+        lam = p.decay
+        scores = ""
+        for t in steps:
+            if t > steps.start or append_first:
+                past = self.op1("Concat", [past, h], "past", axis=0)
+            z = self.op1("Gemm", [h, recurrent_t, x[t]], "z", alpha=float(1 / scale[t - 1]))  # W h + C x + b
+            query = self.op1("Relu", [z], "q")
+            for step in range(p.inner_steps):
+                if scaled:  # η λ^(t−1−τ) h(τ)ᵀ q, the λ^(−τ) living in c(τ)²
+                    alpha = p.fast_lr * lam ** (t - 1)
+                    scores = self.op1("Gemm", [query, past], "scores", transB=1, alpha=alpha)
+                else:
+                    scores = self.op1("Gemm", [query, past], "scores", transB=1)
+                    weight = self.const("weight", p.weight(t).reshape(1, t))
+                    scores = self.op1("Mul", [scores, weight], "scores")
+                u = self.op1("Gemm", [scores, past, z], "u")  # (1, H)  z + A(t) q
+                last = step == p.inner_steps - 1  # the last inner step gives h~(t), 0 on a PAD step
+                query = self.layer_norm_relu(p, u, scale[t] if last else 1.0, bias[t] if last else None)
+            h = query
+        return h, scores
+
     def head(self, p: _Params, h: str) -> str:
         """(B, H) -> logits (B, classes): Gemm, Relu, Gemm (onnxruntime fuses the first two)."""
         w1, b1, w2, b2 = p.head
@@ -296,8 +351,7 @@ def _single_row(e: _Emitter, p: _Params) -> tuple[str, str]:
     """One row, 2-D (1, H) tensors: every product a Gemm with its scalar and its addend fused in (module
     docstring). 7 nodes per step: Concat, Gemm (W h~/c + C x + b), Relu, Gemm (scores, with η λ^(t−1)),
     Gemm (A h + z), LayerNormalization, Relu; h(0) and h(1) are gathered, not computed."""
-    T, H, V = p.seq_len, p.hidden_size, p.vocab_size
-    lam = p.decay
+    T, V = p.seq_len, p.vocab_size
     scaled, scale = p.state_scale()
     first = 1 if p.pair_h1 is None else 2  # steps that come out of the table: h~(0), and h~(1) with pairs
     # One table, one row per (what, token): h~(0) | [h~(1) of the pair] | C·x + b | one bias per step.
@@ -319,39 +373,14 @@ def _single_row(e: _Emitter, p: _Params) -> tuple[str, str]:
     for t in range(first, T):
         columns.append(({t: 1}, offsets[x_group]))
         columns.append(({t: 1}, offsets[bias_group + t - first]))
-    route = np.zeros((T, len(columns)), dtype=np.int64)
-    for j, (weights, _) in enumerate(columns):
-        for position, w in weights.items():
-            route[position, j] = w
-    offset = np.array([[o for _, o in columns]], dtype=np.int64)
-    ids = e.op1("MatMul", [INPUT_TOKENS, e.const("route", route)], "ids")
-    ids = e.op1("Add", [ids, e.const("row_offset", offset)], "ids")  # (1, n)
-    rows = e.op1("Gather", [e.const("table", np.concatenate(groups)), ids], "rows", axis=0)  # (1, n, H)
-    rows = e.op1("Reshape", [rows, e.ints("rows", [-1, H])], "rows")  # (n, H)
+    rows = e.gather_rows(p, columns, np.concatenate(groups))  # (n, H)
     parts = e.op("Split", [rows], "row", outputs=len(columns), axis=0)  # n × (1, H)
     x = {t: parts[first + 2 * (t - first)] for t in range(first, T)}
     bias = {t: parts[first + 2 * (t - first) + 1] for t in range(first, T)}
-
-    recurrent_t = e.const("recurrent_t", p.recurrent_t)
-    past = parts[0]  # (t, H): h~(τ) for τ < t
-    h = parts[1] if first == 2 else parts[0]  # h~(t−1) (1, H)
-    scores = ""
-    for t in range(first, T):
-        if t > 1:
-            past = e.op1("Concat", [past, h], "past", axis=0)
-        z = e.op1("Gemm", [h, recurrent_t, x[t]], "z", alpha=float(1 / scale[t - 1]))  # W h + C x + b
-        query = e.op1("Relu", [z], "q")
-        for step in range(p.inner_steps):
-            if scaled:  # η λ^(t−1−τ) h(τ)ᵀ q, the λ^(−τ) living in c(τ)²
-                scores = e.op1("Gemm", [query, past], "scores", transB=1, alpha=p.fast_lr * lam ** (t - 1))
-            else:
-                scores = e.op1("Gemm", [query, past], "scores", transB=1)
-                scores = e.op1("Mul", [scores, e.const("weight", p.weight(t).reshape(1, t))], "scores")
-            u = e.op1("Gemm", [scores, past, z], "u")  # (1, H)  z + A(t) q
-            last = step == p.inner_steps - 1  # the last inner step gives h~(t), 0 on a PAD step
-            query = e.layer_norm_relu(p, u, scale[t] if last else 1.0, bias[t] if last else None)
-        h = query
-
+    # memory (t, H): h~(τ) for τ < t; h~(t−1) (1, H); with the pair table h~(1) joins the memory at t = 2
+    h, scores = e.single_row_steps(
+        p, range(first, T), parts[0], parts[first - 1], x, bias, scale, scaled, append_first=first == 2
+    )
     logits = e.head(p, h)
     to_output = np.zeros((T - 1, T), dtype=_F32)  # times c(τ), the query position's 0 appended
     to_output[np.arange(T - 1), np.arange(T - 1)] = scale[: T - 1]
@@ -458,9 +487,8 @@ def _window(e: _Emitter, p: _Params, start: int, table: str, offsets: dict[str, 
     h(0) | h~(1) of every pair | C·x + b | [for the last window: c(j)·β, − the PAD penalty for PAD, per
     token and step j], the groups starting at `offsets`; the window gathers what it needs (MatMul, Add,
     Gather, Reshape, Split, as the single-row form does)."""
-    T, H, V = p.seq_len, p.hidden_size, p.vocab_size
+    T, V = p.seq_len, p.vocab_size
     L = T - start
-    lam = p.decay
     scaled, scale = p.state_scale(L)  # c(τ) from the window's start, scaled or not as the shared rows are
     masked = "bias" in offsets and start == offsets["last_start"]  # PAD steps can occur: biases gathered
     pair = ({start: V, start + 1: 1}, offsets["pair"])
@@ -468,38 +496,13 @@ def _window(e: _Emitter, p: _Params, start: int, table: str, offsets: dict[str, 
     columns += [({start + j: 1}, offsets["x"]) for j in range(2, L)]
     if masked:
         columns += [({start + j: 1}, offsets["bias"] + V * (j - 2)) for j in range(2, L)]
-    route = np.zeros((T, len(columns)), dtype=np.int64)
-    for c, (weights, _) in enumerate(columns):
-        for position, w in weights.items():
-            route[position, c] = w
-    offset = np.array([[o for _, o in columns]], dtype=np.int64)
-    ids = e.op1("MatMul", [INPUT_TOKENS, e.const("route", route)], "ids")
-    ids = e.op1("Add", [ids, e.const("row_offset", offset)], "ids")  # (1, n)
-    rows = e.op1("Gather", [table, ids], "rows", axis=0)  # (1, n, H)
-    rows = e.op1("Reshape", [rows, e.ints("rows", [-1, H])], "rows")  # (n, H)
+    rows = e.gather_rows(p, columns, table)  # (n, H)
     sizes = [2] + [1] * (len(columns) - 2)
     parts = e.op("Split", [rows, e.ints("sizes", sizes)], "row", outputs=len(sizes), axis=0)
     past, h = parts[0], parts[1]  # [h~(0); h~(1)] (2, H), h~(1) (1, H)
     x = {j: parts[j] for j in range(2, L)}  # C·x + b at step j
     bias = {j: parts[L + j - 2] if masked else e.const("beta", p.beta * _F32(scale[j])) for j in range(2, L)}
-
-    recurrent_t = e.const("recurrent_t", p.recurrent_t)
-    scores = ""
-    for j in range(2, L):
-        if j > 2:
-            past = e.op1("Concat", [past, h], "past", axis=0)
-        z = e.op1("Gemm", [h, recurrent_t, x[j]], "z", alpha=float(1 / scale[j - 1]))  # W h + C x + b
-        query = e.op1("Relu", [z], "q")
-        for step in range(p.inner_steps):
-            if scaled:  # η λ^(j−1−τ) h(τ)ᵀ q, the λ^(−τ) living in c(τ)²
-                scores = e.op1("Gemm", [query, past], "scores", transB=1, alpha=p.fast_lr * lam ** (j - 1))
-            else:
-                scores = e.op1("Gemm", [query, past], "scores", transB=1)
-                scores = e.op1("Mul", [scores, e.const("weight", p.weight(j).reshape(1, j))], "scores")
-            u = e.op1("Gemm", [scores, past, z], "u")  # (1, H)  z + A(j) q
-            last = step == p.inner_steps - 1
-            query = e.layer_norm_relu(p, u, scale[j] if last else 1.0, bias[j] if last else None)
-        h = query
+    h, scores = e.single_row_steps(p, range(2, L), past, h, x, bias, scale, scaled, append_first=False)
     logits = e.head(p, h)
     to_output = np.zeros((L - 1, T), dtype=_F32)  # times c(τ), moved to the window's positions, 0 before
     to_output[np.arange(L - 1), start + np.arange(L - 1)] = scale[: L - 1]
