@@ -31,7 +31,13 @@ from typing import Any, NamedTuple
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import DOMAIN_ERRORS, ApiError, domain_error, render_json
-from service.middleware import CLIENT_GONE_STATUS, HEADERS_KEY, ClientGoneError, RequestPolicy
+from service.middleware import (
+    CLIENT_GONE_STATUS,
+    HEADERS_KEY,
+    ClientGoneError,
+    RequestPolicy,
+    decode_headers,
+)
 
 # A request still unanswered this long after its body arrived gets a task that watches for its client leaving.
 WATCH_AFTER_S = 0.05
@@ -123,7 +129,7 @@ class FastPath:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         headers = scope.get(HEADERS_KEY)
         if headers is None:  # not behind ServiceMiddleware (which decodes them once for everyone)
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+            headers = decode_headers(scope.get("headers", ()))
         request = RawRequest(path, params, headers, body)
 
         loop = asyncio.get_running_loop()

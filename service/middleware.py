@@ -21,7 +21,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -152,7 +152,7 @@ class ServiceMiddleware:
             return
         start = time.perf_counter()
         policy = self.policy
-        headers = _headers(scope)
+        headers = decode_headers(scope.get("headers", ()))
         scope[HEADERS_KEY] = headers  # decoded once: the fast path reads them from here
         rid = policy.request_id(headers)
         token = request_id_var.set(rid)
@@ -169,9 +169,12 @@ class ServiceMiddleware:
 
         async def reject(refusal: Refusal) -> None:
             body = refusal.body(path)
-            hdrs = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-            message = {"type": "http.response.start", "status": refusal.status, "headers": hdrs}
-            await send_wrapper({**message, "headers": [*hdrs, *refusal.headers]})
+            hdrs = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+                *refusal.headers,
+            ]
+            await send_wrapper({"type": "http.response.start", "status": refusal.status, "headers": hdrs})
             await send_wrapper({"type": "http.response.body", "body": body})
 
         limit = policy.settings.max_body_bytes
@@ -214,8 +217,9 @@ class ServiceMiddleware:
 INTERNAL = Refusal(500, "internal", "internal server error")
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Raw (name, value) header pairs as a dict with lower-case names (the last of a repeated header wins)."""
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
 
 
 def _declared_length(headers: dict[str, str]) -> int:

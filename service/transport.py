@@ -25,7 +25,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from service.batcher import BatcherClosedError
 from service.fastpath import HotRoute, HotRoutes, RawRequest, RawResponse, error_response, header_list
 from service.logs import request_id_var
-from service.middleware import CLIENT_GONE_STATUS, INTERNAL
+from service.middleware import CLIENT_GONE_STATUS, INTERNAL, decode_headers
 
 log = logging.getLogger("service.access")
 
@@ -173,7 +173,7 @@ def _exchange_for(protocol: ServiceHttpProtocol, hot: HotRoutes) -> HotExchange 
     found = hot.fastpath.match(method, path)
     if found is None:
         return None
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in protocol.headers}  # names lower-case
+    headers = decode_headers(protocol.headers)
     if "transfer-encoding" in headers or hot.policy.refusal(path, headers) is not None:
         return None
     keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
@@ -258,7 +258,7 @@ class HotExchange:
                 raise
             except Exception:
                 log.exception("unhandled error", extra={"path": path})
-                response = RawResponse(INTERNAL.body(path), INTERNAL.status)
+                response = _internal_error(path)
             status = self._write(response, rid)
         finally:
             elapsed = time.perf_counter() - self.started_at
@@ -277,7 +277,7 @@ class HotExchange:
             data = self._render(response, rid)
         except Exception:
             log.exception("unrenderable response", extra={"path": self.path, "status": response.status})
-            response = RawResponse(INTERNAL.body(self.path), INTERNAL.status)
+            response = _internal_error(self.path)
             data = self._render(response, rid)
         transport.write(data)
         self.response_complete = True
@@ -294,3 +294,8 @@ class HotExchange:
             head.append(b"connection: close\r\n")
         head += [b"\r\n", response.body]
         return b"".join(head)
+
+
+def _internal_error(path: str) -> RawResponse:
+    """The JSON 500 the ASGI path's middleware answers an unexpected error with."""
+    return RawResponse(INTERNAL.body(path), INTERNAL.status)
