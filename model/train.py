@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from model.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
@@ -57,6 +57,8 @@ class TrainConfig:
     swa_every: int | None = None  # ... or SWA: equal-weight mean of the weights every this many steps
     average_start: int = 0  # the average takes only the weights after this step
     schedule_start: int = 0  # warmup and cosine count steps from here (a fine-tune's own schedule)
+    hard_pool: int = 1  # mining: score hard_pool * batch_size rows, train on the hardest batch_size
+    mining_start: int = 0  # mining applies only to steps at or after this one
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -127,6 +129,18 @@ class WeightAverage:
         self.count += 1
 
 
+def hardest_rows(model: nn.Module, tokens: Tensor, targets: Tensor, pool: Tensor, keep: int) -> Tensor:
+    """The `keep` rows of `pool` (indices into tokens/targets) on which the model's loss is highest.
+
+    Online hard-example mining (Shrivastava et al. 2016): the gradient step then goes to the sequences whose
+    answer the model is least sure of, instead of to rows it already gets right by a wide margin.
+    """
+    with torch.no_grad():
+        logits, _ = model(tokens[pool])  # (P, classes)
+        losses = nn.functional.cross_entropy(logits, targets[pool], reduction="none")  # (P,)
+    return pool[torch.topk(losses, keep, sorted=False).indices]  # (keep,)
+
+
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
     """Rows of the train split for `step`: epoch-wise shuffles seeded by (seed, epoch)."""
     per_epoch = n // batch_size
@@ -189,8 +203,14 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     last = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
+    if cfg.hard_pool < 1 or cfg.hard_pool * cfg.batch_size > len(train_set):
+        raise ValueError(f"hard_pool must be in [1, train rows / batch_size], got {cfg.hard_pool}")
     while step < last:
-        idx = torch.from_numpy(batch_indices(cfg.seed, step, cfg.batch_size, len(train_set))).to(device)
+        mining = cfg.hard_pool > 1 and step >= cfg.mining_start
+        rows = cfg.batch_size * (cfg.hard_pool if mining else 1)
+        idx = torch.from_numpy(batch_indices(cfg.seed, step, rows, len(train_set))).to(device)
+        if mining:
+            idx = hardest_rows(model, tokens, targets, idx, cfg.batch_size)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         logits, _ = model(tokens[idx])
@@ -340,6 +360,16 @@ def _parser() -> argparse.ArgumentParser:
         default=t.schedule_start,
         help="warmup and cosine count from this step (e.g. the step a --resume fine-tune starts at)",
     )
+    p.add_argument(
+        "--hard-pool",
+        type=int,
+        default=t.hard_pool,
+        help="hard-example mining: score this many batches of rows, train on the batch with the highest loss "
+        "(default 1: off)",
+    )
+    p.add_argument(
+        "--mining-start", type=int, default=t.mining_start, help="mining applies from this step on"
+    )
     p.add_argument("--out", type=Path, required=True, help="checkpoint path")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--no-progress", action="store_true")
@@ -382,4 +412,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Batch", "TrainConfig", "WeightAverage", "learning_rate", "train"]
+__all__ = ["Batch", "TrainConfig", "WeightAverage", "hardest_rows", "learning_rate", "train"]

@@ -146,3 +146,41 @@ def test_averaging_as_a_fine_tune_starts_at_the_resumed_step_and_refuses_other_s
         train(cfg, _constant(12, swa_every=2), tmp_path / "f.pt", resume_from=tmp_path / "f.pt")
     with pytest.raises(ValueError, match="one of"):
         train(cfg, _constant(2, swa_every=2, ema_decay=0.9))
+
+
+def test_hardest_rows_keeps_exactly_the_rows_with_the_highest_loss():
+    from model.checkpoint import build_model
+    from model.data import VOCAB, fixed_split
+    from model.train import hardest_rows
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden_size=16, embed_size=16), VOCAB)
+    data = fixed_split("valid", 1, 2, size=300)
+    tokens, targets = torch.from_numpy(data.tokens), torch.from_numpy(data.targets)
+    pool = torch.arange(40, 140)  # rows 40..139
+    kept = hardest_rows(model, tokens, targets, pool, 25)
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(model(tokens)[0], targets, reduction="none")
+    assert kept.shape == (25,) and len(set(kept.tolist())) == 25
+    assert set(kept.tolist()) <= set(pool.tolist())
+    dropped = sorted(set(pool.tolist()) - set(kept.tolist()))
+    assert losses[kept].min() >= losses[dropped].max()
+    assert not model.embed.weight.grad  # scoring the pool leaves no gradient behind
+
+
+def test_mining_starts_at_mining_start_and_resumes_exactly(tmp_path):
+    cfg = ModelConfig(hidden_size=16, embed_size=16)
+    plain = {s: train(cfg, _constant(s)).state_dict for s in (3, 6)}
+    mined = {s: train(cfg, _constant(s, hard_pool=4, mining_start=3)).state_dict for s in (3, 6)}
+    for k in plain[3]:
+        assert torch.equal(plain[3][k], mined[3][k]), k  # no mining before mining_start
+    assert not torch.equal(plain[6]["embed.weight"], mined[6]["embed.weight"])
+    train(cfg, _constant(4, hard_pool=4, mining_start=3), tmp_path / "m.pt")
+    resumed = train(
+        cfg, _constant(6, hard_pool=4, mining_start=3), tmp_path / "m.pt", resume_from=tmp_path / "m.pt"
+    )
+    for k in mined[6]:
+        assert torch.allclose(mined[6][k], resumed.state_dict[k], atol=1e-6), k
+    assert resumed.train_args["hard_pool"] == 4
+    with pytest.raises(ValueError, match="hard_pool"):
+        train(cfg, _constant(2, hard_pool=0))
