@@ -45,6 +45,9 @@ class TrainConfig:
     min_lr: float = 1e-5
     warmup_steps: int = 0
     grad_clip: float = 1.0
+    weight_decay: float = (
+        0.0  # decoupled (AdamW-style) decay of the weight matrices and embeddings, per step lr * wd
+    )
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # 0 = torch's default
@@ -141,6 +144,18 @@ def hardest_rows(model: nn.Module, tokens: Tensor, targets: Tensor, pool: Tensor
     return pool[torch.topk(losses, keep, sorted=False).indices]  # (keep,)
 
 
+def decay_weights(model: nn.Module, fraction: float) -> None:
+    """Shrink every weight matrix and embedding table by `fraction` (Loshchilov & Hutter's decoupled decay).
+
+    Gains and biases (1-D) are left alone. Applied beside the optimizer rather than inside it, so a checkpoint
+    trained without decay can be resumed with it (its optimizer state has one parameter group).
+    """
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.mul_(1.0 - fraction)
+
+
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
     """Rows of the train split for `step`: epoch-wise shuffles seeded by (seed, epoch)."""
     per_epoch = n // batch_size
@@ -220,6 +235,8 @@ def train(
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if cfg.weight_decay:
+            decay_weights(model, learning_rate(cfg, step) * cfg.weight_decay)
         step += 1
         if average is not None:
             average.update(model, step)
@@ -326,6 +343,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lr", type=float, default=t.min_lr)
     p.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
     p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm (0 = off)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=t.weight_decay,
+        help="decoupled decay of weight matrices and embeddings: each step they shrink by lr * this",
+    )
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--device", default=t.device, help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--threads", type=int, default=t.threads, help="torch CPU threads (0 = default)")
@@ -412,4 +435,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Batch", "TrainConfig", "WeightAverage", "hardest_rows", "learning_rate", "train"]
+__all__ = ["Batch", "TrainConfig", "WeightAverage", "decay_weights", "hardest_rows", "learning_rate", "train"]

@@ -184,3 +184,29 @@ def test_mining_starts_at_mining_start_and_resumes_exactly(tmp_path):
     assert resumed.train_args["hard_pool"] == 4
     with pytest.raises(ValueError, match="hard_pool"):
         train(cfg, _constant(2, hard_pool=0))
+
+
+def test_weight_decay_shrinks_only_matrices_by_lr_times_decay_each_step():
+    from model.checkpoint import build_model
+    from model.data import VOCAB
+    from model.train import decay_weights
+
+    model = build_model(ModelConfig(hidden_size=8, embed_size=8), VOCAB)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    decay_weights(model, 0.25)
+    after = model.state_dict()
+    for name, value in before.items():
+        expected = value * 0.75 if value.dim() >= 2 else value
+        assert torch.allclose(after[name], expected), name
+    assert any(v.dim() == 1 for v in before.values())  # the gains and biases were there to be left alone
+
+
+def test_a_run_with_weight_decay_differs_from_one_without_and_records_it():
+    cfg = ModelConfig(hidden_size=16, embed_size=16)
+    plain = train(cfg, _constant(3))
+    decayed = train(cfg, _constant(3, weight_decay=0.5))
+    assert decayed.train_args["weight_decay"] == 0.5
+    assert decayed.state_dict["embed.weight"].norm() < plain.state_dict["embed.weight"].norm()
+    assert torch.equal(
+        decayed.state_dict["layer_norm.weight"].ne(0), plain.state_dict["layer_norm.weight"].ne(0)
+    )
