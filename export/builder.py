@@ -417,15 +417,7 @@ def _single_row_matrix(e: _Emitter, p: _Params) -> tuple[str, str]:
     for t in range(first, T):
         columns.append(({t: 1}, offsets[x_group]))
         columns.append(({t: 1}, offsets[x_group + 1 + t - first]))
-    route = np.zeros((T, len(columns)), dtype=np.int64)
-    for j, (weights, _) in enumerate(columns):
-        for position, w in weights.items():
-            route[position, j] = w
-    offset = np.array([[o for _, o in columns]], dtype=np.int64)
-    ids = e.op1("MatMul", [INPUT_TOKENS, e.const("route", route)], "ids")
-    ids = e.op1("Add", [ids, e.const("row_offset", offset)], "ids")  # (1, n)
-    rows = e.op1("Gather", [e.const("table", np.concatenate(groups)), ids], "rows", axis=0)  # (1, n, H)
-    rows = e.op1("Reshape", [rows, e.ints("rows", [-1, H])], "rows")  # (n, H)
+    rows = e.gather_rows(p, columns, np.concatenate(groups))  # (n, H)
     block_rows = 2 if p.pair_h1 is not None else 0  # rows of the (2, H) block that A(2) is made of
     sizes = [2] * (block_rows // 2) + [1] * (len(columns) - block_rows)
     parts = e.op("Split", [rows, e.ints("sizes", sizes)], "row", outputs=len(sizes), axis=0)
