@@ -45,9 +45,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     warmup_steps: int = 0
     grad_clip: float = 1.0
-    weight_decay: float = (
-        0.0  # decoupled (AdamW-style) decay of the weight matrices and embeddings, per step lr * wd
-    )
+    weight_decay: float = 0.0  # decoupled decay of weight matrices and embeddings: lr * wd per step
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # 0 = torch's default
@@ -226,8 +224,9 @@ def train(
         idx = torch.from_numpy(batch_indices(cfg.seed, step, rows, len(train_set))).to(device)
         if mining:
             idx = hardest_rows(model, tokens, targets, idx, cfg.batch_size)
+        lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
+            group["lr"] = lr
         logits, _ = model(tokens[idx])
         loss = loss_fn(logits, targets[idx])
         optimizer.zero_grad(set_to_none=True)
@@ -236,7 +235,7 @@ def train(
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         if cfg.weight_decay:
-            decay_weights(model, learning_rate(cfg, step) * cfg.weight_decay)
+            decay_weights(model, lr * cfg.weight_decay)
         step += 1
         if average is not None:
             average.update(model, step)

@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, load_checkpoint
+from model.checkpoint import CheckpointError, build_model, load_checkpoint
 from model.config import ModelConfig
-from model.train import TrainConfig, batch_indices, learning_rate, train
+from model.data import VOCAB, fixed_split
+from model.train import TrainConfig, batch_indices, decay_weights, hardest_rows, learning_rate, train
 
 
 def _tiny(steps, **kw):
@@ -149,10 +150,6 @@ def test_averaging_as_a_fine_tune_starts_at_the_resumed_step_and_refuses_other_s
 
 
 def test_hardest_rows_keeps_exactly_the_rows_with_the_highest_loss():
-    from model.checkpoint import build_model
-    from model.data import VOCAB, fixed_split
-    from model.train import hardest_rows
-
     torch.manual_seed(0)
     model = build_model(ModelConfig(hidden_size=16, embed_size=16), VOCAB)
     data = fixed_split("valid", 1, 2, size=300)
@@ -187,10 +184,6 @@ def test_mining_starts_at_mining_start_and_resumes_exactly(tmp_path):
 
 
 def test_weight_decay_shrinks_only_matrices_by_lr_times_decay_each_step():
-    from model.checkpoint import build_model
-    from model.data import VOCAB
-    from model.train import decay_weights
-
     model = build_model(ModelConfig(hidden_size=8, embed_size=8), VOCAB)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     decay_weights(model, 0.25)
