@@ -1,7 +1,7 @@
 """Export a checkpoint into a Triton-style model repository, then verify it against the checkpoint.
 
     python -m export checkpoints/default.pt --repository model_repository [--buckets 5,11,19,27]
-        [--family fastweights] [--version 1] [--no-verify]
+        [--family fastweights] [--version 1] [--no-verify] [--stream-chunk 3 | --no-stream]
 
 Exit codes: 0 exported (and verified), 2 bad input (checkpoint, options), 3 verification failed.
 """
@@ -20,6 +20,7 @@ from export.contract import (
     DEFAULT_VERSION,
     ContractError,
 )
+from export.stream_contract import DEFAULT_CHUNK_LEN
 from export.verify import DEFAULT_SEQUENCES, DEFAULT_TOLERANCE, ParityError, VerificationError
 
 
@@ -48,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dynamo", action="store_true", help="use the dynamo-based exporter instead of TorchScript"
     )
+    p.add_argument(
+        "--stream-chunk",
+        type=int,
+        default=DEFAULT_CHUNK_LEN,
+        help="tokens per call of the stateful <family>_stream model (memory sessions; default %(default)s)",
+    )
+    p.add_argument("--no-stream", action="store_true", help="do not write the <family>_stream model")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check against the checkpoint")
     p.add_argument("--verify-sequences", type=int, default=DEFAULT_SEQUENCES)
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
@@ -58,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import torch
 
-    from export.repository import export_repository
+    from export.repository import check_buckets, export_repository
+    from export.stream_repository import export_stream_model
     from export.verify import verify_repository
     from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
     from model.config import UnknownModelKindError
@@ -77,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
             args.dynamo,
             source_sha256=file_sha256(args.checkpoint),
         )
+        stream = None
+        if not args.no_stream and ckpt.config.kind == "fast":
+            stream = export_stream_model(
+                ckpt,
+                args.repository,
+                max(check_buckets(args.buckets)),
+                args.family,
+                args.version,
+                args.stream_chunk,
+                args.max_batch_size,
+                file_sha256(args.checkpoint),
+            )
     except (CheckpointError, UnknownModelKindError, ContractError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -86,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for g in graphs:
         print(f"  {g.path}  T={g.seq_len:<3} {g.describe()}, {g.size_bytes / 1024:.1f} KiB")
+    if stream is not None:
+        print(f"  {stream}  stream, C={args.stream_chunk}, {stream.stat().st_size / 1024:.1f} KiB")
     if args.no_verify:
         print("verification skipped (--no-verify)")
         return 0
@@ -105,6 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     print(report.format())
+    if stream is not None:
+        from export.verify import verify_family_stream
+
+        stream_report = verify_family_stream(
+            args.repository, args.family, args.verify_sequences, args.tolerance
+        )
+        print(stream_report.format())
+        if not stream_report.ok:
+            print("error: the stream model disagrees with the whole-sequence graphs", file=sys.stderr)
+            return 3
     return 0
 
 

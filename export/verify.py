@@ -30,6 +30,7 @@ from export.contract import (
     ContractError,
     scan_repository,
 )
+from export.stream_contract import stream_model_name
 from model.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from model.data import generate
 from model.vocab import max_pairs_for_length
@@ -199,6 +200,23 @@ def verify_repository(
     return report
 
 
+def verify_family_stream(
+    repository: str | Path, family: str, sequences: int, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0
+):  # -> export.verify_stream.StreamReport
+    """The family's stream model against its whole-sequence graphs (`export.verify_stream`)."""
+    from export.stream_contract import stream_model_name
+    from export.verify_stream import verify_stream
+
+    entries = scan_repository(repository)
+    stream = [e for e in entries if e.name == stream_model_name(family)]
+    buckets = [e for e in entries if e.family == family]
+    if not stream:
+        raise VerificationError(f"{repository}: no stream model {stream_model_name(family)!r}")
+    if not buckets:
+        raise VerificationError(f"{repository}: no models of family {family!r}")
+    return verify_stream(stream[0].model_path, buckets, sequences, tolerance, seed)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.verify", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", type=Path, help="the checkpoint the repository was exported from")
@@ -230,9 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.format())
+    stream_ok = True
+    if any(e.name == stream_model_name(args.family) for e in scan_repository(args.repository)):
+        stream_report = verify_family_stream(
+            args.repository, args.family, args.sequences, args.tolerance, args.seed
+        )
+        print(stream_report.format())
+        stream_ok = stream_report.ok
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    return 0 if report.ok else 3
+    return 0 if report.ok and stream_ok else 3
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ class ModelInfo:
     providers: tuple[str, ...]  # what the session REALLY uses (session.get_providers())
     path: str
     load_seconds: float = 0.0
+    stateful: bool = False  # the stream model of memory sessions (service.sessions), not a length bucket
 
     @property
     def max_pairs(self) -> int:
@@ -288,6 +289,12 @@ def load_model(
         reason = _first_line(exc).replace(str(path), f"{name}/{version}/{path.name}")
         raise ModelLoadError(name, f"onnxruntime could not load {path.name}: {reason}") from None
     meta = _metadata(session, name)
+    from service.sessions.stream_model import is_stream_metadata, load_stream_model
+
+    if is_stream_metadata(meta):
+        stream = load_stream_model(session, meta, name, version, str(path))
+        stream.info = _with_load_time(stream.info, time.perf_counter() - start)
+        return stream
     try:
         seq_len = int(meta[MetadataKeys.SEQ_LEN])
         tokens = tuple(json.loads(meta[MetadataKeys.VOCAB]))

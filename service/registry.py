@@ -177,7 +177,8 @@ class ModelRegistry:
         if buckets is None:
             buckets = tuple(
                 sorted(
-                    (m for m in self.ready_models() if m.info.family == family), key=lambda m: m.info.seq_len
+                    (m for m in self.ready_models() if m.info.family == family and not m.info.stateful),
+                    key=lambda m: m.info.seq_len,
                 )
             )
             self._family_buckets[family] = buckets
@@ -252,6 +253,17 @@ class ModelRegistry:
         limit = time.monotonic() + self.settings.request_timeout_s
         deadline = limit if deadline is None else min(deadline, limit)
         return await batcher.submit(tokens, deadline)
+
+    async def infer_rows(
+        self, name: str, rows: np.ndarray, deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run rows already in the model's own layout (the stream model's packed chunk + state rows,
+        `service.sessions.stream_model`) through its batcher: steps of different sessions share a run."""
+        self.get(name)
+        batcher = self._entries[name].batcher
+        assert batcher is not None
+        limit = time.monotonic() + self.settings.request_timeout_s
+        return await batcher.submit(rows, limit if deadline is None else min(deadline, limit))
 
     # -- loading ------------------------------------------------------------------------------------------
 

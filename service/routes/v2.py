@@ -369,6 +369,10 @@ async def infer_raw(
     deadline = None if parsed.timeout_us is None else time.monotonic() + parsed.timeout_us / 1e6
     for attempt in range(2):
         model = lookup(registry, name, version)
+        if model.info.stateful:
+            raise ApiError(
+                400, "bad_request", f"model {name!r} is stateful: its sequences are not served yet"
+            )
         inputs, outputs = tensor_metas(model)
         try:
             tensors = validate_inputs(

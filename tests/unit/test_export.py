@@ -350,7 +350,10 @@ def test_cli_exports_and_verifies_a_repository(fast_ckpt_path, tmp_path):
         "fastweights_t7/1/model.onnx" in result.stdout and "nodes" in result.stdout and "KiB" in result.stdout
     )
     assert "PASS: 500 sequences" in result.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fastweights_t5", "fastweights_t7"]
+    # the stateful model of memory sessions too, sized by the longest bucket (K <= 2) and verified
+    assert "PASS: stream fastweights_stream (C=3, P=6): 500 sequences (K 1-2)" in result.stdout
+    names = ["fastweights_stream", "fastweights_t5", "fastweights_t7"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
 
 
 def test_cli_names_a_checkpoint_of_an_unknown_kind(tmp_path, capsys):

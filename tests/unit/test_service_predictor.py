@@ -25,7 +25,8 @@ def t11() -> predictor.LoadedModel:
 
 
 def test_the_bundled_repository_has_the_four_length_buckets_each_with_a_numeric_version() -> None:
-    assert model_names(REPO) == ["fastweights_t11", "fastweights_t19", "fastweights_t27", "fastweights_t5"]
+    buckets = ["fastweights_t11", "fastweights_t19", "fastweights_t27", "fastweights_t5"]
+    assert model_names(REPO) == ["fastweights_stream", *buckets]  # and the stateful model of sessions
     assert all(versions(REPO, n) == ["1"] for n in model_names(REPO))
 
 
