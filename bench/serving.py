@@ -13,7 +13,7 @@ parts
             (b) naive: FastAPI + onnxruntime, one request one run (bench/serving_apps.py), at --clients
   batching  the service with dynamic batching on (max batch 256) vs off (max batch 1) at 64 and 256 clients,
             and the batch-size distribution it produced (fws_batch_size_rows from /metrics)
-  workers   `uvicorn --factory service.main:create_app --workers 1` vs `--workers 2` at 64 clients
+  workers   `python -m service --workers 1` vs `--workers 2` at 64 clients
   peers     BentoML (adaptive batching) and Ray Serve (@serve.batch) serving the same ONNX graphs
             (bench/peers/), from the separate venv `make bench-peers` builds, at 64 clients
 """
@@ -206,22 +206,19 @@ SERVICE_ENV = {  # one inference thread, one ORT intra-op thread: 2 cores shared
 def service(name: str, env: dict[str, str] | None = None, workers: int | None = None, root: Path = ROOT):
     port = free_port()
     full = SERVICE_ENV | {"FWS_HOST": "127.0.0.1", "FWS_PORT": str(port)} | (env or {})
-    if workers is None:
-        cmd = [sys.executable, "-m", "service"]
-    else:  # uvicorn's own multi-process supervisor; each worker builds the app (and its sessions) after fork
-        cmd = uvicorn_command("service.main:create_app", port, workers, factory=True)
-        cmd += ["--http", "service.transport:ServiceHttpProtocol"]  # as `python -m service` serves
+    cmd = [sys.executable, "-m", "service"]
+    if workers is not None:  # uvicorn's supervisor; each worker builds the app (and its sessions) itself
+        cmd += ["--workers", str(workers)]
     url = f"http://127.0.0.1:{port}"
     target = Target(name, url + "/v1/retrieve", metrics_url=url + "/metrics")
     return target, process(name, cmd, full, url + "/v2/health/ready", root=root)
 
 
-def uvicorn_command(app: str, port: int, workers: int, factory: bool = False) -> list[str]:
+def uvicorn_command(app: str, port: int, workers: int) -> list[str]:
     return [
         sys.executable,
         "-m",
         "uvicorn",
-        *(["--factory"] if factory else []),
         app,
         *("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)),
         *("--no-access-log", "--log-level", "warning"),

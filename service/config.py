@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Worker processes of `python -m service`, one port; keep workers x ort_intra_op_threads"
+        " <= cores.",
+    )
     default_family: str = Field(
         default="fastweights", description="Model family the native API uses by default."
     )
@@ -76,6 +82,10 @@ class Settings(BaseSettings):
     # Security and operations.
     api_key: SecretStr | None = Field(
         default=None, description="When set, 'Authorization: Bearer <key>' is required."
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without the API key (for a Prometheus scraper on a trusted network).",
     )
     log_level: str = "info"
     drain_timeout_s: float = Field(

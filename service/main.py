@@ -3,7 +3,7 @@
     uvicorn --factory service.main:create_app      # or: python -m service / fastweights-serve
 
 State on `app.state`: `settings` (Settings), `metrics` (Metrics), `registry` (ModelRegistry), `ready` (bool,
-set once loading finished with at least one model), `draining` (bool, set on SIGTERM by `service.__main__`).
+set once loading finished with at least one model), `draining` (bool, set on SIGTERM by `service.workers`).
 Routers: native `/v1` (routes/native.py), health and metrics, and the Open Inference Protocol V2 router
 `service.routes.v2.router` when that module exists.
 """
@@ -28,8 +28,10 @@ from service.errors import JSONResponse, install_error_handlers, is_v2
 from service.fastpath import FastPath, HotRoute, HotRoutes
 from service.metrics import Metrics
 from service.middleware import PUBLIC_PATHS, RequestPolicy, ServiceMiddleware
+from service.providers import quiet_onnxruntime_log
 from service.registry import ModelRegistry
 from service.routes import health, metrics, native
+from service.workers import drain_on_signals
 
 log = logging.getLogger("service")
 
@@ -54,6 +56,7 @@ class NoModelLoadedError(RuntimeError):
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: ModelRegistry = app.state.registry
     settings: Settings = app.state.settings
+    drain_on_signals(app.state)  # a worker of `--workers N`: readiness turns 503 on SIGTERM there too
     failures = await registry.start()
     for failure in failures:
         log.error("model not loaded", extra={"model": failure.name, "reason": failure.reason})
@@ -118,6 +121,7 @@ def hot_routes() -> list[HotRoute]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    quiet_onnxruntime_log(settings.log_level)
     metrics_ = Metrics()
     app = ServiceApp(
         title="fastweights-serve",

@@ -10,7 +10,14 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
@@ -121,6 +128,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The standard collectors a Prometheus user expects next to ours: process_* (CPU, memory, open files,
+        # start time) and python_* (version, GC). Each reads the process that serves the scrape: with
+        # several workers, one worker per scrape (docs/deployment.md).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.http_requests = LoopCounter(
             "fws_http_requests", "HTTP requests by route template and status.", ["method", "route", "status"]
         )

@@ -66,6 +66,8 @@ class RequestPolicy:
         key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
         # Compare digests: constant time, and the key's length does not leak either.
         self._expected = hashlib.sha256(f"Bearer {key}".encode()).digest() if key else None
+        # FWS_METRICS_PUBLIC: a Prometheus scraper that holds no key may read /metrics (docs/deployment.md).
+        self._public = PUBLIC_PATHS | {"/metrics"} if settings.metrics_public else PUBLIC_PATHS
         # (method, template, status) -> metric children: labels() per request costs a lock and a hash.
         # Bounded: templates are the app's routes (or "unmatched") and statuses a few dozen codes.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -80,7 +82,7 @@ class RequestPolicy:
 
     def refusal(self, path: str, headers: dict[str, str]) -> Refusal | None:
         """Why this request is answered before its body is read (401, 413), or None."""
-        if self._expected is not None and path not in PUBLIC_PATHS and not self._authorized(headers):
+        if self._expected is not None and path not in self._public and not self._authorized(headers):
             return Refusal(
                 401,
                 "unauthorized",

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import glob
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,11 +37,9 @@ from export.contract import (
     output_specs,
 )
 from model.vocab import ParsedQuery, Vocabulary
+from service.providers import DeviceUnavailableError, choose_providers, confirm_providers, warm_up_batch_sizes
 
 log = logging.getLogger("service.predictor")
-
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 
 
 class ModelLoadError(RuntimeError):
@@ -53,37 +49,6 @@ class ModelLoadError(RuntimeError):
         super().__init__(f"model {name!r}: {reason}")
         self.name = name
         self.reason = reason
-
-
-# ----------------------------------------------------------------------------------------------------
-# Providers
-
-
-def gpu_present() -> bool:
-    """True only when an NVIDIA GPU is really usable by this process (not merely compiled into the wheel)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    return bool(glob.glob("/dev/nvidia[0-9]*")) or bool(glob.glob("/proc/driver/nvidia/gpus/*"))
-
-
-def choose_providers(device: str = "auto") -> tuple[list[str], str]:
-    """The execution providers to ask for, and why (logged once at start-up).
-
-    `get_available_providers()` lists what the wheel was built with, not what works: asking for CUDA on a
-    host without a GPU logs frightening library errors before falling back. So CUDA is requested only when
-    a GPU device is present (or `device="cuda"` forces it); the session's real providers are reported from
-    `session.get_providers()` afterwards.
-    """
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return [CPU], "device=cpu requested"
-    if device == "cuda":
-        return [CUDA, CPU], "device=cuda requested"
-    if CUDA not in available:
-        return [CPU], "this onnxruntime build has no CUDA provider"
-    if not gpu_present():
-        return [CPU], "no NVIDIA GPU device found"
-    return [CUDA, CPU], "NVIDIA GPU device found"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -268,6 +233,7 @@ def load_model(
     device: str = "auto",
     intra_op_threads: int = 0,
     simulated_delay_s: float = 0.0,
+    max_batch_size: int = 2,
 ) -> LoadedModel:
     """Load `path` (a model.onnx) into a session, check it against the contract and warm it up.
 
@@ -277,17 +243,24 @@ def load_model(
     start = time.perf_counter()
     if not path.is_file():
         raise ModelLoadError(name, f"no {ONNX_FILENAME} in version {version}")
-    providers, why = choose_providers(device)
+    try:
+        choice = choose_providers(device)
+    except DeviceUnavailableError as exc:
+        raise ModelLoadError(name, str(exc)) from exc
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no warnings about unused initializers on every load
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(str(path), sess_options=options, providers=list(choice.providers))
     except Exception as exc:  # onnxruntime raises several unrelated types for bad files
         # onnxruntime's message names the absolute file path; reasons reach HTTP answers (index, load).
         reason = _first_line(exc).replace(str(path), f"{name}/{version}/{path.name}")
         raise ModelLoadError(name, f"onnxruntime could not load {path.name}: {reason}") from None
+    try:
+        confirm_providers(choice, session.get_providers())
+    except DeviceUnavailableError as exc:
+        raise ModelLoadError(name, str(exc)) from exc
     meta = _metadata(session, name)
     from service.sessions.stream_model import is_stream_metadata, load_stream_model
 
@@ -322,7 +295,7 @@ def load_model(
         path=str(path),
     )
     model = LoadedModel(info, session, vocab)
-    warm_up(model)
+    warm_up(model, warm_up_batch_sizes(info.providers, max_batch_size))
     model.simulated_delay_s = simulated_delay_s
     elapsed = time.perf_counter() - start
     model.info = _with_load_time(info, elapsed)
@@ -332,7 +305,7 @@ def load_model(
             "model": name,
             "version": version,
             "providers": list(info.providers),
-            "provider_choice": why,
+            "provider_choice": choice.reason,
             "seq_len": seq_len,
             "load_seconds": round(elapsed, 3),
         },
@@ -346,10 +319,10 @@ def _with_load_time(info: ModelInfo, seconds: float) -> ModelInfo:
     return replace(info, load_seconds=seconds)
 
 
-def warm_up(model: LoadedModel) -> None:
-    """Run batch sizes 1 and 2 once (first runs allocate) and check the outputs' shapes and values."""
+def warm_up(model: LoadedModel, batch_sizes: Sequence[int] = (1, 2)) -> None:
+    """Run each batch size once (first runs allocate) and check the outputs' shapes and values."""
     info = model.info
-    for batch in (1, 2):
+    for batch in batch_sizes:
         tokens = np.full((batch, info.seq_len), info.pad_id, dtype=np.int64)
         try:
             out = model.run(tokens)

@@ -295,6 +295,7 @@ class ModelRegistry:
                         device=s.device,
                         intra_op_threads=s.ort_intra_op_threads,
                         simulated_delay_s=s.simulated_run_delay_ms / 1000.0,
+                        max_batch_size=s.max_batch_size,
                     ),
                 )
             except ModelLoadError as exc:

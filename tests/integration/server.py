@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -116,8 +117,10 @@ def start_server(
     wait: bool = True,
     ready_timeout: float = 60.0,
     ready_path: str = "/v2/health/ready",
+    args: Sequence[str] = (),
 ) -> Server:
-    """Launch `python -m service` on a free port with FWS_* `env`; by default wait for `ready_path` 200."""
+    """Launch `python -m service [args]` on a free port with FWS_* `env`; by default wait for `ready_path`
+    200."""
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("FWS_")}
     child_env.update(
@@ -135,7 +138,7 @@ def start_server(
     log_path = Path(name)
     with os.fdopen(fd, "wb") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service"],
+            [sys.executable, "-m", "service", *args],
             cwd=REPO_ROOT,
             env=child_env,
             stdout=log_file,

@@ -71,3 +71,41 @@ def test_the_service_metrics_render_every_family_once_with_its_help_line() -> No
     samples = _samples(metrics.render())
     assert samples['fws_http_requests_total{method="POST",route="/v1/retrieve",status="200"}'] == 1
     assert samples['fws_queue_depth_rows{model="m"}'] == 3
+
+
+def test_the_standard_process_and_python_collectors_sit_next_to_the_services_own() -> None:
+    import os
+
+    import psutil
+
+    samples = _samples(Metrics().render())
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        'python_gc_collections_total{generation="0"}',
+    ):
+        assert name in samples, name
+    assert any(k.startswith("python_info{") for k in samples)
+    assert samples["process_start_time_seconds"] == pytest.approx(
+        psutil.Process(os.getpid()).create_time(), abs=2
+    )
+    # Two apps in one process (tests do that) each have their own registry: no duplicate-name error.
+    assert "process_open_fds" in _samples(Metrics().render())
+
+
+def test_metrics_need_the_api_key_unless_made_public(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.config import Settings
+    from service.main import create_app
+
+    guarded = create_app(Settings(model_repository=tmp_path, api_key="k"))
+    public = create_app(Settings(model_repository=tmp_path, api_key="k", metrics_public=True))
+    with TestClient(guarded) as g, TestClient(public) as p:
+        assert g.get("/metrics").status_code == 401
+        assert g.get("/metrics", headers={"authorization": "Bearer k"}).status_code == 200
+        answer = p.get("/metrics")
+        assert answer.status_code == 200 and "process_cpu_seconds_total" in answer.text
+        assert p.get("/v1/models").status_code == 401  # only /metrics became public

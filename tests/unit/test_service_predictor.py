@@ -42,18 +42,6 @@ def test_a_loaded_model_describes_itself_from_its_own_metadata(t11: predictor.Lo
     assert info.max_pairs == 4
 
 
-def test_cuda_is_requested_only_when_a_gpu_is_really_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert predictor.choose_providers("cpu")[0] == ["CPUExecutionProvider"]
-    monkeypatch.setattr(predictor, "gpu_present", lambda: False)
-    providers, why = predictor.choose_providers("auto")
-    assert providers == ["CPUExecutionProvider"] and why
-    monkeypatch.setattr(predictor, "gpu_present", lambda: True)
-    monkeypatch.setattr(
-        predictor.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    )
-    assert predictor.choose_providers("auto")[0] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
 def test_encoding_left_pads_to_the_bucket_length(t11: predictor.LoadedModel) -> None:
     tokens = t11.encode([parse_sequence("a1??a"), parse_sequence("c9k8j3f1??c")])
     assert tokens.shape == (2, 11) and tokens.dtype == np.int64
