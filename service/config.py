@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         " false: through FastAPI.",
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1, description="Larger request bodies get 413.")
+    max_response_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        description="Largest V2 infer answer (estimated before it is built); larger: 400.",
+    )
     max_batch_items: int = Field(default=1024, ge=1, description="Items per /v1/retrieve/batch request.")
     max_sequence_length: int = Field(
         default=256,

@@ -26,6 +26,7 @@ from starlette.responses import Response
 
 from model.vocab import SequenceError
 from service.batcher import BatcherClosedError, DeadlineExceededError, QueueFullError
+from service.echo import MESSAGE_CHARS, clip, quoted
 from service.predictor import ModelLoadError
 from service.registry import ModelNotFoundError, ModelNotReadyError
 
@@ -96,6 +97,9 @@ def is_v2(path: str) -> bool:
 
 
 def error_body(path: str, code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    message = clip(message, MESSAGE_CHARS)  # messages quote input clipped already (service.echo); a backstop
+    if field is not None:
+        field = clip(field)  # a field path can hold a client's JSON key (an unknown field's name)
     if is_v2(path):
         return {"error": message}
     return {"error": {"code": code, "message": message, "field": field}}
@@ -128,9 +132,9 @@ def validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     field = _field_of(tuple(err.get("loc", ())))
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return f"unknown field {field!r}", field
+        return f"unknown field {quoted(field)}", field
     if kind == "missing":
-        return (f"missing field {field!r}", field) if field else (EMPTY_BODY, None)
+        return (f"missing field {quoted(field)}", field) if field else (EMPTY_BODY, None)
     if kind == "json_invalid":
         return "request body is not valid JSON", None
     if field is None and kind in ("model_attributes_type", "dict_type", "model_type"):
@@ -211,7 +215,7 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, "error")
         message = exc.detail if isinstance(exc.detail, str) else code
         if exc.status_code == 404 and message == "Not Found":
-            message = f"no route {request.method} {request.url.path}"
+            message = f"no route {clip(request.method)} {clip(request.url.path)}"
         headers = dict(exc.headers) if exc.headers else None
         return error_response(request.url.path, exc.status_code, code, message, None, headers)
 

@@ -65,7 +65,7 @@ class RequestPolicy:
         self.metrics = metrics
         key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
         # Compare digests: constant time, and the key's length does not leak either.
-        self._expected = hashlib.sha256(f"Bearer {key}".encode()).digest() if key else None
+        self._expected = hashlib.sha256(key.encode()).digest() if key else None
         # FWS_METRICS_PUBLIC: a Prometheus scraper that holds no key may read /metrics (docs/deployment.md).
         self._public = PUBLIC_PATHS | {"/metrics"} if settings.metrics_public else PUBLIC_PATHS
         # (method, template, status) -> metric children: labels() per request costs a lock and a hash.
@@ -122,9 +122,11 @@ class RequestPolicy:
             )
 
     def _authorized(self, headers: dict[str, str]) -> bool:
+        """`Authorization: Bearer <key>`; the scheme's case does not matter (RFC 9110, 11.1), one space."""
         assert self._expected is not None
-        given = hashlib.sha256(headers.get("authorization", "").encode("latin-1")).digest()
-        return hmac.compare_digest(given, self._expected)
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        given = hashlib.sha256(credentials.encode("latin-1")).digest()
+        return hmac.compare_digest(given, self._expected) and scheme.lower() == "bearer"
 
 
 class Refusal(NamedTuple):

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from export.contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
 from model.vocab import ParsedQuery, SequenceError, from_pairs, parse_sequence, sequence_length
+from service.echo import quoted
 from service.predictor import LoadedModel, Prediction, decode
 from service.registry import ModelNotFoundError, ModelNotReadyError, ModelRegistry
 
@@ -61,8 +62,8 @@ def buckets_for(registry: ModelRegistry, family: str) -> tuple[LoadedModel, ...]
         return buckets
     known = {name.rsplit("_t", 1)[0] for name in registry.names()}
     if family in known:
-        raise ModelNotReadyError(f"model {family!r} has no bucket ready")
-    raise ModelNotFoundError(f"unknown model {family!r}; available: {sorted(registry.families())}")
+        raise ModelNotReadyError(f"model {quoted(family)} has no bucket ready")
+    raise ModelNotFoundError(f"unknown model {quoted(family)}; available: {sorted(registry.families())}")
 
 
 def pick_bucket(buckets: Sequence[LoadedModel], query: ParsedQuery, field: str) -> LoadedModel:

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.echo import clip, quoted
+
 # V2 datatype <-> numpy dtype (little endian, as the binary extension requires). BYTES is not numeric and no
 # model here takes strings, so it is recognised (for a precise message) but not decodable.
 _DTYPES: dict[str, np.dtype] = {
@@ -50,6 +52,10 @@ CONFIG_DATA_TYPES = {name: f"TYPE_{'STRING' if name == 'BYTES' else name}" for n
 # Request parameters this server understands; anything else under `parameters` is ignored (as Triton does
 # for unknown custom parameters), but these shared-memory ones must fail loudly: we cannot honour them.
 _UNSUPPORTED_TENSOR_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+# numpy arrays have at most 64 dimensions; no model here has more than 2. A dimension past 2^31 can never
+# match data that fits in a request body (and some, times the item size, overflow numpy's byte count).
+MAX_RANK = 16
+MAX_DIM = 2**31 - 1
 
 
 class V2Error(Exception):
@@ -75,7 +81,7 @@ def numpy_dtype(datatype: str) -> np.dtype:
     try:
         return _DTYPES[datatype]
     except KeyError:
-        raise V2Error(f"unsupported datatype {datatype!r}; supported: {', '.join(_DTYPES)}") from None
+        raise V2Error(f"unsupported datatype {quoted(datatype)}; supported: {', '.join(_DTYPES)}") from None
 
 
 # --------------------------------------------------------------------------------------------------- request
@@ -126,7 +132,8 @@ def decompress(body: bytes, content_encoding: str | None, max_size: int) -> byte
         # browsers and servers have done since some clients got it wrong.
         wbits = zlib.MAX_WBITS if body[:1] and (body[0] & 0x0F) == 8 else -zlib.MAX_WBITS
     else:
-        raise V2Error(f"unsupported Content-Encoding {content_encoding!r}; supported: gzip, deflate", 415)
+        supported = "supported: gzip, deflate"
+        raise V2Error(f"unsupported Content-Encoding {quoted(content_encoding)}; {supported}", 415)
     inflater = zlib.decompressobj(wbits)
     try:
         out = inflater.decompress(body, max_size + 1)
@@ -137,6 +144,12 @@ def decompress(body: bytes, content_encoding: str | None, max_size: int) -> byte
         raise V2Error(f"request body is not valid {encoding} data: {exc}") from None
     if not inflater.eof:
         raise V2Error(f"request body is truncated {encoding} data")
+    if inflater.unused_data:
+        # A second gzip member, or junk: answering from the first member alone would silently drop the rest.
+        raise V2Error(
+            f"request body has {len(inflater.unused_data)} bytes after the end of the {encoding} data"
+            " (trailing data or a second member)"
+        )
     if len(out) > max_size:
         raise V2Error(f"decompressed request body exceeds the limit of {max_size} bytes", 413)
     return out
@@ -157,7 +170,19 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise V2Error(f"{where}: 'shape' must be a list of non-negative integers")
+    if len(value) > MAX_RANK:
+        raise V2Error(f"{where}: 'shape' has {len(value)} dimensions; at most {MAX_RANK} are supported")
+    if any(d > MAX_DIM for d in value):
+        raise V2Error(f"{where}: 'shape' has a dimension larger than {MAX_DIM}")
     return tuple(value)
+
+
+def _reshaped(flat: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """`flat` as `shape`; a shape numpy cannot represent (its byte size overflows) is a bad request."""
+    try:
+        return flat.reshape(shape)
+    except (ValueError, MemoryError, OverflowError):
+        raise V2Error(f"{where}: shape {clip(str(list(shape)))} cannot be represented") from None
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
@@ -201,7 +226,7 @@ def _json_tensor_data(data: Any, datatype: str, shape: tuple[int, ...], where: s
             raise V2Error(f"{where}: 'data' must hold only booleans for datatype BOOL")
     elif not all(type(v) in (int, float) for v in flat):
         raise V2Error(f"{where}: 'data' must hold only numbers for datatype {datatype}")
-    return np.asarray(flat, dtype=dtype).reshape(shape)
+    return _reshaped(np.asarray(flat, dtype=dtype), shape, where)
 
 
 def parse_infer_request(
@@ -222,7 +247,7 @@ def parse_infer_request(
             n = int(header_length)
         except (TypeError, ValueError):
             raise V2Error(
-                f"Inference-Header-Content-Length must be an integer, got {header_length!r}"
+                f"Inference-Header-Content-Length must be an integer, got {quoted(header_length)}"
             ) from None
         if not 0 < n <= len(body):
             raise V2Error(
@@ -253,14 +278,14 @@ def parse_infer_request(
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise V2Error(f"inputs[{i}]: 'name' must be a non-empty string")
-        where = f"input '{name}'"
+        where = f"input {quoted(name)}"
         if name in inputs:
             raise V2Error(f"{where} appears more than once")
         datatype = raw.get("datatype")
         if not isinstance(datatype, str):
             raise V2Error(f"{where}: 'datatype' must be a string")
         if datatype not in KNOWN_DATATYPES:
-            raise V2Error(f"{where}: unknown datatype {datatype!r}")
+            raise V2Error(f"{where}: unknown datatype {quoted(datatype)}")
         if datatype == "BYTES":
             raise V2Error(f"{where}: datatype BYTES is not supported by this server")
         shape = _shape(raw.get("shape"), where)
@@ -286,7 +311,8 @@ def parse_infer_request(
                     f"{where}: binary data is truncated (needs {size} bytes at offset {offset}, "
                     f"only {len(binary) - offset} left)"
                 )
-            arr = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+            flat = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset)
+            arr = _reshaped(flat, shape, where)
             offset += size
         elif "data" in raw:
             arr = _json_tensor_data(raw["data"], datatype, shape, where)
@@ -306,18 +332,24 @@ def parse_infer_request(
         if not isinstance(raw_outputs, list):
             raise V2Error("request: 'outputs' must be a list")
         parsed = []
+        seen: set[str] = set()
         for i, raw in enumerate(raw_outputs):
             if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
                 raise V2Error(f"outputs[{i}] must be an object with a string 'name'")
-            oparams = _parameters(raw.get("parameters"), f"output '{raw['name']}'")
+            where = f"output {quoted(raw['name'])}"
+            if raw["name"] in seen:
+                # Each copy would be answered in full: a small request could ask for a huge answer.
+                raise V2Error(f"{where} appears more than once")
+            seen.add(raw["name"])
+            oparams = _parameters(raw.get("parameters"), where)
             for key in _UNSUPPORTED_TENSOR_PARAMETERS:
                 if key in oparams:
-                    raise V2Error(f"output '{raw['name']}': shared memory is not supported by this server")
+                    raise V2Error(f"{where}: shared memory is not supported by this server")
             if oparams.get("classification"):
-                raise V2Error(f"output '{raw['name']}': the classification extension is not supported")
+                raise V2Error(f"{where}: the classification extension is not supported")
             binary_flag = oparams.get("binary_data", binary_data_output)
             if not isinstance(binary_flag, bool):
-                raise V2Error(f"output '{raw['name']}': parameters.binary_data must be a boolean")
+                raise V2Error(f"{where}: parameters.binary_data must be a boolean")
             parsed.append(RequestedOutput(raw["name"], binary_flag))
         outputs = tuple(parsed)
     return InferRequest(
@@ -360,14 +392,14 @@ def validate_inputs(
     declared = {t.name: t for t in inputs}
     unknown = sorted(set(request.inputs) - set(declared))
     if unknown:
-        raise V2Error(f"unexpected input {unknown[0]!r}; the model takes {sorted(declared)}")
+        raise V2Error(f"unexpected input {quoted(unknown[0])}; the model takes {sorted(declared)}")
     missing = sorted(set(declared) - set(request.inputs))
     if missing:
         raise V2Error(f"missing input {missing[0]!r}; the model takes {sorted(declared)}")
     out_names = {t.name for t in outputs}
     for out in request.outputs or ():
         if out.name not in out_names:
-            raise V2Error(f"unknown output {out.name!r}; the model has {sorted(out_names)}")
+            raise V2Error(f"unknown output {quoted(out.name)}; the model has {sorted(out_names)}")
     checked: dict[str, np.ndarray] = {}
     batch: int | None = None
     for name, meta in declared.items():
@@ -406,15 +438,34 @@ def validate_inputs(
 # -------------------------------------------------------------------------------------------------- response
 
 
+# Upper bound of one JSON number as orjson writes a float32/float64 or an int64 ("-1.2345679e-38,").
+_JSON_CHARS_PER_VALUE = 32
+
+
 def build_infer_response(
     model_name: str,
     model_version: str,
     results: Mapping[str, np.ndarray],
     request: InferRequest,
+    max_bytes: int | None = None,
 ) -> tuple[bytes, int | None]:
     """Encode outputs as the V2 response body. Returns (body, header_length); header_length is None when
-    the body is pure JSON, otherwise the value of the `Inference-Header-Content-Length` response header."""
+    the body is pure JSON, otherwise the value of the `Inference-Header-Content-Length` response header.
+
+    An answer that would be larger than `max_bytes` raises `V2Error` before it is built (binary outputs
+    count their bytes, JSON ones a generous bound per value).
+    """
     names = list(results) if request.outputs is None else [o.name for o in request.outputs]
+    if max_bytes is not None:
+        size = sum(
+            results[n].nbytes if request.wants_binary(n) else results[n].size * _JSON_CHARS_PER_VALUE
+            for n in names
+        )
+        if size > max_bytes:
+            raise V2Error(
+                f"the answer would be about {size} bytes, over the limit of {max_bytes}"
+                " (FWS_MAX_RESPONSE_BYTES); ask for fewer rows or outputs, or binary outputs"
+            )
     header_outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name in names:

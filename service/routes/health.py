@@ -19,11 +19,15 @@ def is_ready(request: Request) -> bool:
     )
 
 
+# HEAD too (load balancers and uptime checks probe with it); left out of the OpenAPI document, which
+# describes each operation's body.
 @router.get("/v2/health/live", summary="200 while the process is up")
+@router.head("/v2/health/live", include_in_schema=False)
 async def live() -> Response:
     return JSONResponse({"live": True})
 
 
+@router.head("/v2/health/ready", include_in_schema=False)
 @router.get(
     "/v2/health/ready",
     summary="200 once models are loaded and warmed up; 503 before, while draining, or with no model",

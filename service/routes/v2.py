@@ -393,7 +393,12 @@ async def infer_raw(
             # goes to the new one (validated again); one that named the old version gets the 404.
             if version is not None or attempt == 1 or not registry.is_ready(name):
                 raise
-    payload, header_length = build_infer_response(model.info.name, model.info.version, results, parsed)
+    try:
+        payload, header_length = build_infer_response(
+            model.info.name, model.info.version, results, parsed, settings.max_response_bytes
+        )
+    except V2Error as exc:
+        raise bad_request(exc) from None
     out_headers: dict[str, str] = {}
     if header_length is not None:
         out_headers["Inference-Header-Content-Length"] = str(header_length)

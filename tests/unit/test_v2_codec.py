@@ -397,3 +397,77 @@ def test_garbage_never_escapes_as_anything_but_v2error(garbage, header_length):
         validate_inputs(req, INPUTS, OUTPUTS, 64, {"tokens": (0, VOCAB_SIZE)})
     except V2Error as err:
         assert err.status == 400 and err.message
+
+
+JSON_TOKENS = {"name": "tokens", "datatype": "INT64", "shape": [1, T], "data": [0] * T}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("tail", [b"junk", b"\x00"], ids=["junk", "nul"])
+def test_compressed_data_followed_by_anything_is_refused(encoding, tail):
+    pack = gzip.compress if encoding == "gzip" else zlib.compress
+    body = orjson.dumps({"inputs": []})
+    assert decompress(pack(body), encoding, max_size=1000) == body
+    with pytest.raises(V2Error, match="after the end of the") as err:
+        decompress(pack(body) + tail, encoding, max_size=1000)
+    assert err.value.status == 400
+
+
+def test_a_second_gzip_member_is_refused_not_silently_dropped():
+    body = gzip.compress(b'{"inputs": []}') + gzip.compress(b'{"more": 1}')
+    with pytest.raises(V2Error, match="second member"):
+        decompress(body, "gzip", max_size=1000)
+
+
+def test_duplicate_output_names_are_refused():
+    body = orjson.dumps({"inputs": [{**JSON_TOKENS}], "outputs": [{"name": "logits"}] * 3})
+    with pytest.raises(V2Error, match="output 'logits' appears more than once"):
+        parse_infer_request(body)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        [0, 4611686018427387904, 4],
+        [0] * 65,
+        [0] * 17,
+        [0, 2**62, 2**62],
+        [2**31, 0],
+        [0, 2**31 - 1, 2**31 - 1] * 3,
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_shapes_numpy_cannot_build_are_a_400_not_a_crash(shape, binary):
+    tensor = {"name": "tokens", "datatype": "INT64", "shape": shape}
+    if binary:
+        tensor["parameters"] = {"binary_data_size": 0}
+        header = orjson.dumps({"inputs": [tensor]})
+        args = (header, str(len(header)))
+    else:
+        tensor["data"] = []
+        args = (orjson.dumps({"inputs": [tensor]}), None)
+    with pytest.raises(V2Error) as err:
+        validate_inputs(parse_infer_request(*args), INPUTS, OUTPUTS, 64)
+    assert err.value.status == 400 and len(err.value.message) < 300
+
+
+def test_a_huge_name_is_echoed_clipped():
+    name = "x" * 1_000_000
+    body = orjson.dumps({"inputs": [{**JSON_TOKENS, "name": name}]})
+    with pytest.raises(V2Error) as err:
+        validate_inputs(parse_infer_request(body), INPUTS, OUTPUTS, 64)
+    assert "unexpected input 'xxxx" in err.value.message and len(err.value.message) < 400
+    body = orjson.dumps({"inputs": [JSON_TOKENS], "outputs": [{"name": name, "parameters": 1}]})
+    with pytest.raises(V2Error) as err:
+        parse_infer_request(body)
+    assert len(err.value.message) < 400
+
+
+def test_an_answer_over_the_size_limit_is_refused_before_it_is_built():
+    req = parse_infer_request(orjson.dumps({"inputs": [JSON_TOKENS]}))
+    results = {"logits": np.zeros((256, 10), np.float32), "memory_attention": np.zeros((256, T), np.float32)}
+    body, _ = build_infer_response("m", "1", results, req, max_bytes=10_000_000)
+    assert len(body) < 10_000_000
+    with pytest.raises(V2Error, match="FWS_MAX_RESPONSE_BYTES"):
+        build_infer_response("m", "1", results, req, max_bytes=len(body) // 2)
