@@ -84,6 +84,39 @@ class Settings(BaseSettings):
         description="Characters (or pairs) accepted before parsing; longer inputs: too_long.",
     )
 
+    # Limits at the HTTP edge, per connection (service/edge.py, docs/reliability.md).
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="Request line and headers, in bytes; larger: 431 and close."
+    )
+    max_headers: int = Field(default=100, ge=1, description="Headers per request; more: 431 and close.")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time from a request's first byte to its last header; past it: 408."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Time from a request's headers to the end of its body; past it: 408."
+    )
+    idle_timeout_s: float = Field(
+        default=10.0, gt=0, description="A new connection that sends no request is closed after this long."
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Open connections; one more evicts the longest-idle one, or gets 503 if none is idle.",
+    )
+    send_timeout_s: float = Field(
+        default=30.0, gt=0, description="A client that does not read its answers for this long is cut off."
+    )
+    write_buffer_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="Unsent answer bytes per connection before its requests stop being read.",
+    )
+    max_pipelined: int = Field(
+        default=32,
+        ge=1,
+        description="Requests queued behind the one being answered; beyond: not read, connection closed.",
+    )
+
     # Security and operations.
     api_key: SecretStr | None = Field(
         default=None, description="When set, 'Authorization: Bearer <key>' is required."

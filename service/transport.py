@@ -7,8 +7,9 @@ connection's writes are held and go to the socket together (one `writelines`, a 
 the response is complete; a response still streaming is written at the end of the current event-loop
 iteration at the latest, so nothing waits for later data (measured, docs/benchmarks.md).
 
-`ServiceHttpProtocol` (the one `python -m service` uses): the same, and the hot inference routes served by
-the protocol itself, without ASGI (see its docstring). With uvicorn's own runner:
+`HotRoutesProtocol`: the same, and the hot inference routes served by the protocol itself, without ASGI (see
+its docstring). `ServiceHttpProtocol` (the one `python -m service` uses): that, under the edge limits of
+`service.edge` (header size and count, timeouts, connections, unread answers). With uvicorn's own runner:
 `uvicorn --factory service.main:create_app --http service.transport:ServiceHttpProtocol`.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.batcher import BatcherClosedError
+from service.edge import EdgeGuard
 from service.fastpath import HotRoute, HotRoutes, RawRequest, RawResponse, error_response, header_list
 from service.logs import request_id_var
 from service.middleware import CLIENT_GONE_STATUS, INTERNAL, decode_headers
@@ -92,7 +94,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
 
-class ServiceHttpProtocol(CoalescingHttpToolsProtocol):
+class HotRoutesProtocol(CoalescingHttpToolsProtocol):
     """The coalescing protocol that serves the app's hot routes itself, without ASGI.
 
     A request for a hot route (`app.hot`, see `service.main.create_app`) is answered from the parser's
@@ -145,6 +147,11 @@ class ServiceHttpProtocol(CoalescingHttpToolsProtocol):
             super().on_message_complete()
 
 
+class ServiceHttpProtocol(EdgeGuard, HotRoutesProtocol):
+    """What `python -m service` runs: the hot-routes protocol under the edge limits (`service.edge`), which
+    see every request first, however it is then served."""
+
+
 def _hot_routes(app: Any) -> HotRoutes | None:
     """The app's hot routes, looking through uvicorn's wrappers (proxy headers, message logger)."""
     for _ in range(4):
@@ -155,7 +162,7 @@ def _hot_routes(app: Any) -> HotRoutes | None:
     return None
 
 
-def _exchange_for(protocol: ServiceHttpProtocol, hot: HotRoutes) -> HotExchange | None:
+def _exchange_for(protocol: HotRoutesProtocol, hot: HotRoutes) -> HotExchange | None:
     """A `HotExchange` for the request whose headers were just parsed, or None if it goes the ASGI way."""
     parser = protocol.parser
     url = protocol.url
@@ -190,7 +197,7 @@ class HotExchange:
 
     def __init__(
         self,
-        protocol: ServiceHttpProtocol,
+        protocol: HotRoutesProtocol,
         hot: HotRoutes,
         route: HotRoute,
         params: dict[str, str],
