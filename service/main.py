@@ -4,8 +4,9 @@
 
 State on `app.state`: `settings` (Settings), `metrics` (Metrics), `registry` (ModelRegistry), `ready` (bool,
 set once loading finished with at least one model), `draining` (bool, set on SIGTERM by `service.workers`).
-Routers: native `/v1` (routes/native.py), health and metrics, and the Open Inference Protocol V2 router
-`service.routes.v2.router` when that module exists.
+Routers: native `/v1` (routes/native.py), health and metrics, the playground page at `/`
+(routes/playground.py), and the Open Inference Protocol V2 router `service.routes.v2.router` when that module
+exists.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from service.metrics import Metrics
 from service.middleware import PUBLIC_PATHS, RequestPolicy, ServiceMiddleware
 from service.providers import quiet_onnxruntime_log
 from service.registry import ModelRegistry
-from service.routes import health, metrics, native
+from service.routes import health, metrics, native, playground
 from service.workers import drain_on_signals
 
 log = logging.getLogger("service")
@@ -43,8 +44,8 @@ Associative retrieval with fast-weight RNNs (Ba, Hinton et al., 2016), served wi
 * **Open Inference Protocol V2** (`/v2`): KServe/Triton REST, works with the stock `tritonclient.http`.
 * Health: `/v2/health/live`, `/v2/health/ready`; Prometheus metrics at `/metrics`.
 
-When the server runs with `FWS_API_KEY`, send `Authorization: Bearer <key>` (everything except health
-and docs).
+When the server runs with `FWS_API_KEY`, send `Authorization: Bearer <key>` (everything except health,
+docs and the playground page at `/`).
 """
 
 
@@ -136,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.draining = False
     install_error_handlers(app)
-    routers = [health.router, metrics.router, native.router]
+    routers = [health.router, metrics.router, native.router, playground.router]
     if importlib.util.find_spec("service.routes.v2") is not None:
         routers.append(importlib.import_module("service.routes.v2").router)
     for router in routers:

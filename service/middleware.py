@@ -2,7 +2,7 @@
 
 1. request id: `X-Request-ID` accepted (when sane) or generated, echoed on the response, in every log line;
 2. API key (when `FWS_API_KEY` is set): `Authorization: Bearer <key>`, compared in constant time, required on
-   everything except health and the docs;
+   everything except health, the docs and the playground page;
 3. body size limit: a declared `Content-Length` over the limit is answered 413 before a byte is read; a
    chunked body is counted while it streams and cut off at the limit;
 4. metrics (count and latency per route TEMPLATE and status) and one JSON access-log line;
@@ -38,6 +38,8 @@ log = logging.getLogger("service.access")
 
 PUBLIC_PATHS = frozenset(
     {"/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+    # the playground page (service/routes/playground.py); its API calls carry the key the user types
+    | {"/", "/playground/playground.css", "/playground/playground.js"}
 )
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 CLIENT_GONE_STATUS = 499  # nginx's convention for "client closed the request"
