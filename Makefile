@@ -12,7 +12,7 @@ DEFAULT_CKPT := checkpoints/default.pt
 DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 40000 --lr 2e-3 \
 	--warmup-steps 1000 --lr-schedule cosine --eval-every 5000 --target-error 0 --seed 0 --threads 1
 
-.PHONY: install install-serve serve test test-unit test-integration reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 clean
+.PHONY: install install-serve serve test test-unit test-integration test-browser browser screenshot reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ install: $(VENV)/.all
 serve: $(VENV)/.serve
 	$(PY) -m service
 
-test: $(VENV)/.all
+test: $(VENV)/.all browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.all
@@ -42,6 +42,18 @@ test-unit: $(VENV)/.all
 
 test-integration: $(VENV)/.all
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# The playground page (/) in headless Chromium: Debian's chromium + chromium-driver, installed when missing
+# (root or passwordless sudo; otherwise this fails loudly rather than skipping the browser tests).
+browser:
+	bash scripts/install-browser.sh
+
+test-browser: $(VENV)/.all browser
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+# The README's picture of the playground, taken by the browser tests' tooling.
+screenshot: $(VENV)/.all browser
+	$(PY) -m tests.browser.screenshot docs/img/playground.png
 
 # Fuzzing (300 examples per operation and mode), 5-minute soak, corpus, faults, security: see docs/reliability.md.
 reliability-long: $(VENV)/.all

@@ -1,0 +1,30 @@
+"""Fixtures of the browser tests: one real server, one headless Chromium, both shared by the session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+
+from tests.browser.browser import BrowserMissingError, chromium
+from tests.integration.server import Server, start_server
+
+
+@pytest.fixture(scope="session")
+def server(model_repository: Path) -> Iterator[Server]:
+    with start_server(repository=model_repository) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[webdriver.Chrome]:
+    try:
+        driver = chromium()
+    except BrowserMissingError as exc:  # fail, never skip: `make test` installs the browser first
+        pytest.fail(str(exc))
+    try:
+        yield driver
+    finally:
+        driver.quit()
