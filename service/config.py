@@ -117,6 +117,21 @@ class Settings(BaseSettings):
         description="Requests queued behind the one being answered; beyond: not read, connection closed.",
     )
 
+    # Memory sessions (/v1/sessions and V2 sequences of the stateful model; service/sessions/).
+    sessions: bool = Field(default=True, description="Serve memory sessions when a stream model is loaded.")
+    session_store: str = Field(
+        default="memory",
+        description="Where sessions live: 'memory' (this process) or 'redis://host:port/db' (shared).",
+    )
+    session_max: int = Field(default=10_000, ge=1, description="Sessions held at once; beyond: LRU eviction.")
+    session_idle_ttl_s: float = Field(default=600.0, gt=0, description="A session idle this long expires.")
+    session_max_pairs: int = Field(
+        default=0, ge=0, description="Pairs per session (0: the stream model's capacity; never above it)."
+    )
+    session_max_bytes: int = Field(
+        default=64 * 1024, ge=1, description="Stored bytes per session (state and pairs); beyond: refused."
+    )
+
     # Security and operations.
     api_key: SecretStr | None = Field(
         default=None, description="When set, 'Authorization: Bearer <key>' is required."

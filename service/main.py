@@ -59,6 +59,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     drain_on_signals(app.state)  # a worker of `--workers N`: readiness turns 503 on SIGTERM there too
     failures = await registry.start()
+    sessions = getattr(app.state, "sessions", None)
+    if sessions is not None:
+        await sessions.start()
     for failure in failures:
         log.error("model not loaded", extra={"model": failure.name, "reason": failure.reason})
     if registry.ready:
@@ -92,6 +95,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.ready = False
         app.state.draining = True
+        if sessions is not None:
+            await sessions.close()
         await registry.close()
         log.info("stopped")
 
@@ -138,6 +143,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False
     install_error_handlers(app)
     routers = [health.router, metrics.router, native.router, playground.router]
+    if settings.sessions:  # memory sessions (service/sessions/): /v1/sessions and V2 sequences
+        from service.routes import sessions as session_routes
+        from service.sessions import build_sessions
+
+        app.state.sessions = build_sessions(settings, app.state.registry, metrics_)
+        app.state.registry.sessions = app.state.sessions
+        routers.append(session_routes.router)
     if importlib.util.find_spec("service.routes.v2") is not None:
         routers.append(importlib.import_module("service.routes.v2").router)
     for router in routers:

@@ -94,6 +94,7 @@ class ModelRegistry:
         self._family_buckets: dict[str, tuple[LoadedModel, ...]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self.sessions: Any = None  # the SessionManager (service.sessions), for the V2 sequence flow
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
