@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -11,7 +13,11 @@ router = APIRouter(tags=["health"])
 
 
 def is_ready(request: Request) -> bool:
-    state = request.app.state
+    return serving(request.app.state)
+
+
+def serving(state: Any) -> bool:
+    """Ready for inference: loaded and warmed up, at least one model, not draining (HTTP and gRPC alike)."""
     return (
         bool(getattr(state, "ready", False))
         and not getattr(state, "draining", False)
