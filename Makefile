@@ -12,7 +12,7 @@ DEFAULT_CKPT := checkpoints/default.pt
 DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 40000 --lr 2e-3 \
 	--warmup-steps 1000 --lr-schedule cosine --eval-every 5000 --target-error 0 --seed 0 --threads 1
 
-.PHONY: install install-serve serve test test-unit test-integration test-browser browser screenshot reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 clean
+.PHONY: install install-serve serve grpc-code test test-unit test-integration test-browser browser screenshot reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ install: $(VENV)/.all
 
 serve: $(VENV)/.serve
 	$(PY) -m service
+
+# The gRPC code of the Open Inference Protocol, from service/grpc/protos/ (committed; a unit test checks it).
+grpc-code: $(VENV)/.all
+	$(PY) scripts/grpc_codegen.py
 
 test: $(VENV)/.all browser
 	$(PY) -m pytest $(PYTEST_ARGS)
