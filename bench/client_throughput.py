@@ -112,6 +112,7 @@ def start_server(repository: Path, port: int, extra_env: dict[str, str]) -> subp
         **os.environ,
         "FWS_HOST": "127.0.0.1",
         "FWS_PORT": str(port),
+        "FWS_GRPC_PORT": str(free_port()),  # not 8001: another server may hold it
         "FWS_MODEL_REPOSITORY": str(repository),
     }
     env.update(extra_env)

@@ -205,7 +205,9 @@ SERVICE_ENV = {  # one inference thread, one ORT intra-op thread: 2 cores shared
 
 def service(name: str, env: dict[str, str] | None = None, workers: int | None = None, root: Path = ROOT):
     port = free_port()
-    full = SERVICE_ENV | {"FWS_HOST": "127.0.0.1", "FWS_PORT": str(port)} | (env or {})
+    # gRPC on a free port too (its default 8001 may be taken by another server on this machine)
+    full = SERVICE_ENV | {"FWS_HOST": "127.0.0.1", "FWS_PORT": str(port), "FWS_GRPC_PORT": str(free_port())}
+    full |= env or {}
     cmd = [sys.executable, "-m", "service"]
     if workers is not None:  # uvicorn's supervisor; each worker builds the app (and its sessions) itself
         cmd += ["--workers", str(workers)]

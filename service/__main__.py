@@ -4,6 +4,8 @@ Settings come from `FWS_*` environment variables; the flags below override the m
 `--workers N` (`FWS_WORKERS`) runs N worker processes on one port (size: workers x FWS_ORT_INTRA_OP_THREADS
 <= cores, docs/deployment.md). SIGTERM (or Ctrl-C) drains: the listener closes, readiness turns 503,
 in-flight requests finish, exit 0. `FWS_DEVICE=cuda` where CUDA cannot be used stops the start (exit 2).
+Each process also serves the Open Inference Protocol over gRPC (service/grpc/, `FWS_GRPC_PORT`, default 8001;
+off with `FWS_GRPC_ENABLED=false`); a gRPC port it cannot bind fails the start (exit 3).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="bind address (FWS_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (FWS_PORT, default 8000)")
     parser.add_argument("--workers", type=int, help="worker processes (FWS_WORKERS, default 1)")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (FWS_GRPC_PORT, default 8001)")
     parser.add_argument("--log-level", help="debug, info, warning, error (FWS_LOG_LEVEL)")
     args = parser.parse_args(argv)
     overrides = {
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             "host": args.host,
             "port": args.port,
             "workers": args.workers,
+            "grpc_port": args.grpc_port,
             "log_level": args.log_level,
         }.items()
         if v is not None

@@ -37,6 +37,23 @@ class Settings(BaseSettings):
         default="auto", description="auto: CUDA only when a GPU is really present, else CPU."
     )
 
+    # The Open Inference Protocol over gRPC (service/grpc/): same process, event loop, models and limits.
+    grpc_enabled: bool = Field(default=True, description="Serve gRPC beside HTTP (false: HTTP only).")
+    grpc_port: int = Field(default=8001, ge=0, le=65535, description="gRPC port (Triton's default).")
+    grpc_max_message_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest gRPC message received or sent; beyond: refused.",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        default=128, ge=1, description="Concurrent gRPC calls (HTTP/2 streams) per client connection."
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=1024,
+        ge=1,
+        description="Concurrent gRPC calls in the whole server; beyond: RESOURCE_EXHAUSTED.",
+    )
+
     # Dynamic batching (per model version, i.e. per length bucket).
     max_batch_size: int = Field(default=256, ge=1, description="Most ROWS in one onnxruntime run.")
     max_queue_delay_ms: float = Field(

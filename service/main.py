@@ -1,6 +1,6 @@
 """The app factory and its lifespan: load every model, warm it up, then report ready; drain on shutdown.
 
-    uvicorn --factory service.main:create_app      # or: python -m service / fastweights-serve
+    uvicorn --factory service.main:create_served_app   # with gRPC; or: python -m service / fastweights-serve
 
 State on `app.state`: `settings` (Settings), `metrics` (Metrics), `registry` (ModelRegistry), `ready` (bool,
 set once loading finished with at least one model), `draining` (bool, set on SIGTERM by `service.workers`).
@@ -58,6 +58,45 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: ModelRegistry = app.state.registry
     settings: Settings = app.state.settings
     drain_on_signals(app.state)  # a worker of `--workers N`: readiness turns 503 on SIGTERM there too
+    grpc_server = await start_grpc(app)
+    try:
+        await _load(app, registry, settings)
+    except BaseException:
+        if grpc_server is not None:
+            await grpc_server.stop(0)
+        raise
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        app.state.draining = True
+        if grpc_server is not None:
+            # Refuses new calls at once; running ones (and open streams) get the drain time.
+            await grpc_server.stop(settings.drain_timeout_s)
+        sessions = getattr(app.state, "sessions", None)
+        if sessions is not None:
+            await sessions.close()
+        await registry.close()
+        log.info("stopped")
+
+
+async def start_grpc(app: FastAPI) -> Any:
+    """The gRPC server of this process (service/grpc/), bound before the models load as HTTP's port is: its
+    health service says NOT_SERVING until they are warm. None when off, or for an app not served as a process
+    (tests' in-process clients). A port it cannot bind fails the start."""
+    if not (app.state.serve_grpc and app.state.settings.grpc_enabled):
+        return None
+    from service.grpc.server import GrpcBindError, start_grpc_server
+
+    try:
+        return await start_grpc_server(app)
+    except GrpcBindError as exc:
+        log.error("grpc not started: exiting", extra={"reason": str(exc)})
+        raise
+
+
+async def _load(app: FastAPI, registry: ModelRegistry, settings: Settings) -> None:
+    """Load and warm up every model; ready once at least one serves."""
     failures = await registry.start()
     sessions = getattr(app.state, "sessions", None)
     if sessions is not None:
@@ -90,15 +129,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "no model loaded: staying NOT ready (/v2/health/ready answers 503)",
             extra={"repository": str(settings.model_repository)},
         )
-    try:
-        yield
-    finally:
-        app.state.ready = False
-        app.state.draining = True
-        if sessions is not None:
-            await sessions.close()
-        await registry.close()
-        log.info("stopped")
 
 
 def _document_middleware_errors(routes: list[Any]) -> None:
@@ -125,7 +155,13 @@ def hot_routes() -> list[HotRoute]:
     return [*native.HOT_ROUTES, *v2.HOT_ROUTES]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_served_app() -> FastAPI:
+    """The app a server process runs (`python -m service`, each worker of `--workers N`): with gRPC."""
+    return create_app(serve_grpc=True)
+
+
+def create_app(settings: Settings | None = None, *, serve_grpc: bool = False) -> FastAPI:
+    """The HTTP app; with `serve_grpc` its lifespan also runs the gRPC server (when FWS_GRPC_ENABLED)."""
     settings = settings or Settings()
     quiet_onnxruntime_log(settings.log_level)
     metrics_ = Metrics()
@@ -141,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = ModelRegistry(settings, metrics_)
     app.state.ready = False
     app.state.draining = False
+    app.state.serve_grpc = serve_grpc
     install_error_handlers(app)
     routers = [health.router, metrics.router, native.router, playground.router]
     if settings.sessions:  # memory sessions (service/sessions/): /v1/sessions and V2 sequences

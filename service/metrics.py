@@ -143,6 +143,15 @@ class Metrics:
             ["method", "route", "status"],
             LATENCY_BUCKETS,
         )
+        self.grpc_requests = LoopCounter(
+            "fws_grpc_requests", "gRPC calls by method and status code.", ["method", "code"]
+        )
+        self.grpc_latency = LoopHistogram(
+            "fws_grpc_request_duration_seconds",
+            "gRPC call latency by method and status code (a stream: each message it answers).",
+            ["method", "code"],
+            LATENCY_BUCKETS,
+        )
         self.batch_rows = LoopHistogram(
             "fws_batch_size_rows",
             "Rows per onnxruntime run (after dynamic batching).",
@@ -170,6 +179,8 @@ class Metrics:
                 [
                     self.http_requests,
                     self.http_latency,
+                    self.grpc_requests,
+                    self.grpc_latency,
                     self.batch_rows,
                     self.batch_requests,
                     self.queue_wait,

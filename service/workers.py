@@ -23,7 +23,7 @@ from service.transport import ServiceHttpProtocol
 
 log = logging.getLogger("service")
 
-APP_FACTORY = "service.main:create_app"
+APP_FACTORY = "service.main:create_served_app"  # with gRPC, in every worker
 
 
 class DrainingServer(uvicorn.Server):
@@ -65,7 +65,7 @@ def serve_one(settings: Settings) -> int:
     """Serve in this process until a shutdown signal has drained it; the exit status."""
     from service.main import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, serve_grpc=True)
     server = DrainingServer(uvicorn_config(settings, app))
     server.app_state = app.state
     server.run()

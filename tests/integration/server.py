@@ -6,6 +6,7 @@ Reusable by every integration test (native, V2, client, docker)::
 
     with start_server({"FWS_MAX_BATCH_SIZE": "64"}) as server:   # waits until /v2/health/ready is 200
         httpx.post(f"{server.url}/v1/retrieve", json={"sequence": "a1??a"})
+        tritonclient.grpc.InferenceServerClient(server.grpc_target)  # gRPC on its own free port
     # leaving the block sends SIGTERM and waits for exit (server.returncode)
 
 `env` holds FWS_* settings (strings); it is layered over the current environment with FWS_* variables of
@@ -54,6 +55,9 @@ class Server:
         self.proc = proc
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        # gRPC (service/grpc/) listens on its own port unless the test turned it off.
+        self.grpc_port = int(env.get("FWS_GRPC_PORT", "0"))
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = log_path
         self.env = env
         self.returncode: int | None = None
@@ -127,6 +131,7 @@ def start_server(
         {
             "FWS_HOST": "127.0.0.1",
             "FWS_PORT": str(port),
+            "FWS_GRPC_PORT": str(free_port()),  # never Triton's 8001: tests and servers run side by side
             "FWS_MODEL_REPOSITORY": str(repository or default_repository()),
             "FWS_INFERENCE_THREADS": "1",
             "FWS_ORT_INTRA_OP_THREADS": "1",  # the CI machine has 2 cores shared with the test process
