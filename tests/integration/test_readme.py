@@ -1,4 +1,5 @@
-"""The curl examples of README.md's serving section, executed with the real curl against a real server."""
+"""README.md examples run against a real server: the curl examples of the native serving section (with the
+real curl) and the tritonclient.grpc examples of the gRPC section."""
 
 from __future__ import annotations
 
@@ -72,3 +73,33 @@ def test_each_readme_curl_example_works_as_shown(
         assert "fws_http_requests_total" in run.stdout
     else:
         json.loads(run.stdout)
+
+
+GRPC_SECTION = "## Serving: Open Inference Protocol over gRPC"
+GRPC_README_TARGET = "127.0.0.1:8001"
+
+
+def grpc_examples() -> list[str]:
+    """The python blocks of the gRPC section, in order (later blocks use names the first one made)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    start = text.index(GRPC_SECTION)
+    end = text.find("\n## ", start + len(GRPC_SECTION))
+    return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
+
+
+def test_the_readme_has_tritonclient_grpc_examples():
+    blocks = grpc_examples()
+    assert len(blocks) == 2
+    assert "import tritonclient.grpc" in blocks[0] and GRPC_README_TARGET in blocks[0]
+    assert "async_stream_infer" in blocks[1]
+
+
+def test_the_readme_tritonclient_grpc_examples_print_what_they_say(server: Server, capsys):
+    namespace: dict[str, Any] = {}
+    expected: list[str] = []
+    for block in grpc_examples():
+        code = block.replace(GRPC_README_TARGET, server.grpc_target)
+        expected += [line.rsplit("# ", 1)[1] for line in block.splitlines() if line.startswith("print(")]
+        exec(compile(code, "README.md", "exec"), namespace)
+    namespace["client"].close()
+    assert capsys.readouterr().out.splitlines() == expected
