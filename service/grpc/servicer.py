@@ -89,6 +89,13 @@ def rpc(public: bool = False) -> Callable[[Handler[Request, Response]], Handler[
     return wrap
 
 
+def sequence_id(request: pb.ModelInferRequest) -> Any:
+    """The request's `sequence_id` parameter (an int or a string, as Triton takes it), or None."""
+    if "sequence_id" not in request.parameters:
+        return None
+    return codec.parameter_value(request.parameters["sequence_id"]) or None
+
+
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     """The call's metadata as a dict of text values, lower-case keys (binary `-bin` values left out)."""
     return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
@@ -233,7 +240,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Many requests on one stream: up to STREAM_WINDOW computed at once, answered in request order.
+        """Many requests on one stream: up to STREAM_WINDOW computed at once, answered in request order;
+        those of one sequence (`sequence_id`) computed one after the other.
 
         A request that fails answers `error_message` (with its id) and the stream goes on, as Triton does.
         """
@@ -248,7 +256,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
         deadline = self._deadline(context)
 
-        async def one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+        async def one(
+            request: pb.ModelInferRequest, after: asyncio.Task[Any] | None
+        ) -> pb.ModelStreamInferResponse:
+            if after is not None:
+                await asyncio.wait([after])  # the previous request of its sequence, finished either way
             start = time.perf_counter()
             code = grpc.StatusCode.CANCELLED
             try:
@@ -267,10 +279,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             finally:
                 self.record("ModelStreamInfer", code, time.perf_counter() - start)
 
+        # Requests of one sequence (the `sequence_id` parameter) run one after the other, in stream order;
+        # only different sequences and sequence-less requests overlap.
+        last_of_sequence: dict[Any, asyncio.Task[Any]] = {}
+
+        def forget(sequence: Any, task: asyncio.Task[Any]) -> None:
+            if last_of_sequence.get(sequence) is task:
+                del last_of_sequence[sequence]
+
         async def read() -> None:
             try:
                 async for request in requests:
-                    await pending.put(asyncio.create_task(one(request)))  # waits while the window is full
+                    sequence = sequence_id(request)
+                    task = asyncio.create_task(one(request, last_of_sequence.get(sequence)))
+                    if sequence is not None:
+                        last_of_sequence[sequence] = task
+                        task.add_done_callback(functools.partial(forget, sequence))
+                    await pending.put(task)  # waits while the window is full
             finally:
                 await pending.put(None)
 

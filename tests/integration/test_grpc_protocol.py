@@ -475,3 +475,29 @@ def test_workers_share_the_grpc_port(model_repository, metadata):
             client = grpcclient.InferenceServerClient(srv.grpc_target)
             assert str(client.infer(MODEL, [grpc_input(tokens)]).as_numpy("logits").argmax()) == "9"
             client.close()
+
+
+def queue_wait_seconds(server: Server) -> float:
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer s3cret"}).text
+    needle = f'fws_queue_wait_seconds_sum{{model="{MODEL}"}}'
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(needle))
+
+
+@pytest.mark.parametrize(("sequences_", "serial"), [([7, 7, 7], True), ([1, 2, 3], False)])
+def test_requests_of_one_sequence_on_a_stream_run_one_after_the_other(slow_server, sequences_, serial):
+    """Slow runs of one row: three requests of ONE sequence reach the batcher one at a time (no queue wait);
+    three of different sequences queue together (150 + 300 ms of waiting)."""
+    client = grpcclient.InferenceServerClient(slow_server.grpc_target)
+    answers: Queue = Queue()
+    tokens = np.zeros((1, T), dtype=np.int64)
+    before = queue_wait_seconds(slow_server)
+    client.start_stream(callback=lambda result, error: answers.put(error or result), headers=AUTH)
+    try:
+        for i, sequence in enumerate(sequences_):
+            client.async_stream_infer(MODEL, [grpc_input(tokens)], request_id=f"s{i}", sequence_id=sequence)
+        got = [answers.get(timeout=30) for _ in sequences_]
+    finally:
+        client.stop_stream()
+    assert [r.get_response().id for r in got] == ["s0", "s1", "s2"]
+    waited = queue_wait_seconds(slow_server) - before
+    assert (waited < 0.1) if serial else (waited > 0.3), waited
