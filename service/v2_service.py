@@ -22,6 +22,8 @@ from service.errors import ApiError
 from service.metrics import Metrics
 from service.predictor import LoadedModel, ModelLoadError
 from service.registry import ModelNotFoundError, ModelRegistry
+from service.sessions.sequences import sequence_infer
+from service.sessions.stream_model import StreamModel
 from service.v2_codec import (
     CONFIG_DATA_TYPES,
     InferRequest,
@@ -219,10 +221,6 @@ async def infer(
         deadline = asked if deadline is None else min(deadline, asked)
     for attempt in range(2):
         model = lookup(registry, name, version)
-        if model.info.stateful:
-            raise ApiError(
-                400, "bad_request", f"model {name!r} is stateful: its sequences are not served yet"
-            )
         inputs, outputs = tensor_metas(model)
         try:
             tensors = validate_inputs(
@@ -234,6 +232,10 @@ async def infer(
             )
         except V2Error as exc:
             raise bad_request(exc) from None
+        if isinstance(model, StreamModel):  # Triton's sequence semantics (service/sessions/sequences.py)
+            return model, await sequence_infer(
+                registry.sessions, model, tensors["tokens"], request.parameters
+            )
         # Pin the version validated here: the answer must come from it and say so.
         try:
             return model, await registry.infer(name, tensors["tokens"], model.info.version, deadline)

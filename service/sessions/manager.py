@@ -148,7 +148,9 @@ class SessionManager:
 
     # -- running the stream model -------------------------------------------------------------------------
 
-    async def _run(self, model: StreamModel, state: SessionState, chunk: list[int]) -> dict[str, np.ndarray]:
+    async def run_chunk(
+        self, model: StreamModel, state: SessionState, chunk: list[int]
+    ) -> dict[str, np.ndarray]:
         """One call: `chunk` (<= C real tokens, left padded here) on `state`'s h and memory."""
         C = model.shape.chunk_len
         tokens = np.full((1, C), model.info.pad_id, dtype=np.int64)
@@ -161,7 +163,7 @@ class SessionManager:
         C = model.shape.chunk_len
         step = C - C % 2 if len(tokens) % 2 == 0 else C
         for lo in range(0, len(tokens), step):
-            out = await self._run(model, state, tokens[lo : lo + step])
+            out = await self.run_chunk(model, state, tokens[lo : lo + step])
             state.h, state.memory = out[OUTPUT_STATE_H][0], out[OUTPUT_STATE_MEMORY][0]
         state.tokens.extend(tokens)
 
@@ -178,7 +180,7 @@ class SessionManager:
     # -- the API ------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _serialized(self, session_id: str) -> AsyncIterator[None]:
+    async def serialized(self, session_id: str) -> AsyncIterator[None]:
         """Hold the session's lock; the lock lives while anyone holds or awaits it (a count, not
         `locked()`, which is briefly False while a woken waiter has not yet taken it)."""
         entry = self._locks.get(session_id)
@@ -193,7 +195,7 @@ class SessionManager:
             if entry[1] == 0:
                 del self._locks[session_id]
 
-    def _busy(self, session_id: str) -> bool:
+    def is_busy(self, session_id: str) -> bool:
         return session_id in self._locks
 
     async def _load(self, session_id: str) -> SessionState:
@@ -237,28 +239,26 @@ class SessionManager:
         if size > self.settings.session_max_bytes:
             raise SessionTooLargeError(size, self.settings.session_max_bytes)
 
+    def empty_state(self, model: StreamModel, session_id: str) -> SessionState:
+        """A session with no tokens yet: h and the memory all zeros (the stream model's initial state)."""
+        s, now = model.shape, time.time()
+        h = np.zeros(s.hidden_size, dtype=np.float32)
+        memory = np.zeros((s.memory_len, s.hidden_size), dtype=np.float32)
+        return SessionState(
+            session_id, model.info.name, model.info.version, [], h, memory, created_at=now, last_used=now
+        )
+
     async def create(
         self, pairs: Sequence[tuple[str, str]] = (), family: str | None = None
     ) -> dict[str, Any]:
         model = self.stream_model(family)
-        s = model.shape
-        now = time.time()
-        state = SessionState(
-            secrets.token_urlsafe(16),
-            model.info.name,
-            model.info.version,
-            [],
-            np.zeros(s.hidden_size, dtype=np.float32),
-            np.zeros((s.memory_len, s.hidden_size), dtype=np.float32),
-            created_at=now,
-            last_used=now,
-        )
+        state = self.empty_state(model, secrets.token_urlsafe(16))
         self._check_capacity(model, state, list(pairs))
-        async with self._serialized(state.session_id):
+        async with self.serialized(state.session_id):
             if pairs:
                 await self._advance(model, state, self._ids(model, pairs))
             try:
-                await self.store.create(state, self._busy)
+                await self.store.create(state, self.is_busy)
             except StoreFullError:
                 raise TooManySessionsError(self.settings.session_max, self.settings.retry_after_s) from None
         return self.info(model, state)
@@ -266,7 +266,7 @@ class SessionManager:
     async def append(self, session_id: str, pairs: Sequence[tuple[str, str]], seq: int) -> dict[str, Any]:
         model = self.stream_model()
         fingerprint = _fingerprint(pairs)
-        async with self._serialized(session_id):
+        async with self.serialized(session_id):
             for _ in range(CAS_ATTEMPTS):
                 state = await self._load(session_id)
                 if seq == state.last_seq and fingerprint == state.last_fingerprint:
@@ -300,7 +300,7 @@ class SessionManager:
             raise SequenceError("empty", "the session holds no pairs yet: append some first", "session_id")
         parsed: ParsedQuery = from_pairs(pairs, key, field="pairs")
         index = model.vocab.index
-        out = await self._run(model, state, [index[QUERY_MARK], index[QUERY_MARK], index[key]])
+        out = await self.run_chunk(model, state, [index[QUERY_MARK], index[QUERY_MARK], index[key]])
         await self.store.touch(session_id, time.time())
         (prediction,) = decode(
             [parsed],
