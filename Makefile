@@ -12,7 +12,7 @@ DEFAULT_CKPT := checkpoints/default.pt
 DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 40000 --lr 2e-3 \
 	--warmup-steps 1000 --lr-schedule cosine --eval-every 5000 --target-error 0 --seed 0 --threads 1
 
-.PHONY: install install-serve serve grpc-code test test-unit test-integration test-browser browser screenshot reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 clean
+.PHONY: install install-serve serve grpc-code redis test test-unit test-integration test-browser browser screenshot reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -38,14 +38,18 @@ serve: $(VENV)/.serve
 grpc-code: $(VENV)/.all
 	$(PY) scripts/grpc_codegen.py
 
-test: $(VENV)/.all browser
+test: $(VENV)/.all browser redis
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.all
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: $(VENV)/.all
+test-integration: $(VENV)/.all redis
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# The shared session store's tests start a real redis-server: Debian's, installed when missing (as the browser).
+redis:
+	bash scripts/install-redis.sh
 
 # The playground page (/) in headless Chromium: Debian's chromium + chromium-driver, installed when missing
 # (root or passwordless sudo; otherwise this fails loudly rather than skipping the browser tests).

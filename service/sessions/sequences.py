@@ -23,6 +23,7 @@ from export.contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
 from export.stream_contract import OUTPUT_STATE_H, OUTPUT_STATE_MEMORY
 from model.vocab import QUERY_MARK
 from service.errors import ApiError
+from service.sessions.errors import SessionBusyError
 from service.sessions.manager import SessionManager
 from service.sessions.state import SessionState
 from service.sessions.store import StoreFullError
@@ -102,7 +103,8 @@ async def sequence_infer(
             state.h, state.memory = out[OUTPUT_STATE_H][0], out[OUTPUT_STATE_MEMORY][0]
             state.tokens.extend(real)
             state.revision, state.last_used = revision + 1, time.time()
-            await manager.store.replace(state, revision)  # serialised above: the revision is current
+            if not await manager.store.replace(state, revision):  # another replica changed it meanwhile
+                raise SessionBusyError(str(parameters["sequence_id"]), manager.settings.retry_after_s)
     return {OUTPUT_LOGITS: out[OUTPUT_LOGITS], OUTPUT_ATTENTION: out[OUTPUT_ATTENTION]}
 
 
