@@ -70,14 +70,25 @@ def lookup(registry: ModelRegistry, name: str, version: str | None = None) -> Lo
 # ---------------------------------------------------------------------------------------- descriptions
 
 
-def tensor_metas(model: LoadedModel) -> tuple[tuple[TensorMeta, ...], tuple[TensorMeta, ...]]:
+Metas = tuple[tuple[TensorMeta, ...], tuple[TensorMeta, ...]]
+# ModelInfo id -> (that ModelInfo, its metas): asked on every infer request, the same for a model's life.
+# The entry keeps its ModelInfo alive, so an id is never reused while it is a key.
+_METAS: dict[int, tuple[Any, Metas]] = {}
+
+
+def tensor_metas(model: LoadedModel) -> Metas:
     """The model's contract tensors in V2 terms: symbolic dims (the batch axis) become -1."""
+    hit = _METAS.get(id(model.info))
+    if hit is not None and hit[0] is model.info:
+        return hit[1]
 
     def meta(spec: Any) -> TensorMeta:
         shape = tuple(d if isinstance(d, int) else -1 for d in spec.shape)
         return TensorMeta(spec.name, v2_datatype(np.dtype(spec.dtype)), shape)
 
-    return tuple(meta(s) for s in model.info.inputs), tuple(meta(s) for s in model.info.outputs)
+    metas = tuple(meta(s) for s in model.info.inputs), tuple(meta(s) for s in model.info.outputs)
+    _METAS[id(model.info)] = (model.info, metas)
+    return metas
 
 
 def model_parameters(model: LoadedModel) -> dict[str, Any]:

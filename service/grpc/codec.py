@@ -10,6 +10,7 @@ the same messages where the check is the same.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from service.v2_codec import (
     v2_datatype,
 )
 
+_NATIVE_LITTLE = sys.byteorder == "little"
 # V2 datatype -> the InferTensorContents field that carries it when typed (FP16 has none: raw only).
 _TYPED_FIELD = {
     "BOOL": "bool_contents",
@@ -155,9 +157,14 @@ def encode_response(
         datatype = v2_datatype(arr.dtype)
         tensor = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
         if raw:
-            response.raw_output_contents.append(
-                np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            little = (
+                arr
+                if arr.dtype.byteorder in "<|" or (arr.dtype.byteorder == "=" and _NATIVE_LITTLE)
+                else None
             )
+            if little is None:
+                little = arr.astype(arr.dtype.newbyteorder("<"))
+            response.raw_output_contents.append(little.tobytes())  # tobytes() is C order whatever the strides
         else:
             getattr(tensor.contents, _TYPED_FIELD[datatype]).extend(arr.reshape(-1).tolist())
     return response
