@@ -501,3 +501,54 @@ def test_requests_of_one_sequence_on_a_stream_run_one_after_the_other(slow_serve
     assert [r.get_response().id for r in got] == ["s0", "s1", "s2"]
     waited = queue_wait_seconds(slow_server) - before
     assert (waited < 0.1) if serial else (waited > 0.3), waited
+
+
+# ------------------------------------------------------------------------ sequences (memory sessions)
+
+STREAM_MODEL = "fastweights_stream"
+
+
+def stream_chunk(text: str, vocab: list[str]) -> list[grpcclient.InferInput]:
+    ids = np.zeros((1, 3), dtype=np.int64)  # left padded with PAD (id 0)
+    ids[0, 3 - len(text) :] = [vocab.index(c) for c in text]
+    return [grpc_input(ids)]
+
+
+def test_sequences_over_one_stream_answer_as_the_stateless_rest_path(gc, hc, metadata):
+    """Two sequences interleaved on one stream, pair by pair, then every key asked: the same answers as the
+    whole query through the stateless REST models; a sequence never started fails alone."""
+    vocab = metadata["parameters"]["vocab"]
+    texts = {1: "c9k8j3f1", "talk-2": "a1b2x5"}
+    answers: Queue = Queue()
+    gc.start_stream(callback=lambda result, error: answers.put((result, error)))
+    sent: list[tuple[object, str]] = []
+    try:
+        for i in range(0, 8, 2):
+            for sid, pairs in texts.items():
+                if i < len(pairs):
+                    gc.async_stream_infer(
+                        STREAM_MODEL,
+                        stream_chunk(pairs[i : i + 2], vocab),
+                        sequence_id=sid,
+                        sequence_start=i == 0,
+                    )
+                    sent.append((sid, ""))
+        for sid, pairs in texts.items():
+            for key in pairs[::2]:
+                gc.async_stream_infer(STREAM_MODEL, stream_chunk("??" + key, vocab), sequence_id=sid)
+                sent.append((sid, pairs + "??" + key))
+        gc.async_stream_infer(STREAM_MODEL, stream_chunk("??a", vocab), sequence_id="never-started")
+        got = [answers.get(timeout=30) for _ in range(len(sent) + 1)]
+    finally:
+        gc.stop_stream()
+    *replies, (_, error) = got
+    assert error is not None and "not started" in error.message()
+    for (sid, query), (result, err) in zip(sent, replies, strict=True):
+        assert err is None, (sid, err)
+        if query:
+            T = min(t for t in (5, 11, 19, 27) if t >= len(query))
+            tokens = np.zeros((1, T), dtype=np.int64)
+            tokens[0, T - len(query) :] = [vocab.index(c) for c in query]
+            want = hc.infer(f"fastweights_t{T}", [http_input(tokens)]).as_numpy("logits")
+            logits = result.as_numpy("logits")
+            assert np.abs(logits - want).max() <= 1e-4 and logits.argmax() == want.argmax(), (sid, query)
