@@ -133,6 +133,11 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests queued behind the one being answered; beyond: not read, connection closed.",
     )
+    body_budget_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Request-body bytes all connections together may hold while they arrive; beyond: 503.",
+    )
 
     # Memory sessions (/v1/sessions and V2 sequences of the stateful model; service/sessions/).
     sessions: bool = Field(default=True, description="Serve memory sessions when a stream model is loaded.")

@@ -13,12 +13,15 @@ first), so every request is under it whichever way it is then served (the protoc
 - connections: at most `max_connections` open. One more evicts the connection that has waited longest
   without a request in progress (idle, or still sending a head); with none to evict it gets a canned 503
   and is closed at once. A fresh connection (a health probe) thus gets in while the slots hold idlers;
+- request bodies: all connections together hold at most `body_budget_bytes` of bodies still arriving; a
+  body that would pass it gets 503 and its connection is closed (each body alone is capped by
+  FWS_MAX_BODY_BYTES; this caps them all at once, e.g. many slow uploads);
 - answers a client does not read: once the socket's write buffer passes `write_buffer_bytes`, reading stops
   (no more requests are parsed), and a connection whose buffer has not drained for `send_timeout_s` is
   aborted. At most `max_pipelined` requests wait behind the one being answered; the rest of such a
   pipeline is not parsed, and the connection closes after answering the ones accepted.
 
-Deadlines are checked by one sweep per server (`_Sweeper`), a few times per shortest timeout: no timer and
+Deadlines are checked by one sweep per server (`_ServerEdge`), a few times per shortest timeout: no timer and
 no clock read per request. A phase's start is stamped by the first sweep that sees it, so a deadline fires
 between the timeout and the timeout plus one sweep interval.
 """
@@ -36,6 +39,8 @@ IDLE, HEAD, BODY = 0, 1, 2  # waiting for a request / reading its head / reading
 # While a head is being read, data goes to the parser in pieces of at most this size, so an oversized head
 # is noticed within one piece of the limit (a whole read can be 256 KiB).
 _HEAD_PIECE = 8192
+# How long a refused connection's further bytes are read and dropped before it is closed (see `refuse`).
+LINGER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class EdgeLimits:
     send_timeout_s: float = 30.0
     write_buffer_bytes: int = 64 * 1024
     max_pipelined: int = 32
+    body_budget_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, settings: Any) -> EdgeLimits:
@@ -88,6 +94,7 @@ TOO_MANY_HEADERS = _canned(431, b"Request Header Fields Too Large", b"too many r
 HEAD_TIMEOUT = _canned(408, b"Request Timeout", b"request head not received in time")
 BODY_TIMEOUT = _canned(408, b"Request Timeout", b"request body not received in time")
 TOO_MANY_CONNECTIONS = _canned(503, b"Service Unavailable", b"too many open connections")
+BODIES_OVER_BUDGET = _canned(503, b"Service Unavailable", b"too many request bodies arriving; retry later")
 
 
 class EdgeGuard(HttpToolsProtocol):
@@ -102,6 +109,8 @@ class EdgeGuard(HttpToolsProtocol):
         self._refused = False  # answered and closing: nothing more is parsed
         self._overflow = False  # a pipeline past max_pipelined: the rest is not parsed
         self._stalled = False  # the socket's write buffer is over its high-water mark
+        self._body_held = 0  # bytes of the body being received, counted in the server's budget
+        self._server: _ServerEdge | None = None
         self._stalled_since: float | None = None  # since when (stamped by the sweeper)
 
     # ------------------------------------------------------------------------------ connection lifecycle
@@ -115,11 +124,13 @@ class EdgeGuard(HttpToolsProtocol):
             return
         transport.set_write_buffer_limits(high=limits.write_buffer_bytes)
         super().connection_made(transport)
-        _sweeper_for(self.server_state, self.loop, limits).watch()
+        self._server = server = _server_edge(self.server_state, self.loop, limits)
+        server.watch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:  # refused in connection_made: uvicorn's state was never set up
             return
+        self._release_body()
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -179,23 +190,52 @@ class EdgeGuard(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        if not (self._refused or self._overflow):
-            super().on_body(body)
+        if self._refused or self._overflow:
+            return
+        server = self._server
+        if server is not None:
+            self._body_held += len(body)
+            server.body_bytes += len(body)
+            if server.body_bytes > self.limits.body_budget_bytes:
+                self.refuse(BODIES_OVER_BUDGET)
+                return
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._refused or self._overflow:
             return
         self._phase, self._since = IDLE, None
+        if self._body_held:
+            self._release_body()
         super().on_message_complete()
+
+    def _release_body(self) -> None:
+        if self._server is not None:
+            self._server.body_bytes -= self._body_held
+        self._body_held = 0
 
     def refuse(self, answer: bytes) -> None:
         """Answer `answer` (a canned response) and close; nothing more is read from this connection."""
         self._refused = True
+        self._release_body()
+        transport = self.transport
         cycle = self.cycle
-        if cycle is None or not getattr(cycle, "response_started", cycle.response_complete):
-            self.transport.write(answer)  # (a request whose body is late has no answer started yet)
-        # else an answer is under way: the canned one cannot go in front of it or inside it; just close.
-        self.transport.close()
+        if not answer or (cycle is not None and getattr(cycle, "response_started", cycle.response_complete)):
+            # Nothing to say, or an answer is under way (the canned one cannot go in front of it or inside
+            # it): just close.
+            transport.close()
+            return
+        # (a request whose body is late has no answer started yet)
+        transport.write(answer)
+        # Half-close, and read and drop what the client still sends for a moment before closing: closing a
+        # socket with unread data resets the connection, which can destroy the answer before it is read.
+        try:
+            transport.write_eof()
+        except (NotImplementedError, RuntimeError, AttributeError):
+            transport.close()
+            return
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_S, transport.close)
 
     # ------------------------------------------------------------------------------------------ writing
 
@@ -268,14 +308,16 @@ def _evict_one(connections: set[Any]) -> bool:
     return True
 
 
-class _Sweeper:
-    """Checks the deadlines of every connection of one server, every `limits.sweep_interval_s`."""
+class _ServerEdge:
+    """What the connections of one server share: the bytes of bodies arriving, and the sweep that checks
+    every connection's deadlines every `limits.sweep_interval_s`."""
 
     def __init__(self, connections: set[Any], loop: asyncio.AbstractEventLoop, limits: EdgeLimits):
         self.connections = connections
         self.loop = loop
         self.interval = limits.sweep_interval_s
         self.handle: asyncio.TimerHandle | None = None
+        self.body_bytes = 0
 
     def watch(self) -> None:
         if self.handle is None:
@@ -292,15 +334,15 @@ class _Sweeper:
             self.watch()
 
 
-_SWEEPERS: weakref.WeakKeyDictionary[Any, _Sweeper] = weakref.WeakKeyDictionary()
+_SERVERS: weakref.WeakKeyDictionary[Any, _ServerEdge] = weakref.WeakKeyDictionary()
 _LIMITS: weakref.WeakKeyDictionary[Any, EdgeLimits] = weakref.WeakKeyDictionary()
 
 
-def _sweeper_for(server_state: Any, loop: asyncio.AbstractEventLoop, limits: EdgeLimits) -> _Sweeper:
-    sweeper = _SWEEPERS.get(server_state)
-    if sweeper is None or sweeper.loop is not loop:
-        sweeper = _SWEEPERS[server_state] = _Sweeper(server_state.connections, loop, limits)
-    return sweeper
+def _server_edge(server_state: Any, loop: asyncio.AbstractEventLoop, limits: EdgeLimits) -> _ServerEdge:
+    server = _SERVERS.get(server_state)
+    if server is None or server.loop is not loop:
+        server = _SERVERS[server_state] = _ServerEdge(server_state.connections, loop, limits)
+    return server
 
 
 def _limits_for(config: Any, app: Any) -> EdgeLimits:
