@@ -232,19 +232,53 @@ def test_load_balancer_fronts_the_fws_service_on_one_port() -> None:
     (published,) = lb["ports"]
     assert published == "${LB_BIND:-127.0.0.1}:${LB_PORT:-8080}:8080"
     assert re.search(r"^\s*listen 8080;", NGINX, re.M)
-    (conf,) = lb["volumes"]
+    conf, run_sh = lb["volumes"]
     assert (REPO / conf["source"]).resolve() == (REPO / "deploy/nginx/nginx.conf").resolve()
     assert conf["target"] == "/etc/nginx/nginx.conf" and conf["read_only"] is True
-    assert lb["command"] == ["nginx", "-g", "daemon off;"]
-    # nginx balances over whatever answers to the compose service name, on the service's port.
-    (upstream,) = re.findall(r"set \$fws_replicas (\S+);", NGINX)
-    assert upstream == "fws" and "fws" in COMPOSE["services"]
-    assert "proxy_pass http://$fws_replicas:8000;" in NGINX
+    assert (REPO / run_sh["source"]).resolve() == (REPO / "deploy/nginx/run.sh").resolve()
+    assert lb["command"] == ["sh", run_sh["target"]]
+    # nginx balances over whatever answers to the compose service name, on the service's port, through an
+    # upstream block that keeps connections to the replicas alive.
+    (upstream,) = re.findall(r"upstream fws_replicas \{(.*?)\}", NGINX, re.S)
+    (server,) = re.findall(r"^\s*server (\S+)", upstream, re.M)
+    assert server == "fws:8000" and "fws" in COMPOSE["services"]
+    assert re.search(r"^\s*keepalive \d+;", upstream, re.M)
+    assert "proxy_pass http://fws_replicas;" in NGINX
+    assert 'proxy_set_header Connection "";' in NGINX and "proxy_http_version 1.1;" in NGINX
     assert compose_env(COMPOSE["services"]["fws"])["FWS_PORT"] == "8000"
 
 
-def test_load_balancer_retries_failed_replicas_and_names_the_one_that_answered() -> None:
-    assert "resolver 127.0.0.11" in NGINX  # Docker's DNS, re-resolved: scaled and stopped replicas followed
-    (next_upstream,) = re.findall(r"proxy_next_upstream (.*);", NGINX)
-    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(next_upstream.split())
-    assert "add_header X-Upstream-Addr $upstream_addr always;" in NGINX
+def test_load_balancer_follows_the_replicas_behind_the_name() -> None:
+    script = (REPO / "deploy/nginx/run.sh").read_text()
+    assert "getent ahostsv4 fws" in script and "nginx -s reload" in script
+    assert "resolver 127.0.0.11" in NGINX  # Docker's DNS
+    done = subprocess.run(["sh", "-n", str(REPO / "deploy/nginx/run.sh")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_load_balancer_fails_over_but_never_resends_a_post_a_replica_received() -> None:
+    (next_upstream,) = re.findall(r"^\s*proxy_next_upstream (.*);", NGINX, re.M)
+    assert {"error", "timeout", "http_503"} <= set(next_upstream.split())
+    # Without non_idempotent, a POST is retried only if it never reached a replica (connection refused):
+    # a replica's 503 (overloaded) goes back to the client instead of to the next replica.
+    assert "non_idempotent" not in next_upstream.split()
+
+
+def test_load_balancer_sends_no_internal_address_to_clients() -> None:
+    assert "add_header" not in NGINX  # (which replica answered is in the access log, with the request id)
+    assert "server_tokens off;" in NGINX
+
+
+def test_load_balancer_applies_the_service_edge_limits() -> None:
+    settings = Settings()
+
+    def seconds(directive: str) -> float:  # the longest, where several contexts set it
+        return max(float(v) for v in re.findall(rf"^\s*{directive} (\d+)s;", NGINX, re.M))
+
+    assert seconds("client_header_timeout") == settings.header_timeout_s
+    assert seconds("client_body_timeout") == settings.body_timeout_s
+    assert seconds("send_timeout") == settings.send_timeout_s
+    assert seconds("keepalive_timeout") <= 15
+    (count, size) = re.findall(r"^\s*large_client_header_buffers (\d+) (\d+)k;", NGINX, re.M)[0]
+    assert int(count) * int(size) * 1024 == settings.max_header_bytes
+    assert "reset_timedout_connection on;" in NGINX
