@@ -149,10 +149,15 @@ def _document_middleware_errors(routes: list[Any]) -> None:
             route.responses.setdefault(413, {"description": "Body too large", **shape})
 
 
-def hot_routes() -> list[HotRoute]:
+def hot_routes(settings: Settings | None = None) -> list[HotRoute]:
     from service.routes import v2
 
-    return [*native.HOT_ROUTES, *v2.HOT_ROUTES]
+    routes = [*native.HOT_ROUTES, *v2.HOT_ROUTES]
+    if settings is not None and settings.sessions:
+        from service.routes import sessions as session_routes
+
+        routes += session_routes.HOT_ROUTES
+    return routes
 
 
 def create_served_app() -> FastAPI:
@@ -198,7 +203,7 @@ def create_app(settings: Settings | None = None, *, serve_grpc: bool = False) ->
     policy = RequestPolicy(settings, metrics_)
     if settings.fast_path:  # the hot routes straight from ASGI (service/fastpath.py)
         by_template = {r.path: r for r in routes if isinstance(r, APIRoute)}
-        fast = FastPath(fastapi_stack, hot_routes(), app.state, lambda: by_template)
+        fast = FastPath(fastapi_stack, hot_routes(settings), app.state, lambda: by_template)
         fastapi_stack = fast
         # ... and, under `python -m service`, straight from the HTTP protocol (service/transport.py)
         app.hot = HotRoutes(fast, policy)

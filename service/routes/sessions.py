@@ -17,8 +17,9 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 from starlette.responses import Response
 
-from service.errors import JSONResponse
-from service.routes.native import _answer_dict
+from service.errors import ApiError, JSONResponse
+from service.fastpath import RawRequest, RawResponse, hot_route, json_response
+from service.routes.native import _answer_dict, json_body, validated
 from service.schemas import ErrorResponse, RetrieveResponse, TopK
 from service.sessions.manager import SessionManager, checked_pairs, pairs_of_sequence
 
@@ -35,7 +36,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "Invalid pairs, duplicate_key, too_many_pairs"},
     503: {"model": ErrorResponse, "description": "too_many_sessions, session_busy, sessions_unavailable"},
 }
-SessionId = Annotated[str, Path(description="The id `POST /v1/sessions` returned.", max_length=64)]
+MAX_ID_LENGTH = 64
+SessionId = Annotated[str, Path(description="The id `POST /v1/sessions` returned.", max_length=MAX_ID_LENGTH)]
 Pairs = list[list[StrictStr]]
 
 
@@ -120,7 +122,11 @@ async def create(sessions: SessionsDep, body: Annotated[CreateRequest | None, Bo
 
 @router.post("/{session_id}/pairs", response_model=SessionInfo, responses=_ERRORS, summary="Append pairs")
 async def append(session_id: SessionId, body: AppendRequest, sessions: SessionsDep) -> Any:
-    return JSONResponse(await sessions.append(session_id, body.checked(), body.seq))
+    return JSONResponse(await handle_append(session_id, body, sessions))
+
+
+async def handle_append(session_id: str, body: AppendRequest, sessions: SessionManager) -> dict[str, Any]:
+    return await sessions.append(session_id, body.checked(), body.seq)
 
 
 @router.post(
@@ -131,11 +137,15 @@ async def append(session_id: SessionId, body: AppendRequest, sessions: SessionsD
     summary="Query a key (the session is not changed)",
 )
 async def query(session_id: SessionId, body: QueryRequest, sessions: SessionsDep) -> Any:
+    return JSONResponse(await handle_query(session_id, body, sessions))
+
+
+async def handle_query(session_id: str, body: QueryRequest, sessions: SessionManager) -> dict[str, Any]:
     answer = await sessions.query(session_id, body.query, body.top_k, body.explain)
     model = sessions.stream_model()
     out = _answer_dict(answer, body.top_k, body.explain)
     out.update(model=model.info.family, version=answer.version, bucket=answer.bucket, session_id=session_id)
-    return JSONResponse(out)
+    return out
 
 
 @router.get("/{session_id}", response_model=SessionInfo, responses=_ERRORS, summary="Read a session")
@@ -147,3 +157,34 @@ async def read(session_id: SessionId, sessions: SessionsDep) -> Any:
 async def delete(session_id: SessionId, sessions: SessionsDep) -> Response:
     await sessions.delete(session_id)
     return Response(status_code=204)
+
+
+# ------------------------------------------------------------------------------------------ fast path
+# Append and query are a session's steps: served from ASGI (service/fastpath.py) like /v1/retrieve, with the
+# same answers as the routes above (tests/integration/test_sessions.py runs both ways).
+
+
+def _session_id(request: RawRequest) -> str:
+    session_id = request.params["session_id"]
+    if len(session_id) > MAX_ID_LENGTH:  # what the FastAPI route's path validation refuses
+        message = f"session_id: String should have at most {MAX_ID_LENGTH} characters"
+        raise ApiError(422, "invalid_request", message, "session_id")
+    return session_id
+
+
+async def append_fast(request: RawRequest, state: Any) -> RawResponse:
+    session_id = _session_id(request)
+    body = validated(AppendRequest, json_body(request))
+    return json_response(await handle_append(session_id, body, state.sessions))
+
+
+async def query_fast(request: RawRequest, state: Any) -> RawResponse:
+    session_id = _session_id(request)
+    body = validated(QueryRequest, json_body(request))
+    return json_response(await handle_query(session_id, body, state.sessions))
+
+
+HOT_ROUTES = [
+    hot_route("POST", "/v1/sessions/{session_id}/pairs", append_fast),
+    hot_route("POST", "/v1/sessions/{session_id}/query", query_fast),
+]

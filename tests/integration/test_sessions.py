@@ -3,6 +3,7 @@ typed errors, limits, eviction and expiry, and steps of several sessions sharing
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -261,3 +262,35 @@ def test_steps_of_different_sessions_that_arrive_together_share_an_onnxruntime_r
     assert total is not None and buckets
     assert float(total.group(1)) > buckets[1.0]  # some runs held more than one session's step
     assert np.isfinite(float(total.group(1)))
+
+
+def test_the_fast_path_and_fastapi_give_the_same_session_answers(
+    server: Server, model_repository: Path
+) -> None:
+    def walk(url: str) -> list[tuple[int, object]]:
+        out: list[tuple[int, object]] = []
+        with httpx.Client(base_url=url, timeout=30.0) as c:
+            sid = c.post("/v1/sessions", json={"pairs": [["c", "9"]]}).json()["session_id"]
+            for path, body in (
+                (f"/v1/sessions/{sid}/pairs", {"pairs": [["k", "8"]], "seq": 0}),
+                (f"/v1/sessions/{sid}/pairs", {"pairs": [["k", "8"]], "seq": 0}),
+                (f"/v1/sessions/{sid}/pairs", {"pairs": [["j", "3"]], "seq": 5}),
+                (f"/v1/sessions/{sid}/pairs", {"pairs": [["c", "1"]], "seq": 1}),
+                (f"/v1/sessions/{sid}/pairs", {"pairs": [["j", "3"]]}),
+                (f"/v1/sessions/{sid}/query", {"query": "k", "top_k": 3, "explain": True}),
+                (f"/v1/sessions/{sid}/query", {"query": "z"}),
+                (f"/v1/sessions/{sid}/query", {"query": "k", "extra": 1}),
+                (f"/v1/sessions/{'x' * 65}/query", {"query": "k"}),
+                ("/v1/sessions/unknown/query", {"query": "k"}),
+            ):
+                r = c.post(path, json=body)
+                text = r.text.replace(sid, "SID")
+                body_out = json.loads(text)
+                if isinstance(body_out, dict):
+                    for volatile in ("created_at", "expires_at"):
+                        body_out.pop(volatile, None)
+                out.append((r.status_code, body_out))
+        return out
+
+    with start_server({"FWS_FAST_PATH": "false"}, repository=model_repository) as slow:
+        assert walk(server.url) == walk(slow.url)
