@@ -94,6 +94,8 @@ def tensor_metas(model: LoadedModel) -> Metas:
 def model_parameters(model: LoadedModel) -> dict[str, Any]:
     """What a V2 user needs to encode `tokens` and decode `logits` without the repository files."""
     info = model.info
+    if isinstance(model, StreamModel):
+        return stream_parameters(model)
     return {
         "family": info.family,
         "seq_len": info.seq_len,
@@ -106,6 +108,29 @@ def model_parameters(model: LoadedModel) -> dict[str, Any]:
         "encoding": (
             f"tokens[b] = ids of the query characters (index in 'vocab'), left padded with pad_id to "
             f"seq_len={info.seq_len}; e.g. 'c9k8??c'. The answer is answer_classes[argmax(logits[b])]."
+        ),
+    }
+
+
+def stream_parameters(model: StreamModel) -> dict[str, Any]:
+    """The stateful model's: the sequence parameters it takes and the capacity of one sequence."""
+    info, shape = model.info, model.shape
+    return {
+        "family": info.family,
+        "stateful": True,
+        "seq_len": shape.chunk_len,
+        "memory_len": shape.memory_len,
+        "max_pairs": shape.max_pairs,
+        "vocab": list(info.vocab_tokens),
+        "pad_id": info.pad_id,
+        "padding": "left",
+        "answer_classes": list(info.answer_classes),
+        "providers": list(info.providers),
+        "encoding": (
+            "one chunk per request: tokens[0] = a pair (key, value) or the query '??k', left padded with "
+            f"pad_id to seq_len={shape.chunk_len}; parameters sequence_id (int or string), sequence_start on "
+            "the first chunk, sequence_end to drop the state. A chunk with '??' is answered without changing "
+            f"the state (answer_classes[argmax(logits)]); a sequence holds at most {shape.max_pairs} pairs."
         ),
     }
 
@@ -158,6 +183,26 @@ def model_config(model: LoadedModel, settings: Settings) -> dict[str, Any]:
             k: {"string_value": v if isinstance(v, str) else orjson.dumps(v).decode()}
             for k, v in model_parameters(model).items()
         },
+        **_sequence_batching(model, settings),
+    }
+
+
+def _sequence_batching(model: LoadedModel, settings: Settings) -> dict[str, Any]:
+    """Triton's sequence_batching of the stateful model (the state as implicit state tensors); else {}."""
+    if not isinstance(model, StreamModel):
+        return {}
+    s = model.shape
+    state = [
+        ("state_h", "state_h_out", [s.hidden_size]),
+        ("state_memory", "state_memory_out", [s.memory_len, s.hidden_size]),
+    ]
+    return {
+        "sequence_batching": {
+            "max_sequence_idle_microseconds": int(settings.session_idle_ttl_s * 1_000_000),
+            "state": [
+                {"input_name": i, "output_name": o, "data_type": "TYPE_FP32", "dims": d} for i, o, d in state
+            ],
+        }
     }
 
 

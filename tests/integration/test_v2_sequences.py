@@ -105,3 +105,13 @@ def test_the_stateful_model_is_described_by_v2_metadata(tc: httpclient.Inference
     assert [i["name"] for i in meta["inputs"]] == ["tokens"] and meta["inputs"][0]["shape"] == [-1, 3]
     assert {o["name"] for o in meta["outputs"]} == {"logits", "memory_attention"}
     assert tc.is_model_ready(STREAM)
+
+
+def test_the_stateful_model_config_declares_sequence_batching_and_its_capacity(
+    tc: httpclient.InferenceServerClient,
+) -> None:
+    config = tc.get_model_config(STREAM)
+    states = {s["input_name"]: s for s in config["sequence_batching"]["state"]}
+    assert states["state_memory"]["dims"] == [26, 50] and states["state_h"]["output_name"] == "state_h_out"
+    params = tc.get_model_metadata(STREAM)["parameters"]
+    assert (params["stateful"], params["max_pairs"], params["seq_len"]) == (True, 12, 3)
