@@ -110,6 +110,7 @@ class EdgeGuard(HttpToolsProtocol):
         self._overflow = False  # a pipeline past max_pipelined: the rest is not parsed
         self._stalled = False  # the socket's write buffer is over its high-water mark
         self._body_held = 0  # bytes of the body being received, counted in the server's budget
+        self._queued_held = 0  # bytes parsed into requests waiting in the pipeline, counted there too
         self._server: _ServerEdge | None = None
         self._stalled_since: float | None = None  # since when (stamped by the sweeper)
 
@@ -131,6 +132,7 @@ class EdgeGuard(HttpToolsProtocol):
         if self.transport is None:  # refused in connection_made: uvicorn's state was never set up
             return
         self._release_body()
+        self._release_queued()
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -162,6 +164,14 @@ class EdgeGuard(HttpToolsProtocol):
             super().data_received(piece)
             if self._refused or self.transport.is_closing():
                 return
+            if self.pipeline:
+                # Requests parsed while others wait hold their bytes (heads, bodies) until served: they
+                # count in the server's body budget too, until the pipeline has drained.
+                self._hold_queued(len(piece))
+                if self._refused:
+                    return
+            elif self._queued_held:
+                self._release_queued()
             if self._phase == HEAD:
                 # Bytes of this piece that belong to the unfinished head: all of it if the head was already
                 # being read; if it began inside this piece (after an earlier request), uncounted (bounded).
@@ -214,18 +224,36 @@ class EdgeGuard(HttpToolsProtocol):
             self._server.body_bytes -= self._body_held
         self._body_held = 0
 
+    def _hold_queued(self, size: int) -> None:
+        server = self._server
+        if server is not None:
+            self._queued_held += size
+            server.body_bytes += size
+            if server.body_bytes > self.limits.body_budget_bytes:
+                self.refuse(BODIES_OVER_BUDGET)
+
+    def _release_queued(self) -> None:
+        if self._server is not None:
+            self._server.body_bytes -= self._queued_held
+        self._queued_held = 0
+
     def refuse(self, answer: bytes) -> None:
         """Answer `answer` (a canned response) and close; nothing more is read from this connection."""
         self._refused = True
         self._release_body()
+        self._release_queued()
         transport = self.transport
         cycle = self.cycle
-        if not answer or (cycle is not None and getattr(cycle, "response_started", cycle.response_complete)):
-            # Nothing to say, or an answer is under way (the canned one cannot go in front of it or inside
-            # it): just close.
+        # The canned answer may go out only as the answer to the request being received (head or body late,
+        # nothing answered yet) with nothing before it still to answer; otherwise just close.
+        can_answer = not self.pipeline and (
+            cycle is None
+            or cycle.response_complete
+            or (self._phase == BODY and not getattr(cycle, "response_started", False))
+        )
+        if not answer or not can_answer:
             transport.close()
             return
-        # (a request whose body is late has no answer started yet)
         transport.write(answer)
         # Half-close, and read and drop what the client still sends for a moment before closing: closing a
         # socket with unread data resets the connection, which can destroy the answer before it is read.
@@ -259,6 +287,8 @@ class EdgeGuard(HttpToolsProtocol):
         """Enforce the deadlines at time `now` (called by the sweeper)."""
         if self._refused or self.transport is None or self.transport.is_closing():
             return
+        if self._queued_held and not self.pipeline:
+            self._release_queued()  # (the pipeline drained and no data came since)
         limits = self.limits
         if self._stalled:
             if self._stalled_since is None:
