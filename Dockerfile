@@ -23,14 +23,13 @@ RUN python3 /build/serve_requirements.py --onnxruntime "${ONNXRUNTIME}" /build/p
     && cat /build/requirements.txt \
     && /opt/fws/bin/pip install -r /build/requirements.txt
 COPY README.md /build/
-COPY model /build/model
-COPY export /build/export
+COPY contract /build/contract
 COPY service /build/service
-# The project itself, without dependencies (they are above): `service`, plus the torch-free `model.vocab` and
-# `export.contract` it imports. The torch modules of `model/` ship as inert source; torch is not installed.
+# The project itself, without dependencies (they are above): `service` and the torch-free `contract` package it
+# imports. Training and export (`model/`, `export/`) stay out of the image; torch is not installed.
 # pip and setuptools leave the runtime venv: nothing is installed at run time.
 RUN /opt/fws/bin/pip install --no-deps /build \
-    && /opt/fws/bin/python -c "import service, model.vocab, export.contract" \
+    && /opt/fws/bin/python -c "import service, contract, service.main" \
     && ! /opt/fws/bin/python -c "import torch" 2>/dev/null \
     && /opt/fws/bin/python -m pip uninstall -q -y pip setuptools
 # onnxruntime-gpu takes CUDA/cuDNN from NVIDIA's wheels under site-packages/nvidia/*/lib: register those with

@@ -47,7 +47,7 @@ def load_buckets(repository: Path, family: str, threads: int = 0):
     `threads`: onnxruntime intra-op threads (0: its default, all cores)."""
     import onnxruntime as ort
 
-    from export.contract import ONNX_FILENAME, MetadataKeys
+    from contract import ONNX_FILENAME, MetadataKeys
 
     buckets = {}
     for model_dir in sorted(repository.glob(f"{family}_t*")):

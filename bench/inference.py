@@ -393,11 +393,13 @@ def build_bucket_engines(repository: Path, threads: int) -> tuple[dict[str, Runn
     What a query pays for the PAD steps of a longer bucket (``--buckets-of``; run it with --seq-len 5 so
     the queries have one pair and fit every bucket).
     """
-    from export.contract import scan_repository
+    from contract import scan_repository
 
     engines: dict[str, Runner] = {}
     notes: dict[str, str] = {}
     for entry in scan_repository(repository):
+        if entry.config.stateful:
+            continue  # the stream model of memory sessions takes state inputs, not a bucket's tokens
         session = _ort_runner(entry.model_path, threads)
         padded: dict[int, np.ndarray] = {}
 
@@ -570,8 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.checkpoint.is_file():
         print(f"error: {args.checkpoint}: no such checkpoint (train one: make model)", file=sys.stderr)
         return 2
+    from contract.vocab import max_pairs_for_length
     from model.data import generate
-    from model.vocab import max_pairs_for_length
 
     batches = [int(b) for b in args.batch_sizes.split(",")]
     k_min, k_max = 1, max_pairs_for_length(args.seq_len)

@@ -41,14 +41,16 @@ async def floor_retrieve(query: Query) -> dict[str, object]:
 def _naive() -> FastAPI:
     import onnxruntime as ort
 
-    from export.contract import scan_repository
-    from model.vocab import Vocabulary
+    from contract import scan_repository
+    from contract.vocab import Vocabulary
 
     repository = Path(os.environ.get("BENCH_REPOSITORY", ROOT / "model_repository"))
     threads = int(os.environ.get("BENCH_ORT_THREADS", "1"))
     vocab = Vocabulary()
     sessions = []
     for entry in scan_repository(repository):
+        if entry.config.stateful:
+            continue  # the stream model of memory sessions, not a length bucket
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         sessions.append((entry.seq_len, ort.InferenceSession(str(entry.model_path), so)))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from client.outputs import dumps, loads
+from contract.vocab import max_pairs_for_length
 
 INPUT_NAME = "tokens"
 OUTPUT_NAME = "logits"
@@ -167,7 +168,7 @@ class V2Codec:
                 {
                     "value": bucket.classes[top],
                     "confidence": round(1.0 / total, 6),
-                    "num_pairs": (length - 3) // 2,
+                    "num_pairs": max_pairs_for_length(length),
                 }
             )
         return results

@@ -1,1 +1,1 @@
-"""torch -> ONNX export. `export.contract` is torch-free and shared with the service."""
+"""torch -> ONNX export. Writes the file contract declared in the torch-free `contract` package."""

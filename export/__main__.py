@@ -13,14 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from export.contract import (
+from contract import (
     DEFAULT_BUCKETS,
     DEFAULT_FAMILY,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_VERSION,
     ContractError,
 )
-from export.stream_contract import DEFAULT_CHUNK_LEN
+from contract.stream import DEFAULT_CHUNK_LEN
 from export.verify import DEFAULT_SEQUENCES, DEFAULT_TOLERANCE, ParityError, VerificationError
 
 

@@ -73,7 +73,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.contract import BATCH_AXIS, INPUT_TOKENS, OUTPUT_ATTENTION, OUTPUT_LOGITS
+from contract import BATCH_AXIS, INPUT_TOKENS, OUTPUT_ATTENTION, OUTPUT_LOGITS
 from model.fastweights import FastWeightsRNN
 
 OPSET = 17  # LayerNormalization is one op from opset 17

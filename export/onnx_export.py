@@ -35,9 +35,7 @@ import onnx
 import torch
 from torch import nn
 
-from export.builder import OPSET as BUILDER_OPSET
-from export.builder import build_fast_weights_graph
-from export.contract import (
+from contract import (
     BATCH_AXIS,
     INPUT_TOKENS,
     LOOP_OPS,
@@ -50,6 +48,8 @@ from export.contract import (
     output_specs,
     parse_metadata,
 )
+from export.builder import OPSET as BUILDER_OPSET
+from export.builder import build_fast_weights_graph
 from export.graph import export_module
 from model.checkpoint import Checkpoint, code_version
 from model.config import ModelConfig

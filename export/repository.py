@@ -8,7 +8,7 @@
 One model name per bucket (rather than one model with several graphs) because Triton binds one fixed input
 shape per model and chooses versions by policy, not by input length; the `family` parameter in each
 config and the metadata in each graph tie the buckets of one trained model together. Reading a repository
-back is `export.contract.scan_repository` (torch-free, shared with the service).
+back is `contract.scan_repository` (torch-free, shared with the service).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.contract import (
+from contract import (
     CONFIG_FILENAME,
     DEFAULT_BUCKETS,
     DEFAULT_FAMILY,

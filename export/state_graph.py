@@ -1,5 +1,5 @@
 """The state-carrying ("stream") graph: state in, one chunk of tokens, state out (contract:
-`export.stream_contract`). Unrolled like the whole-sequence graphs (no Loop/Scan), written node by node.
+`contract.stream`). Unrolled like the whole-sequence graphs (no Loop/Scan), written node by node.
 
 Two state forms, both O(1) in the session's length per step (chosen by `bench.stream_forms`, docs/export.md):
 
@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from contract import BATCH_AXIS, INPUT_TOKENS, OUTPUT_ATTENTION, OUTPUT_LOGITS
+from contract.stream import INPUT_STATE_H, INPUT_STATE_MEMORY, OUTPUT_STATE_H, OUTPUT_STATE_MEMORY
 from export.builder import IR_VERSION, OPSET, _dedup, _Emitter, _Params, _params
-from export.contract import BATCH_AXIS, INPUT_TOKENS, OUTPUT_ATTENTION, OUTPUT_LOGITS
-from export.stream_contract import INPUT_STATE_H, INPUT_STATE_MEMORY, OUTPUT_STATE_H, OUTPUT_STATE_MEMORY
 from model.fastweights import FastWeightsRNN
 
 STATE_FORMS = ("shift-register", "matrix")

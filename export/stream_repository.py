@@ -12,18 +12,17 @@ from typing import cast
 
 import onnx
 
-from export.contract import (
+from contract import (
     CONFIG_FILENAME,
     DEFAULT_MAX_BATCH_SIZE,
     INPUT_TOKENS,
     ONNX_FILENAME,
     OUTPUT_ATTENTION,
     OUTPUT_LOGITS,
+    PLATFORM,
     MetadataKeys,
 )
-from export.onnx_export import build_metadata
-from export.state_graph import build_state_graph
-from export.stream_contract import (
+from contract.stream import (
     DEFAULT_CHUNK_LEN,
     INPUT_STATE_H,
     INPUT_STATE_MEMORY,
@@ -34,6 +33,8 @@ from export.stream_contract import (
     max_pairs_for_memory,
     stream_model_name,
 )
+from export.onnx_export import build_metadata
+from export.state_graph import build_state_graph
 from model.checkpoint import Checkpoint
 from model.fastweights import FastWeightsRNN
 
@@ -70,7 +71,7 @@ def render_stream_config(
         f"# {family}'s memory sessions: one chunk of {chunk_len} tokens per call (left padded with PAD), the",
         "# fast memory carried between calls as implicit state (sequence_id, sequence_start, sequence_end).",
         f'name: "{stream_model_name(family)}"',
-        'platform: "onnxruntime_onnx"',
+        f'platform: "{PLATFORM}"',
         f"max_batch_size: {max_batch_size}",
         "input [\n" + tensor(INPUT_TOKENS, "TYPE_INT64", [chunk_len]) + "\n]",
         "output [\n"
@@ -139,7 +140,7 @@ def export_stream_model(
 
 def longest_bucket(repository: str | Path, family: str) -> int:
     """T of the family's longest bucket in `repository` (the capacity a session gets)."""
-    from export.contract import scan_repository
+    from contract import scan_repository
 
     lengths = [e.seq_len for e in scan_repository(repository) if e.family == family]
     if not lengths:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.contract import (
+from contract import (
     DEFAULT_FAMILY,
     INPUT_TOKENS,
     OUTPUT_ATTENTION,
@@ -30,10 +30,10 @@ from export.contract import (
     ContractError,
     scan_repository,
 )
-from export.stream_contract import stream_model_name
+from contract.stream import stream_model_name
+from contract.vocab import max_pairs_for_length
 from model.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from model.data import generate
-from model.vocab import max_pairs_for_length
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_SEQUENCES = 10_000
@@ -204,7 +204,7 @@ def verify_family_stream(
     repository: str | Path, family: str, sequences: int, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0
 ):  # -> export.verify_stream.StreamReport
     """The family's stream model against its whole-sequence graphs (`export.verify_stream`)."""
-    from export.stream_contract import stream_model_name
+    from contract.stream import stream_model_name
     from export.verify_stream import verify_stream
 
     entries = scan_repository(repository)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import INPUT_TOKENS, OUTPUT_ATTENTION, OUTPUT_LOGITS, RepositoryEntry
-from export.stream_contract import INPUT_STATE_H, INPUT_STATE_MEMORY, OUTPUT_STATE_H, OUTPUT_STATE_MEMORY
+from contract import INPUT_TOKENS, OUTPUT_ATTENTION, OUTPUT_LOGITS, RepositoryEntry
+from contract.stream import INPUT_STATE_H, INPUT_STATE_MEMORY, OUTPUT_STATE_H, OUTPUT_STATE_MEMORY
+from contract.vocab import max_pairs_for_length, sequence_length
 from model.data import PAD_ID, generate
-from model.vocab import max_pairs_for_length, sequence_length
 
 DEFAULT_BATCH = 256
 

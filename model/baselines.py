@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from contract.vocab import PAD_TOKEN, Vocabulary
 from model.config import ModelConfig
 from model.fastweights import RetrievalHead, pad_mask
-from model.vocab import PAD_TOKEN, Vocabulary
 
 
 class _Baseline(nn.Module):

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from contract.vocab import PAD_TOKEN, Vocabulary
 from model.baselines import IRNN, LSTM
 from model.config import ModelConfig, UnknownModelKindError
 from model.fastweights import FastWeightsRNN
-from model.vocab import PAD_TOKEN, Vocabulary
 
 FORMAT_VERSION = 1
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.vocab import DEFAULT_TOKENS, KEYS, VALUES, Vocabulary, sequence_length
+from contract.vocab import DEFAULT_TOKENS, KEYS, VALUES, Vocabulary, sequence_length
 
 VOCAB = Vocabulary(DEFAULT_TOKENS)
 PAD_ID = VOCAB.pad_id

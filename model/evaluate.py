@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.vocab import sequence_length
 from model.data import Batch, fixed_split
-from model.vocab import sequence_length
 
 
 @torch.no_grad()

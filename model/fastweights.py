@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from contract.vocab import PAD_TOKEN, Vocabulary
 from model.config import ModelConfig
-from model.vocab import PAD_TOKEN, Vocabulary
 
 
 class RetrievalHead(nn.Module):

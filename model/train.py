@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from contract.vocab import sequence_length
 from model.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
 from model.config import MODEL_KINDS, ModelConfig
 from model.data import VOCAB, Batch, fixed_split
 from model.evaluate import error_report
-from model.vocab import sequence_length
 
 
 @dataclass

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 
-from model.vocab import SequenceError
+from contract.vocab import SequenceError
 from service.batcher import BatcherClosedError, DeadlineExceededError, QueueFullError
 from service.echo import MESSAGE_CHARS, clip, quoted
 from service.predictor import ModelLoadError

@@ -1,42 +1,38 @@
 """Load one model version of the repository into an onnxruntime session; encode queries, run, decode.
 
 Knows nothing of HTTP or batching. Everything needed to encode inputs (vocabulary, PAD id, answer classes,
-sequence length) comes from the ONNX graph's own metadata (`export.contract.MetadataKeys`), so a model
-repository is self-contained.
-
-Layout (Triton's, see `export/contract.py`)::
-
-    <repository>/<name>/<version>/model.onnx      e.g. model_repository/fastweights_t11/1/model.onnx
-    <repository>/<name>/config.pbtxt
+sequence length) comes from the ONNX graph's own metadata, read by `contract.parse_metadata`, so a model
+repository is self-contained. The repository's layout is `contract.repository`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 
-from export.contract import (
+from contract import (
     INPUT_TOKENS,
     ONNX_FILENAME,
     OUTPUT_ATTENTION,
     OUTPUT_LOGITS,
-    MetadataKeys,
+    ContractError,
     TensorSpec,
+    check_io,
     input_specs,
     output_specs,
+    parse_metadata,
 )
-from model.vocab import ParsedQuery, Vocabulary
+from contract.vocab import ParsedQuery, Vocabulary, max_pairs_for_length
 from service.providers import DeviceUnavailableError, choose_providers, confirm_providers, warm_up_batch_sizes
 
 log = logging.getLogger("service.predictor")
@@ -49,30 +45,6 @@ class ModelLoadError(RuntimeError):
         super().__init__(f"model {name!r}: {reason}")
         self.name = name
         self.reason = reason
-
-
-# ----------------------------------------------------------------------------------------------------
-# Repository scanning
-
-
-def model_names(repository: Path) -> list[str]:
-    """Model directories of a repository (those with at least one numeric version directory)."""
-    if not repository.is_dir():
-        return []
-    return sorted(p.name for p in repository.iterdir() if p.is_dir() and versions(repository, p.name))
-
-
-def versions(repository: Path, name: str) -> list[str]:
-    """Numeric version directories of a model, oldest first."""
-    root = repository / name
-    if not root.is_dir():
-        return []
-    return sorted((p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
-
-
-def latest_version(repository: Path, name: str) -> str | None:
-    found = versions(repository, name)
-    return found[-1] if found else None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -101,7 +73,7 @@ class ModelInfo:
 
     @property
     def max_pairs(self) -> int:
-        return max(0, (self.seq_len - 3) // 2)
+        return max_pairs_for_length(self.seq_len)
 
 
 @dataclass
@@ -200,29 +172,9 @@ def encode(queries: Sequence[ParsedQuery], vocab: Vocabulary, seq_len: int) -> n
     return tokens
 
 
-def _metadata(session: ort.InferenceSession, name: str) -> dict[str, str]:
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    missing = [k for k in MetadataKeys.REQUIRED if k not in meta]
-    if missing:
-        raise ModelLoadError(name, f"graph metadata lacks {missing} (not exported by export/?)")
-    return meta
-
-
-def _check_signature(session: ort.InferenceSession, name: str, seq_len: int) -> None:
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name: o for o in session.get_outputs()}
-    if set(inputs) != {INPUT_TOKENS}:
-        raise ModelLoadError(name, f"expected one input {INPUT_TOKENS!r}, got {sorted(inputs)}")
-    tok = inputs[INPUT_TOKENS]
-    if tok.type != "tensor(int64)" or len(tok.shape) != 2 or tok.shape[1] != seq_len:
-        raise ModelLoadError(
-            name, f"input {INPUT_TOKENS!r} must be int64 [batch, {seq_len}], got {tok.type} {tok.shape}"
-        )
-    if isinstance(tok.shape[0], int):
-        raise ModelLoadError(name, f"input {INPUT_TOKENS!r} needs a dynamic batch axis, got {tok.shape}")
-    for out in (OUTPUT_LOGITS, OUTPUT_ATTENTION):
-        if out not in outputs:
-            raise ModelLoadError(name, f"graph has no output {out!r} (outputs: {sorted(outputs)})")
+def _session_specs(nodes: Sequence[Any]) -> tuple[TensorSpec, ...]:
+    """onnxruntime's NodeArgs as contract TensorSpecs (symbolic dims stay strings or None)."""
+    return tuple(TensorSpec(n.name, n.type, tuple(n.shape)) for n in nodes)
 
 
 def load_model(
@@ -261,36 +213,43 @@ def load_model(
         confirm_providers(choice, session.get_providers())
     except DeviceUnavailableError as exc:
         raise ModelLoadError(name, str(exc)) from exc
-    meta = _metadata(session, name)
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    where = f"{name}/{version}/{path.name}"  # not the absolute path: reasons reach HTTP answers
+    try:
+        parsed = parse_metadata(meta, where)
+    except ContractError as exc:
+        raise ModelLoadError(name, exc.problem) from None
     from service.sessions.stream_model import is_stream_metadata, load_stream_model
 
     if is_stream_metadata(meta):
         stream = load_stream_model(session, meta, name, version, str(path))
         stream.info = _with_load_time(stream.info, time.perf_counter() - start)
         return stream
+    seq_len = parsed.seq_len
     try:
-        seq_len = int(meta[MetadataKeys.SEQ_LEN])
-        tokens = tuple(json.loads(meta[MetadataKeys.VOCAB]))
-        pad_id = int(meta[MetadataKeys.PAD_ID])
-        classes = tuple(json.loads(meta[MetadataKeys.ANSWER_CLASSES]))
-        config = json.loads(meta[MetadataKeys.MODEL_CONFIG])
-        vocab = Vocabulary(tokens, tokens[pad_id])
-    except (ValueError, IndexError, TypeError, KeyError) as exc:
-        raise ModelLoadError(name, f"unreadable graph metadata: {exc}") from None
-    vocab.answer_classes = classes
-    _check_signature(session, name, seq_len)
+        check_io(
+            _session_specs(session.get_inputs()),
+            _session_specs(session.get_outputs()),
+            seq_len,
+            parsed.num_classes,
+            where,
+        )
+    except ContractError as exc:
+        raise ModelLoadError(name, exc.problem) from None
+    vocab = Vocabulary(parsed.vocab, parsed.pad_token)
+    vocab.answer_classes = parsed.answer_classes
     info = ModelInfo(
         name=name,
         version=version,
-        family=meta[MetadataKeys.FAMILY],
+        family=parsed.family,
         seq_len=seq_len,
-        vocab_tokens=tokens,
-        pad_id=pad_id,
-        answer_classes=classes,
-        model_config=config,
+        vocab_tokens=parsed.vocab,
+        pad_id=parsed.pad_id,
+        answer_classes=parsed.answer_classes,
+        model_config=parsed.model_config,
         metadata=meta,
         inputs=input_specs(seq_len),
-        outputs=output_specs(seq_len, len(classes)),
+        outputs=output_specs(seq_len, parsed.num_classes),
         providers=tuple(session.get_providers()),
         path=str(path),
     )
@@ -314,8 +273,6 @@ def load_model(
 
 
 def _with_load_time(info: ModelInfo, seconds: float) -> ModelInfo:
-    from dataclasses import replace
-
     return replace(info, load_seconds=seconds)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from export.contract import ONNX_FILENAME
+from contract import ONNX_FILENAME, is_version_name
 from service.config import Settings
 from service.providers import choose_providers, confirm_providers
 
@@ -35,5 +35,5 @@ def check_device(settings: Settings) -> None:
 
 
 def _smallest_model(repository: Path) -> Path | None:
-    found = [p for p in repository.glob(f"*/*/{ONNX_FILENAME}") if p.parent.name.isdigit()]
+    found = [p for p in repository.glob(f"*/*/{ONNX_FILENAME}") if is_version_name(p.parent.name)]
     return min(found, key=lambda p: p.stat().st_size) if found else None

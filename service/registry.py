@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from export.contract import ONNX_FILENAME
+from contract import ModelFolder, read_model_folder, scan_models
 from service.batcher import Batcher
 from service.config import Settings
 from service.metrics import Metrics
-from service.predictor import LoadedModel, ModelLoadError, latest_version, load_model, model_names
+from service.predictor import LoadedModel, ModelLoadError, load_model
 
 log = logging.getLogger("service.registry")
 
@@ -108,7 +108,7 @@ class ModelRegistry:
         failures: list[ModelLoadError] = []
         if load_all:
             repo = self.settings.model_repository
-            names = model_names(repo)
+            names = [folder.name for folder in scan_models(repo)]
             if not names:
                 log.error("no models found", extra={"repository": str(repo)})
             for name in names:
@@ -138,13 +138,17 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         """Every model known: loaded ones and those in the repository directory."""
-        return sorted(set(self._entries) | set(model_names(self.settings.model_repository)))
+        return sorted(set(self._entries) | set(self._folders()))
+
+    def _folders(self) -> dict[str, ModelFolder]:
+        """The repository's model folders as they are on disk now (read on each call: a few stat calls)."""
+        return {folder.name: folder for folder in scan_models(self.settings.model_repository)}
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
         """The serving version of `name` (or that exact `version`, which must be the serving one)."""
         entry = self._entries.get(name)
         if entry is None:
-            if name in model_names(self.settings.model_repository):
+            if name in self._folders():
                 raise ModelNotReadyError(f"model {name!r} is not loaded")
             raise ModelNotFoundError(f"unknown model {name!r}")
         if entry.model is None or entry.state is not ModelState.READY:
@@ -194,27 +198,30 @@ class ModelRegistry:
     def index(self) -> list[dict[str, Any]]:
         """Repository index rows (V2 `POST /v2/repository/index` shape): name, version, state, reason."""
         rows = []
-        for name in self.names():
+        folders = self._folders()
+        for name in sorted(set(self._entries) | set(folders)):
             entry = self._entries.get(name)
+            folder = folders.get(name)
+            latest = str(folder.versions[-1]) if folder is not None and folder.versions else ""
             if entry is None:
-                version = latest_version(self.settings.model_repository, name) or ""
+                reason = folder.problem if folder is not None and folder.problem else "unloaded"
+                rows.append(
+                    {"name": name, "version": latest, "state": ModelState.UNAVAILABLE.value, "reason": reason}
+                )
+            else:
+                version = entry.model.info.version if entry.model else latest
+                rows.append(
+                    {"name": name, "version": version, "state": entry.state.value, "reason": entry.reason}
+                )
+            for ignored in folder.ignored if folder is not None else ():
                 rows.append(
                     {
                         "name": name,
-                        "version": version,
+                        "version": ignored.name,
                         "state": ModelState.UNAVAILABLE.value,
-                        "reason": "unloaded",
+                        "reason": ignored.reason,
                     }
                 )
-                continue
-            version = (
-                entry.model.info.version
-                if entry.model
-                else latest_version(self.settings.model_repository, name) or ""
-            )
-            rows.append(
-                {"name": name, "version": version, "state": entry.state.value, "reason": entry.reason}
-            )
         return rows
 
     # -- inference ----------------------------------------------------------------------------------------
@@ -275,18 +282,22 @@ class ModelRegistry:
         version fails; then the previously serving version (if any) keeps serving and `reason` says why.
         """
         repo = self.settings.model_repository
-        version = latest_version(repo, name)
-        if version is None:
-            raise ModelNotFoundError(f"no model {name!r} with a numeric version directory in {repo}")
+        model_dir = repo / name
+        if not model_dir.is_dir():
+            raise ModelNotFoundError(f"unknown model {name!r}: not in the model repository")
         entry = self._entries.setdefault(name, _Entry(name))
         async with entry.lock:
             if entry.model is None:
                 entry.state = ModelState.LOADING
                 self._family_buckets.clear()
-            path = repo / name / version / ONNX_FILENAME
+            folder = read_model_folder(model_dir)
+            version = str(folder.versions[-1]) if folder.versions else ""
+            path = folder.model_path(int(version)) if version else model_dir
             loop = asyncio.get_running_loop()
             s = self.settings
             try:
+                if folder.problem:
+                    raise ModelLoadError(name, folder.problem)
                 model = await loop.run_in_executor(
                     None,  # not the inference executor: a slow load must not stall inference
                     lambda: load_model(
@@ -305,11 +316,12 @@ class ModelRegistry:
                     entry.state = ModelState.READY
                     serving = entry.model.info.version
                     entry.reason = (
-                        f"load of version {version} failed, still serving version {serving}: {exc.reason}"
+                        f"load of {_version_words(version)} failed, "
+                        f"still serving version {serving}: {exc.reason}"
                     )
                 else:
                     entry.state = ModelState.UNAVAILABLE
-                    entry.reason = f"load of version {version} failed: {exc.reason}"
+                    entry.reason = f"load of {_version_words(version)} failed: {exc.reason}"
                     self.metrics.model_ready.labels(name).set(0)
                 self._family_buckets.clear()
                 log.error(
@@ -334,7 +346,7 @@ class ModelRegistry:
         """Stop serving `name`; requests already queued on it still complete."""
         entry = self._entries.get(name)
         if entry is None:
-            if name in model_names(self.settings.model_repository):
+            if name in self._folders():
                 return  # known but never loaded: already unloaded
             raise ModelNotFoundError(f"unknown model {name!r}")
         async with entry.lock:
@@ -370,3 +382,7 @@ class ModelRegistry:
         task = asyncio.get_running_loop().create_task(batcher.close(drain=True))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+
+def _version_words(version: str) -> str:
+    return f"version {version}" if version else "the model"

@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from export.contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
-from model.vocab import ParsedQuery, SequenceError, from_pairs, parse_sequence, sequence_length
+from contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
+from contract.vocab import ParsedQuery, SequenceError, from_pairs, parse_sequence, sequence_length
 from service.echo import quoted
 from service.predictor import LoadedModel, Prediction, decode
 from service.registry import ModelNotFoundError, ModelNotReadyError, ModelRegistry

@@ -1,6 +1,6 @@
 """Request and response models of the native API (`/v1`), with the examples shown at /docs.
 
-The sequence grammar itself (unknown characters, duplicate keys, ...) is checked by `model.vocab`, which
+The sequence grammar itself (unknown characters, duplicate keys, ...) is checked by `contract.vocab`, which
 gives typed error codes; these models check only the JSON shape (unknown fields, wrong types).
 """
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contract import PLATFORM
 from service.config import Settings
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -33,7 +34,6 @@ from service.v2_codec import (
     validate_inputs,
 )
 
-PLATFORM = "onnxruntime_onnx"
 # Only what is really implemented (tritonclient and perf_analyzer read this list).
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.contract import scan_repository
-from model.vocab import Vocabulary
+from contract import scan_repository
+from contract.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,6 +20,8 @@ class Predictor:
         self.vocab = Vocabulary()
         self.sessions = []
         for entry in scan_repository(repository):
+            if entry.config.stateful:
+                continue  # the stream model of memory sessions, not a length bucket
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
             self.sessions.append((entry.seq_len, ort.InferenceSession(str(entry.model_path), so)))

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Request, Security
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ValidationError
 
-from model.vocab import ParsedQuery, SequenceError, parse_sequence
+from contract.vocab import ParsedQuery, SequenceError, parse_sequence
 from service.config import Settings
 from service.errors import EMPTY_BODY, NOT_JSON_OBJECT, ApiError, JSONResponse, validation_message
 from service.fastpath import RawRequest, RawResponse, hot_route, json_response

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from export.contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
-from export.stream_contract import OUTPUT_STATE_H, OUTPUT_STATE_MEMORY, stream_model_name
-from model.vocab import KEYS, QUERY_MARK, VALUES, ParsedQuery, SequenceError, from_pairs
+from contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
+from contract.stream import OUTPUT_STATE_H, OUTPUT_STATE_MEMORY, stream_model_name
+from contract.vocab import KEYS, QUERY_MARK, VALUES, ParsedQuery, SequenceError, from_pairs
 from service.config import Settings
 from service.predictor import decode
 from service.registry import ModelNotFoundError, ModelNotReadyError, ModelRegistry

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from export.contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
-from export.stream_contract import OUTPUT_STATE_H, OUTPUT_STATE_MEMORY
-from model.vocab import QUERY_MARK
+from contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
+from contract.stream import OUTPUT_STATE_H, OUTPUT_STATE_MEMORY
+from contract.vocab import QUERY_MARK
 from service.errors import ApiError
 from service.sessions.errors import SessionBusyError
 from service.sessions.manager import SessionManager

@@ -1,4 +1,4 @@
-"""The stream model (`<family>_stream`, contract `export.stream_contract`) loaded for memory sessions.
+"""The stream model (`<family>_stream`, contract `contract.stream`) loaded for memory sessions.
 
 One onnxruntime run takes one chunk per row with that row's state, so steps of many sessions share a run.
 The registry's batcher hands a run function ONE array of rows, so a row here is the chunk and the state
@@ -8,14 +8,21 @@ unpacks it and returns every output row-aligned, as the batcher slices them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
-from export.contract import INPUT_TOKENS, OUTPUT_ATTENTION, OUTPUT_LOGITS, MetadataKeys, TensorSpec
-from export.stream_contract import (
+from contract import (
+    INPUT_TOKENS,
+    ONNX_FILENAME,
+    OUTPUT_ATTENTION,
+    OUTPUT_LOGITS,
+    ContractError,
+    TensorSpec,
+    parse_metadata,
+)
+from contract.stream import (
     INPUT_STATE_H,
     INPUT_STATE_MEMORY,
     OUTPUT_STATE_H,
@@ -23,7 +30,7 @@ from export.stream_contract import (
     StreamKeys,
     state_bytes,
 )
-from model.vocab import Vocabulary
+from contract.vocab import Vocabulary
 from service.predictor import LoadedModel, ModelInfo, ModelLoadError
 
 _OUTPUTS = [OUTPUT_LOGITS, OUTPUT_ATTENTION, OUTPUT_STATE_H, OUTPUT_STATE_MEMORY]
@@ -81,16 +88,17 @@ def load_stream_model(
 ) -> StreamModel:
     """The stream graph already opened by `service.predictor.load_model`, checked and warmed up."""
     try:
+        parsed = parse_metadata(meta, f"{name}/{version}/{ONNX_FILENAME}")
+    except ContractError as exc:
+        raise ModelLoadError(name, exc.problem) from None
+    tokens, pad_id, classes, config = parsed.vocab, parsed.pad_id, parsed.answer_classes, parsed.model_config
+    vocab = Vocabulary(tokens, tokens[pad_id])
+    try:
         chunk_len = int(meta[StreamKeys.CHUNK_LEN])
         memory_len = int(meta[StreamKeys.MEMORY_LEN])
         max_pairs = int(meta[StreamKeys.MAX_PAIRS])
-        tokens = tuple(json.loads(meta[MetadataKeys.VOCAB]))
-        pad_id = int(meta[MetadataKeys.PAD_ID])
-        classes = tuple(json.loads(meta[MetadataKeys.ANSWER_CLASSES]))
-        config = json.loads(meta[MetadataKeys.MODEL_CONFIG])
-        vocab = Vocabulary(tokens, tokens[pad_id])
         hidden = int(config["hidden_size"])
-    except (ValueError, IndexError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError) as exc:
         raise ModelLoadError(name, f"unreadable stream metadata: {exc}") from None
     if chunk_len < 3:
         raise ModelLoadError(name, f"chunk length {chunk_len} cannot hold a query '??k' (3 tokens)")
@@ -105,7 +113,7 @@ def load_stream_model(
     info = ModelInfo(
         name=name,
         version=version,
-        family=meta[MetadataKeys.FAMILY],
+        family=parsed.family,
         seq_len=chunk_len,
         vocab_tokens=tokens,
         pad_id=pad_id,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from export.contract import CONFIG_FILENAME, ONNX_FILENAME
+from contract import CONFIG_FILENAME, ONNX_FILENAME
 from service.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.vocab import Vocabulary
 from model.data import generate
-from model.vocab import Vocabulary
 from tests.integration.server import REPO_ROOT, Server, free_port, start_server
 
 TIE = 1e-4
@@ -46,7 +46,7 @@ class Reference:
 def reference(sequences: list[str], repository: Path) -> tuple[list[str], np.ndarray, list[str]]:
     import onnxruntime as ort
 
-    from export.contract import MetadataKeys
+    from contract import MetadataKeys
 
     buckets = {}
     for onnx_path in repository.glob("fastweights_t*/*/model.onnx"):

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from contract.vocab import DEFAULT_TOKENS, PAD_TOKEN
 from model.data import generate
-from model.vocab import DEFAULT_TOKENS, PAD_TOKEN
 from tests.integration.server import Server, start_server
 
 TOLERANCE = 1e-4  # the stream graph and the bucket graphs round differently (export.verify: ~1e-5)

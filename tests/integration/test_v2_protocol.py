@@ -24,8 +24,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from contract.vocab import parse_sequence
 from model.data import generate
-from model.vocab import parse_sequence
 from tests.integration.server import REPO_ROOT, Server, start_server
 from tests.integration.test_readme import matches
 

@@ -11,8 +11,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from contract.vocab import DEFAULT_TOKENS, sequence_length
 from model.data import generate
-from model.vocab import DEFAULT_TOKENS, sequence_length
 from tests.integration.server import Server
 
 STREAM = "fastweights_stream"

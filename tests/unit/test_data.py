@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.vocab import SequenceError, parse_sequence, sequence_length
 from model.data import PAD_ID, SPLIT_SIZES, VOCAB, fixed_split, generate
-from model.vocab import SequenceError, parse_sequence, sequence_length
 
 
 @settings(max_examples=40, deadline=None)
@@ -90,7 +90,7 @@ def test_paper_example_parses():
     | st.from_regex(r"(?:[a-e][0-9]){1,5}\?\?[a-f]", fullmatch=True)
 )
 def test_fast_path_parses_exactly_like_the_explaining_parser(text):
-    from model.vocab import _parse_explained
+    from contract.vocab import _parse_explained
 
     def outcome(fn):
         try:

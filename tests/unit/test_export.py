@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from export.__main__ import main as export_main
-from export.contract import (
+from contract import (
     INPUT_TOKENS,
     LOOP_OPS,
     OUTPUT_ATTENTION,
@@ -27,6 +26,7 @@ from export.contract import (
     check_io,
     parse_metadata,
 )
+from export.__main__ import main as export_main
 from export.graph import export_module
 from export.onnx_export import (
     all_nodes,
@@ -307,7 +307,7 @@ def test_tiny_graph_helper_builds_a_graph_that_passes():
         (_tiny_graph(input_type=TensorProto.INT32), r"input 'tokens' has dtype int32"),
         (
             _tiny_graph(props={MetadataKeys.SEQ_LEN: "7"}),
-            r"input 'tokens' has shape \['batch', 5\], expected",
+            r"input 'tokens' has shape \['batch', 5\], the contract expects \['batch', 7\]",
         ),
         (_tiny_graph(props={MetadataKeys.PAD_ID: "9"}), r"metadata pad id 9 is outside the vocabulary"),
     ],

@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract import INPUT_TOKENS, LOOP_OPS, OUTPUT_ATTENTION, OUTPUT_LOGITS
 from export.builder import (
     FORMS,
     PAIR_TABLE_MAX_ROWS,
@@ -23,7 +24,6 @@ from export.builder import (
     build_fast_weights_graph,
     window_starts,
 )
-from export.contract import INPUT_TOKENS, LOOP_OPS, OUTPUT_ATTENTION, OUTPUT_LOGITS
 from export.onnx_export import all_nodes, ort_optimize
 from model.checkpoint import Checkpoint, build_model
 from model.config import ModelConfig

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.contract import (
+from contract import (
     CONFIG_FILENAME,
     DEFAULT_BUCKETS,
     INPUT_TOKENS,
@@ -29,12 +29,12 @@ from export.contract import (
     scan_repository,
     smallest_bucket,
 )
+from contract.vocab import Vocabulary, max_pairs_for_length
 from export.onnx_export import all_nodes, graph_io, load_onnx
 from export.repository import export_repository
 from model.checkpoint import Checkpoint, build_model
 from model.config import ModelConfig
 from model.data import fixed_split
-from model.vocab import Vocabulary, max_pairs_for_length
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "model_repository"

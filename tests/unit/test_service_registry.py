@@ -140,6 +140,8 @@ def test_a_repository_without_models_is_not_ready(tmp_path: Path) -> None:
 def test_a_model_that_fails_to_load_at_start_is_reported_and_the_rest_serve(repo: Path) -> None:
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "1" / "model.onnx").write_bytes(b"nope")
+    config = (repo / "fastweights_t5" / "config.pbtxt").read_text()
+    (repo / "broken" / "config.pbtxt").write_text(config.replace('"fastweights_t5"', '"broken"'))
 
     async def main() -> None:
         r = ModelRegistry(Settings(model_repository=repo, device="cpu"))

@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.contract import ONNX_FILENAME, read_config_pbtxt, scan_repository
+from contract import ONNX_FILENAME, read_config_pbtxt, scan_repository
+from contract.stream import StreamKeys, stream_model_name
 from export.onnx_export import all_nodes
 from export.state_graph import build_state_graph
-from export.stream_contract import StreamKeys, stream_model_name
 from export.stream_repository import export_stream_model, longest_bucket
 from export.verify import verify_family_stream
 from export.verify_stream import random_chunks, verify_stream

@@ -1,8 +1,7 @@
 """The associative-retrieval alphabet and the one encoder/decoder everyone uses.
 
-Pure Python on purpose: the service imports this module (it must never need torch or even numpy here),
-and builds its `Vocabulary` from the tokens stored in the ONNX metadata so that a model repository is
-self-contained.
+Pure Python on purpose: the service and the client import it. The service builds its `Vocabulary` from the
+tokens stored in the ONNX metadata, so a model repository is self-contained.
 
 Grammar of a query sequence (the paper's Task 1): K key/value pairs, then ``??``, then one of the keys::
 

@@ -1,6 +1,6 @@
 """The stateful ("stream") model's contract, declared once: export writes it, the service reads it.
 
-Pure Python (no torch, no onnx, no numpy), like `export.contract`, because the service imports it.
+Pure Python (no torch, no onnx, no numpy), like the rest of `contract`, because the service imports it.
 
 The stream model carries a session's memory between calls instead of re-reading its history::
 
@@ -36,7 +36,7 @@ def stream_model_name(family: str) -> str:
 
 
 class StreamKeys:
-    """metadata_props of a stream graph, beside `export.contract.MetadataKeys` (whose SEQ_LEN is C)."""
+    """metadata_props of a stream graph, beside `contract.MetadataKeys` (whose SEQ_LEN is C)."""
 
     CHUNK_LEN = "fastweights.stream.chunk_len"  # int C
     MEMORY_LEN = "fastweights.stream.memory_len"  # int P
