@@ -44,6 +44,7 @@ from service.batcher import Batcher
 from service.config import Settings
 from service.metrics import Metrics
 from service.predictor import LoadedModel, ModelLoadError, load_model
+from service.signature import check_new_version
 
 log = logging.getLogger("service.registry")
 
@@ -310,6 +311,8 @@ class ModelRegistry:
                         max_batch_size=s.max_batch_size,
                     ),
                 )
+                assert folder.config is not None  # no problem: the config was read
+                check_new_version(model, folder.config, entry.model)
             except ModelLoadError as exc:
                 self.metrics.model_loads.labels(name, "failed").inc()
                 if entry.model is not None:

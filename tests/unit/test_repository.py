@@ -22,10 +22,12 @@ from contract import (
     PLATFORM,
     ContractError,
     check_io,
+    is_version_name,
     parse_metadata,
     parse_pbtxt,
     read_config_pbtxt,
     render_config_pbtxt,
+    scan_models,
     scan_repository,
     smallest_bucket,
 )
@@ -231,3 +233,42 @@ def test_committed_repository_is_the_export_of_the_committed_checkpoint():
         )
     report = verify_repository(checkpoint, COMMITTED, sequences=1000, batch_sizes=(1, 7, 256))
     assert report.ok and report.source_matches
+
+
+@pytest.mark.parametrize("name", ["0", "1", "2", "10", "123456789012345678"])
+def test_version_folders_are_ascii_digit_numbers(name):
+    assert is_version_name(name)
+
+
+@pytest.mark.parametrize("name", ["²", "٣", "１", "01", "v1", "1.0", "-1", "", " 1", "1234567890123456789"])
+def test_anything_else_is_not_a_version_folder(name):
+    assert not is_version_name(name)
+
+
+def test_str_isdigit_would_take_a_superscript_two_for_a_version():
+    """Why the rule is a regex: `isdigit` says yes to '²', and `int('²')` then raises."""
+    assert "²".isdigit() and not is_version_name("²")
+    with pytest.raises(ValueError):
+        int("²")
+
+
+def test_a_model_folder_lists_what_it_ignores_and_why(tiny_repo, tmp_path):
+    root = _broken_copy(tiny_repo, tmp_path)
+    for odd in ("²", "v2", "01"):
+        (root / "tiny_t5" / odd).mkdir()
+    shutil.copytree(root / "tiny_t5" / "1", root / "tiny_t5" / "3")
+    (folder,) = [f for f in scan_models(root) if f.name == "tiny_t5"]
+    assert folder.versions == (1, 3) and folder.problem == ""
+    assert sorted(i.name for i in folder.ignored) == ["01", "v2", "²"]
+    assert all("ASCII digits" in i.reason for i in folder.ignored)
+    assert [e.version for e in scan_repository(root) if e.name == "tiny_t5"] == [3]
+
+
+def test_a_model_folder_with_a_bad_config_reports_the_problem_without_raising(tiny_repo, tmp_path):
+    root = _broken_copy(tiny_repo, tmp_path)
+    (root / "tiny_t5" / CONFIG_FILENAME).write_text('name: "tiny_t5"\nplatform: "tensorflow"\n')
+    (root / "tiny_t9" / CONFIG_FILENAME).unlink()
+    folders = {f.name: f for f in scan_models(root)}
+    assert folders["tiny_t5"].problem.startswith("config.pbtxt: config lacks")
+    assert folders["tiny_t9"].problem == "model folder has no config.pbtxt"
+    assert str(root) not in folders["tiny_t5"].problem
