@@ -422,10 +422,29 @@ def part_overhead(args, wrk):
     return results
 
 
+def repository_with_max_batch(max_batch_size: int) -> Path:
+    """A copy of the bundled repository whose configs say `max_batch_size`: each model's config.pbtxt, not
+    an FWS_ setting, decides its batching."""
+    import dataclasses
+    import shutil
+    import tempfile
+
+    from contract import CONFIG_FILENAME, read_config_pbtxt
+    from contract.model_config import write_config_pbtxt
+
+    root = Path(tempfile.mkdtemp(prefix=f"bench-max-batch-{max_batch_size}-"))
+    shutil.copytree(ROOT / "model_repository", root, dirs_exist_ok=True)
+    for path in root.glob(f"*/{CONFIG_FILENAME}"):
+        config = read_config_pbtxt(path)
+        if not config.stateful:
+            path.write_text(write_config_pbtxt(dataclasses.replace(config, max_batch_size=max_batch_size)))
+    return root
+
+
 def part_batching(args, wrk):
-    print("== dynamic batching on (max batch 256) vs off (max batch 1)")
-    on = service("batching on", {"FWS_MAX_BATCH_SIZE": "256"})
-    off = service("batching off", {"FWS_MAX_BATCH_SIZE": "1"})
+    print("== dynamic batching on (max batch 256) vs off (max batch 1), set in the models' config.pbtxt")
+    on = service("batching on", {"FWS_MODEL_REPOSITORY": str(repository_with_max_batch(256))})
+    off = service("batching off", {"FWS_MODEL_REPOSITORY": str(repository_with_max_batch(1))})
     results = run_grid([on, off], args.batching_clients, args, wrk)
     for line in ratio_lines(results, "batching on", "batching off"):
         print(line)

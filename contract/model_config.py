@@ -100,48 +100,96 @@ def render_config_pbtxt(
     seq_len: int,
     num_classes: int,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    preferred_batch_sizes: Iterable[int] = (32, 256),
-    max_queue_delay_us: int = 500,
+    preferred_batch_sizes: Iterable[int] = (),
+    max_queue_delay_us: int | None = None,
     *,
     vocab: Sequence[str] | None = None,
     pad_id: int | None = None,
     answer_classes: Sequence[str] | None = None,
 ) -> str:
-    """Triton's config.pbtxt for one bucket. Dims omit the batch axis (Triton adds it: max_batch_size > 0).
+    """Triton's config.pbtxt for one bucket of `family`, as the exporter writes it.
 
-    `vocab`, `pad_id` and `answer_classes` (when given) go into `parameters` as JSON strings, so a client of
-    any V2 server (Triton too) can read them with get_model_config and encode queries without our code.
+    Batching fields left at their defaults are left out of the file, so the server's FWS_ defaults apply
+    (a queue delay of 0: a lone request is never held back). `vocab`, `pad_id` and `answer_classes` go into
+    `parameters` (JSON strings), so a client of any V2 server, Triton too, reads them with
+    get_model_config and encodes queries without our code.
     """
-    name = bucket_model_name(family, seq_len)
-    preferred = sorted({b for b in preferred_batch_sizes if 1 <= b <= max_batch_size})
+    params: dict[str, str] = {"family": family, "seq_len": str(seq_len)}
+    if vocab is not None:
+        params["vocab"] = json.dumps(list(vocab))
+    if pad_id is not None:
+        params["pad_id"] = str(pad_id)
+        params["padding"] = "left"
+    if answer_classes is not None:
+        params["answer_classes"] = json.dumps(list(answer_classes))
+    config = BucketConfig(
+        name=bucket_model_name(family, seq_len),
+        platform=PLATFORM,
+        max_batch_size=max_batch_size,
+        inputs=input_specs(seq_len),
+        outputs=output_specs(seq_len, num_classes),
+        family=family,
+        seq_len=seq_len,
+        preferred_batch_sizes=tuple(sorted({b for b in preferred_batch_sizes if 1 <= b <= max_batch_size})),
+        max_queue_delay_us=max_queue_delay_us,
+        parameters=params,
+    )
+    comment = f"{family}, length bucket T={seq_len}: tokens left padded with the PAD id (see parameters)."
+    return write_config_pbtxt(config, comment)
+
+
+def write_config_pbtxt(config: BucketConfig, comment: str = "") -> str:
+    """The config.pbtxt text of `config`; fields that are None are left out (the server's defaults apply).
+
+    `read_config_pbtxt` reads it back to an equal BucketConfig.
+    """
+    batched = config.max_batch_size > 0
 
     def tensor(spec: TensorSpec) -> str:
-        dims = ", ".join(str(d) for d in spec.shape[1:])
-        dtype = TRITON_DTYPES[spec.dtype]
-        return f'  {{\n    name: "{spec.name}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n  }}'
+        dims = ", ".join(str(d) for d in (spec.shape[1:] if batched else spec.shape))
+        dtype = TRITON_DTYPES[normalize_dtype(spec.dtype)]
+        return f"  {{\n    name: {quote(spec.name)}\n    data_type: {dtype}\n    dims: [ {dims} ]\n  }}"
 
-    params: list[tuple[str, str]] = [("family", family), ("seq_len", str(seq_len))]
-    if vocab is not None:
-        params.append(("vocab", json.dumps(list(vocab))))
-    if pad_id is not None:
-        params += [("pad_id", str(pad_id)), ("padding", "left")]
-    if answer_classes is not None:
-        params.append(("answer_classes", json.dumps(list(answer_classes))))
-    lines = [
-        f"# {family}, length bucket T={seq_len}: tokens left padded with the PAD id (see metadata_props).",
-        f'name: "{name}"',
-        f'platform: "{PLATFORM}"',
-        f"max_batch_size: {max_batch_size}",
-        "input [\n" + ",\n".join(tensor(s) for s in input_specs(seq_len)) + "\n]",
-        "output [\n" + ",\n".join(tensor(s) for s in output_specs(seq_len, num_classes)) + "\n]",
-        "dynamic_batching {",
-        *([f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]"] if preferred else []),
-        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
-        "}",
-        *(
-            f"parameters {{\n  key: {quote(k)}\n  value: {{ string_value: {quote(v)} }}\n}}"
-            for k, v in params
-        ),
+    lines = [f"# {comment}"] if comment else []
+    lines += [
+        f"name: {quote(config.name)}",
+        f"platform: {quote(config.platform)}",
+        f"max_batch_size: {config.max_batch_size}",
+    ]
+    policy = config.version_policy
+    if policy != VersionPolicy():
+        body = {
+            "latest": f"latest {{ num_versions: {policy.num_versions} }}",
+            "all": "all { }",
+            "specific": f"specific {{ versions: [ {', '.join(map(str, policy.versions))} ] }}",
+        }[policy.kind]
+        lines.append(f"version_policy: {{ {body} }}")
+    lines += [
+        "input [\n" + ",\n".join(tensor(s) for s in config.inputs) + "\n]",
+        "output [\n" + ",\n".join(tensor(s) for s in config.outputs) + "\n]",
+    ]
+    if batched:
+        lines.append("dynamic_batching {")
+        if config.preferred_batch_sizes:
+            lines.append(f"  preferred_batch_size: [ {', '.join(map(str, config.preferred_batch_sizes))} ]")
+        if config.max_queue_delay_us is not None:
+            lines.append(f"  max_queue_delay_microseconds: {config.max_queue_delay_us}")
+        queue = [
+            f"    {key}: {value}"
+            for key, value in (
+                ("max_queue_size", config.max_queue_size),
+                ("default_timeout_microseconds", config.default_timeout_us),
+            )
+            if value is not None
+        ]
+        if queue:
+            lines += ["  default_queue_policy {", *queue, "  }"]
+        lines.append("}")
+    if config.instance_count is not None:
+        lines.append(f"instance_group [ {{ count: {config.instance_count}, kind: {config.instance_kind} }} ]")
+    lines += [
+        f"parameters {{\n  key: {quote(k)}\n  value: {{ string_value: {quote(v)} }}\n}}"
+        for k, v in config.parameters.items()
     ]
     return "\n".join(lines) + "\n"
 

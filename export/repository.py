@@ -17,6 +17,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import onnx
+
 from contract import (
     CONFIG_FILENAME,
     DEFAULT_BUCKETS,
@@ -26,8 +28,10 @@ from contract import (
     ONNX_FILENAME,
     ContractError,
     bucket_model_name,
+    parse_metadata,
     read_config_pbtxt,
     render_config_pbtxt,
+    scan_repository,
 )
 from export.onnx_export import ExportedGraph, export_bucket
 from model.checkpoint import Checkpoint, file_sha256, load_checkpoint
@@ -72,12 +76,53 @@ def export_repository(
         graph = export_bucket(
             ckpt, seq_len, model_dir / str(version) / ONNX_FILENAME, family, source_sha256, dynamo
         )
-        config = render_config_pbtxt(family, seq_len, ckpt.config.num_classes, max_batch_size)
-        tmp = model_dir / (CONFIG_FILENAME + ".tmp")
-        tmp.write_text(config, encoding="utf-8")
-        tmp.replace(model_dir / CONFIG_FILENAME)
+        vocab = ckpt.vocab
+        config = render_config_pbtxt(
+            family,
+            seq_len,
+            ckpt.config.num_classes,
+            max_batch_size,
+            vocab=vocab.tokens,
+            pad_id=vocab.pad_id,
+            answer_classes=vocab.answer_classes,
+        )
+        _write_atomically(model_dir / CONFIG_FILENAME, config)
         results.append(graph)
     return results
+
+
+def rewrite_bucket_configs(
+    repository: str | Path, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+) -> list[Path]:
+    """Write every bucket's config.pbtxt again from its newest graph's own metadata, as `export_repository`
+    would, without retraining or touching the graphs (after a change to what configs carry).
+
+    The stream model of memory sessions keeps its own config (`export.stream_repository` writes it).
+    """
+    written = []
+    for entry in scan_repository(repository):
+        if entry.config.stateful:
+            continue
+        graph = onnx.load(str(entry.model_path), load_external_data=False)
+        meta = parse_metadata({p.key: p.value for p in graph.metadata_props}, entry.model_path)
+        config = render_config_pbtxt(
+            meta.family,
+            meta.seq_len,
+            meta.num_classes,
+            max_batch_size,
+            vocab=meta.vocab,
+            pad_id=meta.pad_id,
+            answer_classes=meta.answer_classes,
+        )
+        _write_atomically(entry.config_path, config)
+        written.append(entry.config_path)
+    return written
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _remove_stale_buckets(root: Path, family: str, keep: set[str]) -> None:

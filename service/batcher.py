@@ -6,7 +6,12 @@ Semantics (Triton's dynamic batcher, counted in ROWS):
   single request larger than that runs alone, in chunks of `max_batch_size`).
 - `max_queue_delay_s = 0` (the default) adds no latency: a lone request starts at once; a batch forms from
   whatever queued while the previous run was busy. A positive delay is opt-in: the worker waits up to that
-  long after the FIRST queued request for the batch to fill.
+  long after the FIRST queued request for the batch to fill (to the largest preferred size, else to
+  `max_batch_size`).
+- `preferred_batch_sizes` (Triton's preferred_batch_size): a run takes the largest preferred size that the
+  queued rows fill; when they fill none, it takes what is there (up to `max_batch_size`).
+- `workers` runs of the model may compute at once (Triton's instance count); they need an executor with as
+  many threads, and `inline_max_rows = 0` (an inline run holds the event loop).
 - The queue is bounded (`max_queue_rows`): `submit` raises `QueueFullError` at once (HTTP 503 + Retry-After).
 - Every request has a deadline; one that expires while queued is answered `DeadlineExceededError` (504)
   and never computed. A request whose caller went away (its awaiting task cancelled, e.g. the client
@@ -81,6 +86,9 @@ class Batcher:
         default_timeout_s: float = 10.0,
         inline_max_rows: int = 0,
         metrics: Metrics | None = None,
+        preferred_batch_sizes: tuple[int, ...] = (),
+        workers: int = 1,
+        own_executor: bool = False,
     ):
         self._run = run
         self._executor = executor
@@ -90,6 +98,9 @@ class Batcher:
         self.max_queue_rows = max_queue_rows
         self.default_timeout_s = default_timeout_s
         self.inline_max_rows = inline_max_rows
+        self.preferred_batch_sizes = tuple(sorted(b for b in preferred_batch_sizes if b <= max_batch_size))
+        self.workers = workers
+        self._own_executor = own_executor  # shut it down on close (a model's own instance threads)
         self._metrics = metrics
         if metrics is not None:  # this model's children, looked up once (labels() costs a lock and a hash)
             self._m_batch_requests = metrics.batch_requests.labels(name)
@@ -106,9 +117,9 @@ class Batcher:
         self._queued_rows = 0
         self._arrived = asyncio.Event()
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.runs = 0  # onnxruntime runs done (for tests and logs)
-        self._running = False  # a run (inline or in the executor) is in progress
+        self._running = 0  # runs (inline or in the executor) in progress
         self._probing = False  # a lone request is yielding once before running directly
 
     # -- public -------------------------------------------------------------------------------------------
@@ -118,8 +129,11 @@ class Batcher:
         return self._queued_rows
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher:{self.name}")
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._worker(), name=f"batcher:{self.name}:{i}") for i in range(self.workers)
+            ]
 
     async def submit(self, tokens: np.ndarray, deadline: float | None = None) -> dict[str, np.ndarray]:
         """Queue `tokens` (n, T) and wait for their outputs {"logits": (n, C), "memory_attention": (n, T)}.
@@ -197,8 +211,10 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_exception(BatcherClosedError(f"model {self.name!r} was unloaded"))
         self._arrived.set()
-        if self._task is not None:
-            await self._task
+        if self._tasks:
+            await asyncio.gather(*self._tasks)
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
 
     # -- worker -------------------------------------------------------------------------------------------
 
@@ -238,10 +254,12 @@ class Batcher:
                 await self._run_batch(batch)
 
     async def _wait_for_fill(self) -> None:
-        """Opt-in delay: wait until max_batch_size rows are queued or the first request is delay old."""
+        """Opt-in delay: wait until a full batch is queued (the largest preferred size, else max_batch_size)
+        or the first request is delay old."""
         first = self._queue[0]
         until = first.enqueued + self.max_queue_delay_s
-        while self._queued_rows < self.max_batch_size and not self._closing:
+        full = self.preferred_batch_sizes[-1] if self.preferred_batch_sizes else self.max_batch_size
+        while self._queued_rows < full and not self._closing:
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return
@@ -251,10 +269,16 @@ class Batcher:
             except TimeoutError:
                 return
 
+    def _batch_limit(self) -> int:
+        """Rows for the next run: the largest preferred size the queue fills, else max_batch_size."""
+        filled = [b for b in self.preferred_batch_sizes if b <= self._queued_rows]
+        return filled[-1] if filled else self.max_batch_size
+
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []
         rows = 0
         now = time.monotonic()
+        limit = self._batch_limit()
         while self._queue:
             item = self._queue[0]
             if not item.queued or item.future.done():  # cancelled while waiting: dropped, not computed
@@ -267,22 +291,22 @@ class Batcher:
                 item.future.set_exception(DeadlineExceededError("deadline exceeded while queued"))
                 self._count_rejected("deadline")
                 continue
-            if batch and rows + item.rows > self.max_batch_size:
+            if batch and rows + item.rows > limit:
                 break
             self._queue.popleft()
             self._dequeue(item)
             batch.append(item)
             rows += item.rows
-            if rows >= self.max_batch_size:
+            if rows >= limit:
                 break
         return batch
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        self._running = True
+        self._running += 1
         try:
             await self._run_batch_now(batch)
         finally:
-            self._running = False
+            self._running -= 1
 
     async def _run_batch_now(self, batch: list[_Pending]) -> None:
         tokens = batch[0].tokens if len(batch) == 1 else np.concatenate([b.tokens for b in batch], axis=0)

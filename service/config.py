@@ -54,7 +54,8 @@ class Settings(BaseSettings):
         description="Concurrent gRPC calls in the whole server; beyond: RESOURCE_EXHAUSTED.",
     )
 
-    # Dynamic batching (per model version, i.e. per length bucket).
+    # Dynamic batching (per model version, i.e. per length bucket). Server-wide DEFAULTS: a model's
+    # config.pbtxt (max_batch_size, dynamic_batching) wins where it sets a value (service/serving_config.py).
     max_batch_size: int = Field(default=256, ge=1, description="Most ROWS in one onnxruntime run.")
     max_queue_delay_ms: float = Field(
         default=0.0,

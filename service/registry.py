@@ -10,21 +10,23 @@ name it. Typical use::
                                               #   answer_classes, inputs/outputs specs, providers, version)
     out = await registry.infer("fastweights_t11", tokens)   # tokens (B, T) int64 -> {"logits": (B, C),
                                                             #   "memory_attention": (B, T)} via the batcher
-    await registry.load("fastweights_t11")    # (re)load the newest version; swaps only once it passed warm-up
+    await registry.load("fastweights_t11")    # (re)load what config.pbtxt says; swaps only once all passed
     await registry.unload("fastweights_t11")
     registry.index()                          # [{"name", "version", "state", "reason"}]
                                               #   (the /v2/repository/index rows)
     await registry.close()
 
-Errors (all subclasses of `RegistryError`, each with a readable message):
-`ModelNotFoundError` (no such model or version: 404), `ModelNotReadyError` (known but not loaded: 503/400),
-`ModelLoadError` (from predictor: load or warm-up failed; the old version, if any, keeps serving),
+Errors, each with a readable message: `ModelNotFoundError` (no such model or version: 404) and
+`ModelNotReadyError` (known but not loaded: 503/400), both `RegistryError`s; `ModelLoadError` (from the
+predictor or the config: load, warm-up or signature check failed; the old versions, if any, keep serving);
 and from the batcher `QueueFullError` (503 + Retry-After), `DeadlineExceededError` (504),
 `BatcherClosedError` (503, unloading/shutting down).
 
-Hot reload: `load(name)` builds a fresh session for the newest version directory, warms and checks it, and
-only then swaps it in atomically. Requests already queued or running keep the version (and batcher) they
-started on; the old batcher drains in the background.
+Each model obeys its config.pbtxt (`service.serving_config`): batching, instance count and version policy,
+with the FWS_ settings as defaults. Hot reload: `load(name)` reads the model folder and its config again,
+builds fresh sessions for the versions the policy selects, warms and checks each (signature against the
+config and the serving version), and only then swaps them in together. Requests already queued or running
+keep the version (and batcher) they started on; the old batchers drain in the background.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from service.batcher import Batcher
 from service.config import Settings
 from service.metrics import Metrics
 from service.predictor import LoadedModel, ModelLoadError, load_model
+from service.serving_config import ServingConfig, serving_config
 from service.signature import check_new_version
 
 log = logging.getLogger("service.registry")
@@ -59,7 +62,7 @@ __all__ = [
 
 
 class RegistryError(RuntimeError):
-    pass
+    """A model or version that is not there or not ready (the lookup errors, not load failures)."""
 
 
 class ModelNotFoundError(RegistryError):
@@ -76,14 +79,30 @@ class ModelState(StrEnum):
     UNAVAILABLE = "UNAVAILABLE"
 
 
+@dataclass(frozen=True)
+class _Served:
+    model: LoadedModel
+    batcher: Batcher
+
+
 @dataclass
 class _Entry:
     name: str
     state: ModelState = ModelState.UNAVAILABLE
     reason: str = ""
-    model: LoadedModel | None = None
-    batcher: Batcher | None = None
+    served: dict[str, _Served] = field(default_factory=dict)  # version -> its session and batcher
+    config: ServingConfig | None = None  # what the served versions run with
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def newest(self) -> _Served | None:
+        """The highest served version: the one a request that names no version gets."""
+        return self.served[max(self.served, key=int)] if self.served else None
+
+    @property
+    def model(self) -> LoadedModel | None:
+        newest = self.newest
+        return newest.model if newest is not None else None
 
 
 class ModelRegistry:
@@ -122,8 +141,8 @@ class ModelRegistry:
     async def close(self) -> None:
         """Drain every batcher (queued requests are still answered), then stop the executor."""
         for entry in self._entries.values():
-            if entry.batcher is not None:
-                await entry.batcher.close(drain=True)
+            for served in entry.served.values():
+                await served.batcher.close(drain=True)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._executor is not None:
@@ -146,7 +165,7 @@ class ModelRegistry:
         return {folder.name: folder for folder in scan_models(self.settings.model_repository)}
 
     def get(self, name: str, version: str | None = None) -> LoadedModel:
-        """The serving version of `name` (or that exact `version`, which must be the serving one)."""
+        """The newest served version of `name` (or that exact `version`, which must be served)."""
         entry = self._entries.get(name)
         if entry is None:
             if name in self._folders():
@@ -155,12 +174,27 @@ class ModelRegistry:
         if entry.model is None or entry.state is not ModelState.READY:
             why = f": {entry.reason}" if entry.reason else ""
             raise ModelNotReadyError(f"model {name!r} is not ready ({entry.state.value}){why}")
-        if version is not None and version != entry.model.info.version:
-            raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r} loaded "
-                f"(serving version {entry.model.info.version})"
-            )
+        if version is not None:
+            served = entry.served.get(version)
+            if served is None:
+                versions = ", ".join(sorted(entry.served, key=int))
+                raise ModelNotFoundError(
+                    f"model {name!r} has no version {version[:40]!r} loaded (serving version {versions})"
+                )
+            return served.model
         return entry.model
+
+    def serving_config(self, name: str) -> ServingConfig:
+        """The batching, instances and version policy `name` runs with (config.pbtxt over FWS_ defaults)."""
+        self.get(name)
+        config = self._entries[name].config
+        assert config is not None
+        return config
+
+    def served_versions(self, name: str) -> list[str]:
+        """The versions of `name` being served, oldest first."""
+        self.get(name)
+        return sorted(self._entries[name].served, key=int)
 
     def is_ready(self, name: str, version: str | None = None) -> bool:
         try:
@@ -194,7 +228,7 @@ class ModelRegistry:
         return sorted({m.info.family for m in self.ready_models()})
 
     def queued_rows(self) -> int:
-        return sum(e.batcher.queued_rows for e in self._entries.values() if e.batcher is not None)
+        return sum(s.batcher.queued_rows for e in self._entries.values() for s in e.served.values())
 
     def index(self) -> list[dict[str, Any]]:
         """Repository index rows (V2 `POST /v2/repository/index` shape): name, version, state, reason."""
@@ -209,10 +243,14 @@ class ModelRegistry:
                 rows.append(
                     {"name": name, "version": latest, "state": ModelState.UNAVAILABLE.value, "reason": reason}
                 )
+            elif entry.served:
+                rows += [
+                    {"name": name, "version": v, "state": entry.state.value, "reason": entry.reason}
+                    for v in sorted(entry.served, key=int)
+                ]
             else:
-                version = entry.model.info.version if entry.model else latest
                 rows.append(
-                    {"name": name, "version": version, "state": entry.state.value, "reason": entry.reason}
+                    {"name": name, "version": latest, "state": entry.state.value, "reason": entry.reason}
                 )
             for ignored in folder.ignored if folder is not None else ():
                 rows.append(
@@ -247,8 +285,8 @@ class ModelRegistry:
         """
         model = self.get(name, version)
         entry = self._entries[name]
-        batcher = entry.batcher
-        assert batcher is not None
+        batcher = entry.served[model.info.version].batcher
+        assert entry.config is not None
         T = model.info.seq_len
         if tokens.ndim != 2 or tokens.shape[1] != T or tokens.shape[0] == 0:
             raise ValueError(
@@ -259,7 +297,7 @@ class ModelRegistry:
         vocab_size = len(model.info.vocab_tokens)
         if not ids_checked and (tokens.min() < 0 or tokens.max() >= vocab_size):
             raise ValueError(f"token ids must be in [0, {vocab_size}) for model {name!r}")
-        limit = time.monotonic() + self.settings.request_timeout_s
+        limit = time.monotonic() + entry.config.default_timeout_s
         deadline = limit if deadline is None else min(deadline, limit)
         return await batcher.submit(tokens, deadline)
 
@@ -268,19 +306,23 @@ class ModelRegistry:
     ) -> dict[str, np.ndarray]:
         """Run rows already in the model's own layout (the stream model's packed chunk + state rows,
         `service.sessions.stream_model`) through its batcher: steps of different sessions share a run."""
-        self.get(name)
-        batcher = self._entries[name].batcher
-        assert batcher is not None
-        limit = time.monotonic() + self.settings.request_timeout_s
+        model = self.get(name)
+        entry = self._entries[name]
+        batcher = entry.served[model.info.version].batcher
+        assert entry.config is not None
+        limit = time.monotonic() + entry.config.default_timeout_s
         return await batcher.submit(rows, limit if deadline is None else min(deadline, limit))
 
     # -- loading ------------------------------------------------------------------------------------------
 
     async def load(self, name: str) -> LoadedModel:
-        """Load (or reload) the newest version of `name`; swap it in only after it loaded and warmed up.
+        """Load (or reload) `name` as its config.pbtxt says; swap in only once every version passed.
 
-        Raises `ModelNotFoundError` when the repository has no such model, `ModelLoadError` when the new
-        version fails; then the previously serving version (if any) keeps serving and `reason` says why.
+        The folder and its config are read again. The versions the version policy selects are loaded, warmed
+        up and checked (signature against the config and the serving version); only then are they swapped
+        in, together, with the config's batching. Returns the newest. Raises `ModelNotFoundError` when the
+        repository has no such model, `ModelLoadError` when the config or a version fails; then the
+        previously served versions (if any) keep serving and `reason` says why.
         """
         repo = self.settings.model_repository
         model_dir = repo / name
@@ -288,62 +330,76 @@ class ModelRegistry:
             raise ModelNotFoundError(f"unknown model {name!r}: not in the model repository")
         entry = self._entries.setdefault(name, _Entry(name))
         async with entry.lock:
-            if entry.model is None:
+            if not entry.served:
                 entry.state = ModelState.LOADING
                 self._family_buckets.clear()
             folder = read_model_folder(model_dir)
             version = str(folder.versions[-1]) if folder.versions else ""
-            path = folder.model_path(int(version)) if version else model_dir
-            loop = asyncio.get_running_loop()
-            s = self.settings
+            loaded: dict[str, LoadedModel] = {}
             try:
                 if folder.problem:
                     raise ModelLoadError(name, folder.problem)
-                model = await loop.run_in_executor(
-                    None,  # not the inference executor: a slow load must not stall inference
-                    lambda: load_model(
-                        path,
-                        name,
-                        version,
-                        device=s.device,
-                        intra_op_threads=s.ort_intra_op_threads,
-                        simulated_delay_s=s.simulated_run_delay_ms / 1000.0,
-                        max_batch_size=s.max_batch_size,
-                    ),
-                )
                 assert folder.config is not None  # no problem: the config was read
-                check_new_version(model, folder.config, entry.model)
-            except ModelLoadError as exc:
-                self.metrics.model_loads.labels(name, "failed").inc()
-                if entry.model is not None:
-                    entry.state = ModelState.READY
-                    serving = entry.model.info.version
-                    entry.reason = (
-                        f"load of {_version_words(version)} failed, "
-                        f"still serving version {serving}: {exc.reason}"
+                config = serving_config(folder.config, self.settings)
+                wanted = folder.served_versions()
+                if not wanted:
+                    policy = config.version_policy.as_json()
+                    raise ModelLoadError(
+                        name, f"version_policy {policy} selects none of the versions {list(folder.versions)}"
                     )
-                else:
-                    entry.state = ModelState.UNAVAILABLE
-                    entry.reason = f"load of {_version_words(version)} failed: {exc.reason}"
-                    self.metrics.model_ready.labels(name).set(0)
-                self._family_buckets.clear()
-                log.error(
-                    "model load failed", extra={"model": name, "version": version, "reason": exc.reason}
-                )
+                for number in reversed(wanted):  # newest first: the one most likely to be new
+                    version = str(number)
+                    model = await self._load_version(folder, number, config)
+                    check_new_version(model, folder.config, entry.model)
+                    loaded[version] = model
+            except ModelLoadError as exc:
+                self._load_failed(entry, version, exc)
                 raise
-            batcher = self._new_batcher(model)
-            old_model, old_batcher = entry.model, entry.batcher
-            entry.model, entry.batcher = model, batcher  # the atomic swap
+            old = entry.served
+            entry.served = {v: _Served(m, self._new_batcher(m, config)) for v, m in loaded.items()}
+            entry.config = config  # the atomic swap (with the line above: no await in between)
             entry.state, entry.reason = ModelState.READY, ""
             self._family_buckets.clear()
             self.metrics.model_loads.labels(name, "ok").inc()
             self.metrics.model_ready.labels(name).set(1)
-            if old_model is not None:
-                self.metrics.model_info.remove(name, old_model.info.version, old_model.info.providers[0])
-            self.metrics.model_info.labels(name, version, model.info.providers[0]).set(1)
-            if old_batcher is not None:
-                self._retire(old_batcher)
-            return model
+            for v, served in old.items():
+                self.metrics.model_info.remove(name, v, served.model.info.providers[0])
+                self._retire(served.batcher)
+            for v, served in entry.served.items():
+                self.metrics.model_info.labels(name, v, served.model.info.providers[0]).set(1)
+            newest = entry.model
+            assert newest is not None
+            return newest
+
+    async def _load_version(self, folder: ModelFolder, number: int, config: ServingConfig) -> LoadedModel:
+        s = self.settings
+        return await asyncio.get_running_loop().run_in_executor(
+            None,  # not the inference executor: a slow load must not stall inference
+            lambda: load_model(
+                folder.model_path(number),
+                folder.name,
+                str(number),
+                device=s.device,
+                intra_op_threads=s.ort_intra_op_threads,
+                simulated_delay_s=s.simulated_run_delay_ms / 1000.0,
+                max_batch_size=config.max_batch_size,
+            ),
+        )
+
+    def _load_failed(self, entry: _Entry, version: str, exc: ModelLoadError) -> None:
+        name = entry.name
+        self.metrics.model_loads.labels(name, "failed").inc()
+        what = f"version {version}" if version else "the model"
+        if entry.served:
+            entry.state = ModelState.READY
+            serving = ", ".join(sorted(entry.served, key=int))
+            entry.reason = f"load of {what} failed, still serving version {serving}: {exc.reason}"
+        else:
+            entry.state = ModelState.UNAVAILABLE
+            entry.reason = f"load of {what} failed: {exc.reason}"
+            self.metrics.model_ready.labels(name).set(0)
+        self._family_buckets.clear()
+        log.error("model load failed", extra={"model": name, "version": version, "reason": exc.reason})
 
     async def unload(self, name: str) -> None:
         """Stop serving `name`; requests already queued on it still complete."""
@@ -353,30 +409,40 @@ class ModelRegistry:
                 return  # known but never loaded: already unloaded
             raise ModelNotFoundError(f"unknown model {name!r}")
         async with entry.lock:
-            old_model, old_batcher = entry.model, entry.batcher
-            entry.model, entry.batcher = None, None
+            old = entry.served
+            entry.served, entry.config = {}, None
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
             self._family_buckets.clear()
             self.metrics.model_ready.labels(name).set(0)
-            if old_model is not None:
-                self.metrics.model_info.remove(name, old_model.info.version, old_model.info.providers[0])
-            if old_batcher is not None:
-                await old_batcher.close(drain=True)
+            for v, served in old.items():
+                self.metrics.model_info.remove(name, v, served.model.info.providers[0])
+            for served in old.values():
+                await served.batcher.close(drain=True)
 
-    def _new_batcher(self, model: LoadedModel) -> Batcher:
+    def _new_batcher(self, model: LoadedModel, config: ServingConfig) -> Batcher:
         assert self._executor is not None, "call start() first"
         s = self.settings
+        executor = self._executor
+        inline_max_rows = 0 if s.simulated_run_delay_ms > 0 else s.inline_max_rows
+        if config.instances > 1:
+            # Its own threads, one per instance, so that its runs compute side by side; never inline (an
+            # inline run holds the event loop, and with it the other instances).
+            executor = ThreadPoolExecutor(config.instances, thread_name_prefix=f"ort-{model.info.name}")
+            inline_max_rows = 0
         batcher = Batcher(
             model.run,
-            self._executor,
+            executor,
             name=model.info.name,
-            max_batch_size=s.max_batch_size,
-            max_queue_delay_s=s.max_queue_delay_ms / 1000.0,
-            max_queue_rows=s.max_queue_rows,
-            default_timeout_s=s.request_timeout_s,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_s=config.max_queue_delay_s,
+            max_queue_rows=config.max_queue_rows,
+            default_timeout_s=config.default_timeout_s,
             # A simulated slow model must sleep in the executor, never on the event loop.
-            inline_max_rows=0 if s.simulated_run_delay_ms > 0 else s.inline_max_rows,
+            inline_max_rows=inline_max_rows,
             metrics=self.metrics,
+            preferred_batch_sizes=config.preferred_batch_sizes,
+            workers=config.instances,
+            own_executor=executor is not self._executor,
         )
         batcher.start()
         return batcher
@@ -385,7 +451,3 @@ class ModelRegistry:
         task = asyncio.get_running_loop().create_task(batcher.close(drain=True))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-
-
-def _version_words(version: str) -> str:
-    return f"version {version}" if version else "the model"

@@ -135,11 +135,11 @@ def stream_parameters(model: StreamModel) -> dict[str, Any]:
     }
 
 
-def model_metadata(model: LoadedModel) -> dict[str, Any]:
+def model_metadata(model: LoadedModel, registry: ModelRegistry) -> dict[str, Any]:
     inputs, outputs = tensor_metas(model)
     return {
         "name": model.info.name,
-        "versions": [model.info.version],
+        "versions": registry.served_versions(model.info.name),
         "platform": PLATFORM,
         "inputs": [t.as_json() for t in inputs],
         "outputs": [t.as_json() for t in outputs],
@@ -147,11 +147,13 @@ def model_metadata(model: LoadedModel) -> dict[str, Any]:
     }
 
 
-def model_config(model: LoadedModel, settings: Settings) -> dict[str, Any]:
-    """Triton's model configuration (JSON form of config.pbtxt) with the settings this server REALLY uses.
+def model_config(model: LoadedModel, registry: ModelRegistry) -> dict[str, Any]:
+    """Triton's model configuration (JSON form of config.pbtxt) with what this server REALLY uses for the
+    model: its config.pbtxt, and the FWS_ defaults for what the file leaves out.
 
     With max_batch_size > 0, dims leave out the batch dimension (Triton's convention, read by perf_analyzer).
     """
+    serving = registry.serving_config(model.info.name)
     inputs, outputs = tensor_metas(model)
 
     def entry(t: TensorMeta) -> dict[str, Any]:
@@ -161,29 +163,24 @@ def model_config(model: LoadedModel, settings: Settings) -> dict[str, Any]:
         "name": model.info.name,
         "platform": PLATFORM,
         "backend": "onnxruntime",
-        "version_policy": {"latest": {"num_versions": 1}},
-        "max_batch_size": settings.max_batch_size,
         "input": [entry(t) for t in inputs],
         "output": [entry(t) for t in outputs],
-        "dynamic_batching": {
-            "max_queue_delay_microseconds": int(settings.max_queue_delay_ms * 1000),
-            "default_queue_policy": {
-                "max_queue_size": settings.max_queue_rows,
-                "default_timeout_microseconds": int(settings.request_timeout_s * 1_000_000),
-                "allow_timeout_override": True,
-            },
-        },
+        **serving.as_triton(),
         "instance_group": [
             {
-                "count": settings.inference_threads,
-                "kind": "KIND_GPU" if "CUDAExecutionProvider" in model.info.providers[:1] else "KIND_CPU",
+                "count": serving.instances,
+                "kind": serving.instance_kind
+                if serving.instance_kind != "KIND_AUTO"
+                else "KIND_GPU"
+                if "CUDAExecutionProvider" in model.info.providers[:1]
+                else "KIND_CPU",
             }
         ],
         "parameters": {
             k: {"string_value": v if isinstance(v, str) else orjson.dumps(v).decode()}
             for k, v in model_parameters(model).items()
         },
-        **_sequence_batching(model, settings),
+        **_sequence_batching(model, registry.settings),
     }
 
 
@@ -283,7 +280,7 @@ async def infer(
                 request,
                 inputs,
                 outputs,
-                max_batch_size=settings.max_batch_size,
+                max_batch_size=registry.serving_config(model.info.name).max_batch_size,
                 token_range={"tokens": (0, len(model.info.vocab_tokens))},
             )
         except V2Error as exc:

@@ -170,7 +170,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @rpc()
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         meta = v2_service.model_metadata(
-            v2_service.lookup(self.registry, request.name, request.version or None)
+            v2_service.lookup(self.registry, request.name, request.version or None), self.registry
         )
         meta.pop("parameters")  # not in the gRPC message: the config's `parameters` carry the same
         return json_format.ParseDict(meta, pb.ModelMetadataResponse())
@@ -179,7 +179,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         model = v2_service.lookup(self.registry, request.name, request.version or None)
         config = json_format.ParseDict(
-            v2_service.model_config(model, self.settings), model_config_pb2.ModelConfig()
+            v2_service.model_config(model, self.registry), model_config_pb2.ModelConfig()
         )
         return pb.ModelConfigResponse(config=config)
 

@@ -110,12 +110,12 @@ async def statistics_version(
 
 @router.get("/models/{name}", responses=_ERRORS, summary="Model metadata (serving version)")
 async def metadata(name: ModelName, registry: RegistryDep) -> Response:
-    return JSONResponse(model_metadata(lookup(registry, name)))
+    return JSONResponse(model_metadata(lookup(registry, name), registry))
 
 
 @router.get("/models/{name}/versions/{version}", responses=_ERRORS, summary="Model metadata of one version")
 async def metadata_version(name: ModelName, version: Version, registry: RegistryDep) -> Response:
-    return JSONResponse(model_metadata(lookup(registry, name, version)))
+    return JSONResponse(model_metadata(lookup(registry, name, version), registry))
 
 
 def _ready(registry: ModelRegistry, name: str, version: str | None) -> Response:
@@ -137,7 +137,7 @@ async def model_version_ready(name: ModelName, version: Version, registry: Regis
 
 @router.get("/models/{name}/config", responses=_ERRORS, summary="Model configuration (Triton's JSON form)")
 async def config(name: ModelName, registry: RegistryDep, settings: SettingsDep) -> Response:
-    return JSONResponse(model_config(lookup(registry, name), settings))
+    return JSONResponse(model_config(lookup(registry, name), registry))
 
 
 @router.get(
@@ -146,7 +146,7 @@ async def config(name: ModelName, registry: RegistryDep, settings: SettingsDep) 
 async def config_version(
     name: ModelName, version: Version, registry: RegistryDep, settings: SettingsDep
 ) -> Response:
-    return JSONResponse(model_config(lookup(registry, name, version), settings))
+    return JSONResponse(model_config(lookup(registry, name, version), registry))
 
 
 # ----------------------------------------------------------------------------------------------- infer

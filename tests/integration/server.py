@@ -17,7 +17,9 @@ defaults to `default_repository()` (the bundled `model_repository/`, or `$FWS_TE
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,8 +28,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from contract import CONFIG_FILENAME, read_config_pbtxt
+from contract.model_config import write_config_pbtxt
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,3 +163,31 @@ def start_server(
             server.stop(5)
             raise
     return server
+
+
+def repository_with(
+    root: Path, source: Path | None = None, names: Sequence[str] | None = None, **config: Any
+) -> Path:
+    """A copy of `source` (default: the bundled repository) under `root`, each bucket's config.pbtxt with
+    `config` fields changed (BucketConfig names: max_batch_size=1, max_queue_delay_us=..., ...).
+
+    The model's config.pbtxt, not an FWS_ setting, decides its batching (server.py's `env` only sets the
+    defaults for what a config leaves out).
+    """
+    source = source or default_repository()
+    for model_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+        if names is not None and model_dir.name not in names:
+            continue
+        shutil.copytree(model_dir, root / model_dir.name)
+        if config:
+            edit_config(root / model_dir.name, **config)
+    return root
+
+
+def edit_config(model_dir: Path, **changes: Any) -> None:
+    """Rewrite `model_dir`/config.pbtxt with `changes` (BucketConfig fields); the stream model is skipped."""
+    path = model_dir / CONFIG_FILENAME
+    current = read_config_pbtxt(path)
+    if current.stateful:
+        return
+    path.write_text(write_config_pbtxt(dataclasses.replace(current, **changes)))

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from model.data import generate
-from tests.integration.server import Server, start_server
+from tests.integration.server import Server, repository_with, start_server
 
 # Simulated run time of the `slow` server. Timing bounds below are fractions of it, so they hold on a
 # loaded 2-core machine: anything that waited behind a run would take at least the rest of that run.
@@ -36,14 +36,11 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def slow(model_repository: Path) -> Iterator[Server]:
-    """Runs take >= RUN_S; up to 64 rows per run; a queue of 16 rows."""
-    env = {
-        "FWS_SIMULATED_RUN_DELAY_MS": str(int(RUN_S * 1000)),
-        "FWS_MAX_QUEUE_ROWS": "16",
-        "FWS_MAX_BATCH_SIZE": "64",
-    }
-    with start_server(env, repository=model_repository) as srv:
+def slow(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Runs take >= RUN_S; up to 64 rows per run (the configs' max_batch_size); a queue of 16 rows."""
+    env = {"FWS_SIMULATED_RUN_DELAY_MS": str(int(RUN_S * 1000)), "FWS_MAX_QUEUE_ROWS": "16"}
+    repo = repository_with(tmp_path_factory.mktemp("slow"), model_repository, max_batch_size=64)
+    with start_server(env, repository=repo) as srv:
         yield srv
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from contract.vocab import Vocabulary
 from model.data import generate
-from tests.integration.server import REPO_ROOT, Server, free_port, start_server
+from tests.integration.server import REPO_ROOT, Server, free_port, repository_with, start_server
 
 TIE = 1e-4
 
@@ -160,10 +160,11 @@ def test_server_killed_and_restarted_twice_the_output_has_every_row_once_and_rig
     n = 40_000
     port = free_port()
     # A slowed server (10 ms per onnxruntime run of <= 100 rows) so that the run outlives two restarts.
-    env = {"FWS_PORT": str(port), "FWS_MAX_BATCH_SIZE": "100", "FWS_SIMULATED_RUN_DELAY_MS": "10"}
+    env = {"FWS_PORT": str(port), "FWS_SIMULATED_RUN_DELAY_MS": "10"}
+    repo = repository_with(tmp_path / "repo", model_repository, max_batch_size=100)
 
     def start() -> Server:
-        srv = start_server(env, repository=model_repository, wait=False)
+        srv = start_server(env, repository=repo, wait=False)
         srv.port, srv.url = port, f"http://127.0.0.1:{port}"  # start_server's own port is overridden by env
         srv.wait_ready()
         return srv

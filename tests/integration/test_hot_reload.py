@@ -23,7 +23,7 @@ from tritonclient.utils import InferenceServerException
 
 from service.config import Settings
 from service.main import create_app
-from tests.integration.server import Server, start_server
+from tests.integration.server import Server, edit_config, start_server
 
 MODEL = "fastweights_t11"
 T = 11
@@ -34,13 +34,14 @@ RUN_DELAY_S = 0.2
 def repo(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(model_repository / MODEL, root / MODEL)
+    edit_config(root / MODEL, max_batch_size=1)  # one row per run (see reload_server)
     return root
 
 
 @pytest.fixture(scope="module")
 def reload_server(repo: Path) -> Iterator[Server]:
     # One row per run and a slow run, so that requests stay queued long enough to overlap a reload.
-    env = {"FWS_SIMULATED_RUN_DELAY_MS": str(int(RUN_DELAY_S * 1000)), "FWS_MAX_BATCH_SIZE": "1"}
+    env = {"FWS_SIMULATED_RUN_DELAY_MS": str(int(RUN_DELAY_S * 1000))}
     with start_server(env, repository=repo) as srv:
         yield srv
 

@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from contract.vocab import parse_sequence
 from model.data import generate
-from tests.integration.server import REPO_ROOT, Server, start_server
+from tests.integration.server import REPO_ROOT, Server, repository_with, start_server
 from tests.integration.test_readme import matches
 
 MODEL = "fastweights_t11"
@@ -356,16 +356,17 @@ def test_too_many_rows_is_refused_like_triton(client, server, metadata):
 
 
 @pytest.fixture(scope="module")
-def slow_server(model_repository: Path) -> Iterator[Server]:
-    """Slow runs (150 ms each), one row per run, a queue of 4 rows and an API key."""
+def slow_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Slow runs (150 ms each), one row per run (the configs' max_batch_size), a queue of 4 rows and an API
+    key."""
     env = {
         "FWS_SIMULATED_RUN_DELAY_MS": "150",
-        "FWS_MAX_BATCH_SIZE": "1",
         "FWS_MAX_QUEUE_ROWS": "4",
         "FWS_API_KEY": "s3cret",
         "FWS_RETRY_AFTER_S": "2",
     }
-    with start_server(env, repository=model_repository) as srv:
+    repo = repository_with(tmp_path_factory.mktemp("slow"), model_repository, max_batch_size=1)
+    with start_server(env, repository=repo) as srv:
         yield srv
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.integration.server import REPO_ROOT, start_server
+from tests.integration.server import REPO_ROOT, repository_with, start_server
 from tests.reliability.conftest import LONG
 
 SOAK_SECONDS = float(os.environ.get("FWS_SOAK_SECONDS", "300" if LONG else "30"))
@@ -46,11 +46,12 @@ def test_a_soak_at_saturation_has_no_unexpected_answers_and_flat_memory(model_re
         assert "unhandled error" not in srv.logs()
 
 
-def test_a_full_queue_is_answered_503_within_milliseconds(model_repository: Path) -> None:
+def test_a_full_queue_is_answered_503_within_milliseconds(model_repository: Path, tmp_path: Path) -> None:
     """The queue (8 rows) is kept full by batches on a slow model (500 ms per run); sequential probes on
     both APIs measure the server's time to say 503 (reported in docs/reliability.md)."""
-    env = {"FWS_MAX_QUEUE_ROWS": "8", "FWS_SIMULATED_RUN_DELAY_MS": "500", "FWS_MAX_BATCH_SIZE": "8"}
-    with start_server(env, repository=model_repository) as srv:
+    env = {"FWS_MAX_QUEUE_ROWS": "8", "FWS_SIMULATED_RUN_DELAY_MS": "500"}
+    repo = repository_with(tmp_path / "repo", model_repository, max_batch_size=8)
+    with start_server(env, repository=repo) as srv:
         stop = time.monotonic() + 6.0
 
         def keep_full() -> None:

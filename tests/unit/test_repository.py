@@ -3,6 +3,8 @@ committed default model (it must answer the task and honour the contract without
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -21,7 +23,9 @@ from contract import (
     OUTPUT_LOGITS,
     PLATFORM,
     ContractError,
+    VersionPolicy,
     check_io,
+    config_from_text,
     is_version_name,
     parse_metadata,
     parse_pbtxt,
@@ -31,9 +35,10 @@ from contract import (
     scan_repository,
     smallest_bucket,
 )
+from contract.model_config import write_config_pbtxt
 from contract.vocab import Vocabulary, max_pairs_for_length
 from export.onnx_export import all_nodes, graph_io, load_onnx
-from export.repository import export_repository
+from export.repository import export_repository, rewrite_bucket_configs
 from model.checkpoint import Checkpoint, build_model
 from model.config import ModelConfig
 from model.data import fixed_split
@@ -70,7 +75,8 @@ def test_config_parsed_back_matches_the_onnx_graph(tiny_repo):
     for entry in scan_repository(tiny_repo):
         cfg = read_config_pbtxt(entry.config_path)
         assert cfg.platform == PLATFORM == "onnxruntime_onnx"
-        assert cfg.max_batch_size == 64 and cfg.preferred_batch_sizes == (32,)
+        assert cfg.max_batch_size == 64 and cfg.preferred_batch_sizes == ()
+        assert cfg.max_queue_delay_us is None  # left out: the server's default (no delay) applies
         proto = onnx.load(str(entry.model_path))
         inputs, outputs = graph_io(proto)
         assert list(cfg.inputs) == inputs and list(cfg.outputs) == outputs
@@ -83,7 +89,47 @@ def test_config_dims_leave_out_the_batch_axis_as_triton_expects(tiny_repo):
     raw = parse_pbtxt((tiny_repo / "tiny_t9" / CONFIG_FILENAME).read_text())
     assert raw["input"] == [{"name": "tokens", "data_type": "TYPE_INT64", "dims": [9]}]
     assert {o["name"]: o["dims"] for o in raw["output"]} == {"logits": [10], "memory_attention": [9]}
-    assert raw["dynamic_batching"]["max_queue_delay_microseconds"] == 500
+    assert raw["dynamic_batching"] == {}  # Triton's dynamic batcher on, with the server's defaults
+
+
+def test_the_config_carries_what_a_client_needs_to_encode_queries(tiny_repo):
+    """vocab, PAD id and answer classes in `parameters`: readable by get_model_config from any V2 server."""
+    cfg = read_config_pbtxt(tiny_repo / "tiny_t9" / CONFIG_FILENAME)
+    graph = onnx.load(str(tiny_repo / "tiny_t9" / "1" / "model.onnx"))
+    meta = parse_metadata({p.key: p.value for p in graph.metadata_props}, "tiny_t9")
+    assert json.loads(cfg.parameters["vocab"]) == list(meta.vocab)
+    assert int(cfg.parameters["pad_id"]) == meta.pad_id and cfg.parameters["padding"] == "left"
+    assert json.loads(cfg.parameters["answer_classes"]) == list(meta.answer_classes)
+
+
+def test_every_config_field_the_service_obeys_round_trips_through_the_writer(tiny_repo):
+    cfg = read_config_pbtxt(tiny_repo / "tiny_t9" / CONFIG_FILENAME)
+    for policy in (
+        VersionPolicy("all"),
+        VersionPolicy("latest", 3),
+        VersionPolicy("specific", versions=(1, 4)),
+    ):
+        changed = dataclasses.replace(
+            cfg,
+            max_batch_size=8,
+            preferred_batch_sizes=(2, 8),
+            max_queue_delay_us=1500,
+            max_queue_size=32,
+            default_timeout_us=2_000_000,
+            instance_count=3,
+            instance_kind="KIND_CPU",
+            version_policy=policy,
+        )
+        assert config_from_text(write_config_pbtxt(changed), "x") == changed
+
+
+def test_the_committed_configs_are_what_the_exporter_writes_from_the_graphs(tmp_path):
+    """model_repository/*/config.pbtxt are reproducible: `python -m export.configs` rewrites them alike."""
+    shutil.copytree(COMMITTED, tmp_path / "repo")
+    written = rewrite_bucket_configs(tmp_path / "repo")
+    assert len(written) == 4
+    for path in written:
+        assert path.read_text() == (COMMITTED / path.parent.name / CONFIG_FILENAME).read_text(), path
 
 
 def test_pbtxt_reader_accepts_hand_written_triton_configs(tmp_path):

@@ -359,3 +359,58 @@ def test_the_queue_gauge_reads_the_live_batcher_and_does_not_keep_a_closed_one_a
     assert depth == {"busy": 4, "idle": 0}
     assert gone() is None  # the gauge's function holds no strong reference (it would keep the session)
     assert metrics.registry.get_sample_value("fws_queue_depth_rows", {"model": "m"}) == 0
+
+
+def test_runs_take_the_largest_preferred_batch_size_the_queue_fills() -> None:
+    async def body(b: Batcher, m: FakeModel) -> None:
+        m.gate.clear()
+        first = asyncio.ensure_future(b.submit(rows(0)))
+        await until(m.started.is_set)
+        futs = [asyncio.ensure_future(b.submit(rows(i))) for i in range(1, 12)]  # 11 one-row requests
+        await until(lambda: b.queued_rows == 11)
+        m.gate.set()
+        await first
+        await asyncio.gather(*futs)
+        # 11 queued: the preferred 6, then 5 left fill the preferred 4, then 1 left fills none: all of it
+        assert [len(x) for x in m.batches] == [1, 6, 4, 1]
+
+    run_async(body, max_batch_size=8, preferred_batch_sizes=(4, 6))
+
+
+def test_with_a_delay_the_batch_waits_only_until_the_largest_preferred_size_is_queued() -> None:
+    async def body(b: Batcher, m: FakeModel) -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(b.submit(rows(i)) for i in range(4)))
+        return time.perf_counter() - t0
+
+    # 4 rows fill the preferred size: far less than the 10 s delay (max_batch_size 8 is not waited for)
+    assert run_async(body, max_batch_size=8, preferred_batch_sizes=(4,), max_queue_delay_s=10.0) < 5.0
+
+
+def test_instances_run_side_by_side_on_their_own_threads() -> None:
+    async def main() -> int:
+        active, most = 0, 0
+        lock = threading.Lock()
+        both = threading.Barrier(2, timeout=5)
+
+        def run(tokens: np.ndarray) -> dict[str, np.ndarray]:
+            nonlocal active, most
+            with lock:
+                active += 1
+                most = max(most, active)
+            both.wait()  # returns only when two runs are in progress at the same time
+            with lock:
+                active -= 1
+            return {"logits": tokens[:, :1].astype(np.float32), "memory_attention": tokens.astype(np.float32)}
+
+        pool = ThreadPoolExecutor(2)
+        b = Batcher(run, pool, name="m", max_batch_size=1, workers=2, own_executor=True)
+        b.start()
+        try:
+            await asyncio.gather(b.submit(rows(1)), b.submit(rows(2)))
+        finally:
+            await b.close()
+        assert pool._shutdown  # the batcher shut its own executor down
+        return most
+
+    assert asyncio.run(main()) == 2

@@ -87,7 +87,7 @@ def test_a_broken_new_version_leaves_the_old_one_serving_and_says_why(repo: Path
 
 def test_a_reload_swaps_versions_while_in_flight_requests_finish_on_the_old_one(repo: Path) -> None:
     async def body(r: ModelRegistry) -> None:
-        old_batcher = r._entries["fastweights_t5"].batcher
+        old_batcher = r._entries["fastweights_t5"].served[r.get("fastweights_t5").info.version].batcher
         assert old_batcher is not None
         tokens = generate(8, 1, 1, seed=1, length=5).tokens
         in_flight = [asyncio.ensure_future(r.infer("fastweights_t5", tokens)) for _ in range(3)]
@@ -97,7 +97,7 @@ def test_a_reload_swaps_versions_while_in_flight_requests_finish_on_the_old_one(
         assert new.info.version == "2" and r.get("fastweights_t5").info.version == "2"
         for fut in in_flight:
             assert (await fut)["logits"].shape == (8, 10)
-        new_batcher = r._entries["fastweights_t5"].batcher
+        new_batcher = r._entries["fastweights_t5"].served[r.get("fastweights_t5").info.version].batcher
         assert new_batcher is not None and new_batcher is not old_batcher
         assert old_batcher.runs >= 1 and new_batcher.runs == 0  # they all ran on the old version
         assert (await r.infer("fastweights_t5", tokens))["logits"].shape == (8, 10)
