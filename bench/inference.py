@@ -361,7 +361,7 @@ def build_lever_engines(
     traced = export_bucket(ckpt, seq_len, workdir / "traced.onnx", "bench", traced=True)
     add("export module, traced (before)", onnx.load(str(traced.path)))
     if ckpt.config.kind == "fast":
-        from export.builder import build_fast_weights_graph
+        from bench.graph_forms import build_graph as build_fast_weights_graph
         from model.fastweights import FastWeightsRNN
 
         model = cast(FastWeightsRNN, ckpt.model())

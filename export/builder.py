@@ -20,14 +20,8 @@ constants. Several forms of the same function, because onnxruntime's costs diffe
   memory at its first computed step is the gathered block [h~(0); h~(1)] (no Concat). The last of the
   `WINDOWS` windows also takes rows that start later, masking their PAD steps as the single-row form does.
   A row of K pairs in the T = 11 graph runs 2K + 1 steps instead of 9.
-* **single row, matrix** (for comparison, not shipped): carries the fast-weight matrix A(t) (H, H) instead
-  of the history, 6 nodes per step (Gemm A = η hᵀh + λ A replaces the Concat and the scores Gemm), but
-  that outer-product Gemm (K = 1) costs ~1.4 µs against ~0.5 µs for the Concat and ~0.4 µs for the Gemm it
-  replaces: 8-13% slower at batch 1, measured.
-* **few nodes** (the small-batch form before, up to 3 rows; kept for comparison): (B, 1, H) tensors, the
-  fast memory as a (B, t, H) tensor and both attention products as batched MatMuls: 9 nodes per time step
-  after onnxruntime's fusions (FusedMatMul, Add, Relu, FusedMatMul, MatMul, Sum, LayerNormalization, Relu,
-  Concat).
+* Forms measured for comparison and never shipped (the fast-weight matrix instead of the history, the
+  earlier few-nodes small-batch form) live next to their benchmark, in `bench/graph_forms.py`.
 * **wide** (large batches, where a batched MatMul costs ~0.2-0.3 µs per row whatever its size): time-major
   memory (t, B, H), scores as Mul + ReduceSum, the weighted sum as one Mul and one (1, t)·(t, B·H) MatMul
   whose row holds the decay weights, the recurrence as a 2-D Gemm (W h + C x + b in one node), a Mul by the
@@ -49,7 +43,7 @@ What is folded, and why it stays exact (`export.verify` checks ≤ 1e-4 against 
   leave h = 0 and the memory empty. LayerNormalization takes a per-row bias (B, 1, H) (it broadcasts, as its
   function definition's Add does): β for a real token, β − PAD_PENALTY for PAD, gathered for all steps at
   once; relu then gives exactly 0, and a stored 0 adds exactly 0 to every later score and sum.
-* **Single row, few nodes: the weights live in the state's scale.** The stored state is h~(τ) = c(τ)·h(τ),
+* **Single row: the weights live in the state's scale.** The stored state is h~(τ) = c(τ)·h(τ),
   c(τ) = λ^(−τ/2) (that step's LayerNormalization gets gain γ·c(τ) and bias β·c(τ); relu(c·y) = c·relu(y)
   for c > 0). Scores and the weighted sum both read h~, so position τ enters with c(τ)² = λ^(−τ), and one
   scalar per step, η·λ^(t−1), completes η·λ^(t−1−τ). onnxruntime fuses a scalar Mul into the MatMul before
@@ -66,6 +60,7 @@ What is folded, and why it stays exact (`export.verify` checks ≤ 1e-4 against 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,9 +74,9 @@ from model.fastweights import FastWeightsRNN
 OPSET = 17  # LayerNormalization is one op from opset 17
 IR_VERSION = 8  # what onnxruntime 1.x and Triton's onnxruntime backend read for opset 17
 # The form an If sends small batches to, and the largest batch it takes; larger ones take the wide form.
-# single-row-windows: batch 1 only (shipped); single-row, single-row-matrix: batch 1 (for comparison);
-# few-nodes: up to 3 rows (the measured crossover with the wide form).
-SMALL_FORMS = {"single-row-windows": 1, "single-row": 1, "single-row-matrix": 1, "few-nodes": 3}
+# single-row-windows: batch 1 only (shipped); single-row: batch 1 (its fallback, and shipped before).
+# Other forms are measured for comparison by bench/graph_forms.py (`extra_forms`).
+SMALL_FORMS = {"single-row-windows": 1, "single-row": 1}
 MAX_STATE_SCALE = 1e4  # c(τ) = λ^(−τ/2) above this: explicit weights instead of the scaled state
 # Subtracted from a PAD row's LayerNormalization bias: |LN(u)| <= max|γ|·sqrt(H) + max|β| (~10 here), so relu
 # gives exactly 0 (checked against the weights when the graph is built).
@@ -92,7 +87,7 @@ PAIR_TABLE_MAX_ROWS = 4096
 # The single-row-windows form: at most this many windows (If levels + 1); rows that start later than the
 # last window's start run its steps with PAD masked (for T = 11: windows at 0, 2, 4, 6, 8, every length)
 WINDOWS = 5
-FORMS = ("auto", "single-row-windows", "single-row", "single-row-matrix", "few-nodes", "wide")
+FORMS = ("auto", "single-row-windows", "single-row", "wide")
 
 _F32 = np.float32
 
@@ -295,58 +290,6 @@ class _Emitter:
         )
 
 
-def _few_nodes(e: _Emitter, p: _Params) -> tuple[str, str]:
-    """Batch-major, batched MatMuls, scaled state: the fewest nodes (see the module docstring)."""
-    T, H, V = p.seq_len, p.hidden_size, p.vocab_size
-    lam = p.decay
-    scaled, scale = p.state_scale()  # c(τ); the last step's state is not stored
-
-    shift = np.zeros((1, T), dtype=np.int64)
-    shift[0, 0] = V  # position 0 reads h(0) from the second half of the table
-    ids = e.op1("Add", [INPUT_TOKENS, e.const("first_shift", shift)], "ids")  # (B, T)
-    rows = e.op1("Gather", [e.const("table", p.table), ids], "rows", axis=0)  # (B, T, H)
-    ones = e.ints("ones", [1] * T)
-    parts = e.op("Split", [rows, ones], "x", outputs=T, axis=1)  # T × (B, 1, H): h(0), C·x(1)+b, ...
-    # Per row and step, the bias of the step's last LayerNormalization: c(t)·β for a real token,
-    # c(t)·β − PAD_PENALTY for PAD, so that relu gives h~(t) = 0 on PAD steps (the initial state).
-    penalty = e.const("penalty", p.penalty * _F32(max(scale)))  # beats c(t)·|LN(u)| for every t
-    penalty = e.op1("Gather", [penalty, ids], "penalty", axis=0)  # (B, T, 1)
-    scaled_beta = np.stack([p.beta * _F32(c) for c in scale])[None]  # (1, T, H)
-    bias = e.op1("Add", [penalty, e.const("beta_by_step", scaled_beta)], "bias")  # (B, T, H)
-    biases = e.op("Split", [bias, ones], "bias", outputs=T, axis=1)  # T × (B, 1, H)
-
-    recurrent_t = e.const("recurrent_t", p.recurrent_t)
-    h = past = parts[0]  # h~(t−1) (B, 1, H); past: h~(τ) for τ < t (B, t, H)
-    scores = ""
-    for t in range(1, T):
-        if t > 1:
-            past = e.op1("Concat", [past, h], "past", axis=1)
-        zw = e.op1("MatMul", [h, recurrent_t], "zw")
-        if scale[t - 1] != 1.0:  # undo c(t−1); a scalar, fused into the MatMul
-            zw = e.op1("Mul", [zw, e.const("unscale", np.array(1 / scale[t - 1], dtype=_F32))], "zw")
-        z = e.op1("Add", [zw, parts[t]], "z")  # (B, 1, H)  W h(t−1) + C x(t) + b
-        past_t = e.op1("Transpose", [past], "past_t", perm=[0, 2, 1])  # (B, H, t); fused into the MatMul
-        w = np.array(p.fast_lr * lam ** (t - 1), dtype=_F32) if scaled else p.weight(t)
-        weight = e.const("weight", w)
-        query = e.op1("Relu", [z], "q")
-        for step in range(p.inner_steps):
-            scores = e.op1("MatMul", [query, past_t], "scores")  # (B, 1, t)  h~(τ)ᵀ q
-            scores = e.op1("Mul", [scores, weight], "scores")  # η λ^(t−1−τ) h(τ)ᵀ q, up to c(τ)
-            ah = e.op1("MatMul", [scores, past], "ah")  # (B, 1, H)  A(t) q
-            u = e.op1("Sum", [z, ah], "u")
-            last = step == p.inner_steps - 1  # the last inner step gives h~(t), 0 on a PAD step
-            query = e.layer_norm_relu(p, u, scale[t] if last else 1.0, biases[t] if last else None)
-        h = query
-
-    logits = e.head(p, e.op1("Reshape", [h, e.ints("flat", [-1, H])], "h_final"))
-    # memory_attention: the last scores carry η·λ^(T−2−τ)·h(τ)ᵀh / c(τ); one (T−1, T) matrix multiplies by
-    # c(τ) and appends the query position's 0, then a Reshape drops the middle axis.
-    to_output = np.zeros((T - 1, T), dtype=_F32)
-    to_output[np.arange(T - 1), np.arange(T - 1)] = scale[: T - 1]
-    attn = e.op1("MatMul", [scores, e.const("to_attention", to_output)], "attention")  # (B, 1, T)
-    return logits, e.op1("Reshape", [attn, e.ints("flat_t", [-1, T])], "attention")
-
-
 def _single_row(e: _Emitter, p: _Params) -> tuple[str, str]:
     """One row, 2-D (1, H) tensors: every product a Gemm with its scalar and its addend fused in (module
     docstring). 7 nodes per step: Concat, Gemm (W h~/c + C x + b), Relu, Gemm (scores, with η λ^(t−1)),
@@ -385,80 +328,6 @@ def _single_row(e: _Emitter, p: _Params) -> tuple[str, str]:
     to_output = np.zeros((T - 1, T), dtype=_F32)  # times c(τ), the query position's 0 appended
     to_output[np.arange(T - 1), np.arange(T - 1)] = scale[: T - 1]
     return logits, e.op1("MatMul", [scores, e.const("to_attention", to_output)], "attention")  # (1, T)
-
-
-def _single_row_matrix(e: _Emitter, p: _Params) -> tuple[str, str]:
-    """One row, the fast-weight matrix A(t) (H, H) carried instead of the history: 6 nodes per step, Gemm
-    (W h~/c + C x + b), Relu, Gemm (q A + z), LayerNormalization, Relu, Gemm (A = η/c² h~ᵀh~ + λ A); the
-    states h~(τ) are stacked once, at the end, for memory_attention (module docstring)."""
-    T, H, V = p.seq_len, p.hidden_size, p.vocab_size
-    lam, eta = p.decay, p.fast_lr
-    # c(τ) = λ^(−τ): position τ then enters memory_attention with η·λ^(T−2)·h~(τ)ᵀq, one Gemm's alpha
-    scaled = lam > 0 and lam ** (-(T - 2)) <= MAX_STATE_SCALE
-    scale = [lam ** (-tau) if scaled else 1.0 for tau in range(T - 1)] + [1.0]
-    first = 1 if p.pair_h1 is None else 2  # steps that come out of the table
-    penalty = p.penalty[:V] * _F32(max(scale))  # (V, 1), as in the single-row form
-    groups = [p.table[V:] * _F32(scale[0])]  # h~(0), 0 for PAD
-    if p.pair_h1 is not None:
-        groups.append(p.pair_h1 * _F32(scale[1]))  # h~(1) of the pair
-        # A(2) = η (λ h(0)ᵀh(0) + h(1)ᵀh(1)) is one Gemm of the block [c(1)·√λ·h(0); h~(1)] with itself
-        groups.append(p.table[V:] * _F32(scale[1] * np.sqrt(lam)))
-    groups.append(p.table[:V])  # C·x + b
-    groups += [p.beta[None] * _F32(scale[t]) + penalty for t in range(first, T)]
-    offsets = np.cumsum([0] + [len(g) for g in groups])
-    x_group = len(groups) - (T - first) - 1
-    pair = ({0: V, 1: 1}, offsets[1])
-    columns: list[tuple[dict[int, int], int]] = []
-    if p.pair_h1 is not None:
-        columns += [({0: 1}, offsets[2]), pair]  # the (2, H) block for A(2)
-    columns.append(({0: 1}, offsets[0]))  # h~(0)
-    if p.pair_h1 is not None:
-        columns.append(pair)  # h~(1) (the same table row again)
-    for t in range(first, T):
-        columns.append(({t: 1}, offsets[x_group]))
-        columns.append(({t: 1}, offsets[x_group + 1 + t - first]))
-    rows = e.gather_rows(p, columns, np.concatenate(groups))  # (n, H)
-    block_rows = 2 if p.pair_h1 is not None else 0  # rows of the (2, H) block that A(2) is made of
-    sizes = [2] * (block_rows // 2) + [1] * (len(columns) - block_rows)
-    parts = e.op("Split", [rows, e.ints("sizes", sizes)], "row", outputs=len(sizes), axis=0)
-    if p.pair_h1 is not None:
-        block, parts = parts[0], parts[1:]
-        memory = e.op1("Gemm", [block, block], "A", transA=1, alpha=eta / scale[1] ** 2)  # A(2)
-    else:
-        memory = e.op1("Gemm", [parts[0], parts[0]], "A", transA=1, alpha=eta / scale[0] ** 2)  # A(1)
-    states = parts[:first]  # h~(τ) for τ < t, stacked at the end
-    x = {t: parts[first + 2 * (t - first)] for t in range(first, T)}
-    bias = {t: parts[first + 2 * (t - first) + 1] for t in range(first, T)}
-
-    recurrent_t = e.const("recurrent_t", p.recurrent_t)
-    h = states[-1]  # h~(t−1) (1, H)
-    query = ""
-    for t in range(first, T):
-        z = e.op1("Gemm", [h, recurrent_t, x[t]], "z", alpha=float(1 / scale[t - 1]))  # W h + C x + b
-        query = e.op1("Relu", [z], "q")
-        h = query
-        for step in range(p.inner_steps):
-            query = h
-            u = e.op1("Gemm", [query, memory, z], "u")  # (1, H)  z + A(t) q  (A symmetric)
-            last = step == p.inner_steps - 1  # the last inner step gives h~(t), 0 on a PAD step
-            h = e.layer_norm_relu(p, u, scale[t] if last else 1.0, bias[t] if last else None)
-        if t < T - 1:
-            states.append(h)
-            memory = e.op1(
-                "Gemm", [h, h, memory], "A", transA=1, alpha=eta / scale[t] ** 2, beta=lam
-            )  # A(t+1) = λ A(t) + η h(t)ᵀh(t)
-
-    logits = e.head(p, h)
-    # memory_attention: η λ^(T−2−τ) h(τ)ᵀq at the last inner step of the last step, the query position's 0
-    # from a zero row
-    stacked = e.op1("Concat", [*states, e.const("zero_row", np.zeros((1, H), dtype=_F32))], "states", axis=0)
-    if scaled:
-        return logits, e.op1(
-            "Gemm", [query, stacked], "attention", transB=1, alpha=eta * lam ** (T - 2)
-        )  # (1, T)
-    scores = e.op1("Gemm", [query, stacked], "scores", transB=1)
-    weight = np.append(p.weight(T - 1), _F32(0)).reshape(1, T)
-    return logits, e.op1("Mul", [scores, e.const("weight", weight)], "attention")
 
 
 def window_starts(seq_len: int) -> list[int]:
@@ -625,32 +494,38 @@ def _io(seq_len: int, num_classes: int, batch: str | int = BATCH_AXIS):
     return inputs, outputs
 
 
-_EMITTERS = {
+Form = Callable[["_Emitter", _Params], tuple[str, str]]  # writes one form's nodes: -> (logits, attention)
+
+_EMITTERS: dict[str, Form] = {
     "single-row": _single_row,
-    "single-row-matrix": _single_row_matrix,
     "single-row-windows": _single_row_windows,
-    "few-nodes": _few_nodes,
     "wide": _wide,
 }
 
 
 def build_fast_weights_graph(
-    model: FastWeightsRNN, seq_len: int, form: str = "auto", small_form: str = "single-row-windows"
+    model: FastWeightsRNN,
+    seq_len: int,
+    form: str = "auto",
+    small_form: str = "single-row-windows",
+    extra_forms: Mapping[str, tuple[Form, int]] | None = None,
 ) -> onnx.ModelProto:
     """The ONNX graph (opset 17, no metadata) of `model` for left-padded sequences of `seq_len` tokens.
 
     form: "auto" (an If on the batch size: `small_form` up to SMALL_FORMS[small_form] rows, "wide" above),
     or one form alone ("single-row" alone declares a batch of exactly 1).
-    small_form: "single-row-windows" (shipped), or for comparison "single-row" (shipped before: every step
-    runs, PAD steps masked), "single-row-matrix" (the fast-weight matrix instead of the history: slower) or
-    "few-nodes" (up to 3 rows, shipped before that).
+    small_form: "single-row-windows" (shipped), or "single-row" (shipped before: every step runs, PAD steps
+    masked). `extra_forms` adds forms by name (emitter, largest batch as a small form) for comparisons
+    (bench/graph_forms.py).
     """
+    emitters = {**_EMITTERS, **{name: emit for name, (emit, _) in (extra_forms or {}).items()}}
+    small_forms = {**SMALL_FORMS, **{name: rows for name, (_, rows) in (extra_forms or {}).items()}}
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2, got {seq_len}")
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    if small_form not in SMALL_FORMS:
-        raise ValueError(f"small_form must be one of {sorted(SMALL_FORMS)}, got {small_form!r}")
+    if form not in (*FORMS, *emitters):
+        raise ValueError(f"form must be one of {(*FORMS, *(extra_forms or {}))}, got {form!r}")
+    if small_form not in small_forms:
+        raise ValueError(f"small_form must be one of {sorted(small_forms)}, got {small_form!r}")
     p = _params(model, seq_len)
     initializers: list[onnx.TensorProto] = []
     counter = [0]
@@ -659,7 +534,7 @@ def build_fast_weights_graph(
     if form == "auto":
         main = _Emitter("", initializers, counter)
         batch = main.op1("Shape", [INPUT_TOKENS], "batch", start=0, end=1)
-        limit = main.ints("small_batch_max", [SMALL_FORMS[small_form]])
+        limit = main.ints("small_batch_max", [small_forms[small_form]])
         small = main.op1("LessOrEqual", [batch, limit], "small")
         branches = {}
         for name in (small_form, "wide"):
@@ -669,7 +544,7 @@ def build_fast_weights_graph(
             branch_inits: list[onnx.TensorProto] = []
             graph_name = name.replace("-", "_")
             e = _Emitter(f"{graph_name}/", branch_inits, counter)
-            logits, attn = _EMITTERS[name](e, p)
+            logits, attn = emitters[name](e, p)
             branch_outputs = [
                 helper.make_tensor_value_info(
                     logits, TensorProto.FLOAT, [BATCH_AXIS, model.config.num_classes]
@@ -692,7 +567,7 @@ def build_fast_weights_graph(
         nodes = main.nodes
     else:
         e = _Emitter("", initializers, counter)
-        logits, attn = _EMITTERS[form](e, p)
+        logits, attn = emitters[form](e, p)
         e.nodes.append(helper.make_node("Identity", [logits], [OUTPUT_LOGITS], name="logits_out"))
         e.nodes.append(helper.make_node("Identity", [attn], [OUTPUT_ATTENTION], name="attention_out"))
         nodes = e.nodes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -168,8 +167,3 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How long SIGTERM waits for in-flight requests."
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 responses.")
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

@@ -171,7 +171,7 @@ class FastPath:
         try:
             return await route.handler(request, self.state)
         except DOMAIN_ERRORS as exc:
-            return error_response(request.path, exc, self.state.settings.retry_after_s)
+            return raw_error_response(request.path, exc, self.state.settings.retry_after_s)
 
 
 class HotRoutes(NamedTuple):
@@ -184,7 +184,9 @@ class HotRoutes(NamedTuple):
 
 def client_gone(path: str) -> RawResponse:
     """What is recorded for a request whose client left before its answer (never sent: nobody is there)."""
-    return error_response(path, ApiError(CLIENT_GONE_STATUS, "client_gone", "client closed the request"), 1)
+    return raw_error_response(
+        path, ApiError(CLIENT_GONE_STATUS, "client_gone", "client closed the request"), 1
+    )
 
 
 def header_list(response: RawResponse) -> list[tuple[bytes, bytes]]:
@@ -200,12 +202,11 @@ def header_list(response: RawResponse) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def error_response(path: str, exc: BaseException, retry_after_s: int) -> RawResponse:
+def raw_error_response(path: str, exc: BaseException, retry_after_s: int) -> RawResponse:
     """The answer to a domain error (`service.errors.DOMAIN_ERRORS`), as the FastAPI handlers give it."""
     answer = domain_error(exc, path, retry_after_s)
-    assert answer is not None, (
-        f"{type(exc).__name__} is not a domain error"
-    )  # callers pass DOMAIN_ERRORS only
+    # callers pass DOMAIN_ERRORS only
+    assert answer is not None, f"{type(exc).__name__} is not a domain error"
     return RawResponse(bytes(answer.body), answer.status_code, headers=_extra_headers(answer.headers))
 
 

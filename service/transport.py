@@ -25,7 +25,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.batcher import BatcherClosedError
 from service.edge import EdgeGuard
-from service.fastpath import HotRoute, HotRoutes, RawRequest, RawResponse, error_response, header_list
+from service.fastpath import HotRoute, HotRoutes, RawRequest, RawResponse, header_list, raw_error_response
 from service.logs import request_id_var
 from service.middleware import CLIENT_GONE_STATUS, INTERNAL, decode_headers
 
@@ -261,7 +261,7 @@ class HotExchange:
                 # The server stopped waiting for it (the graceful shutdown's time ran out): say so and close.
                 self.keep_alive = False
                 closed = BatcherClosedError("the server is shutting down")
-                status = self._write(error_response(path, closed, policy.settings.retry_after_s), rid)
+                status = self._write(raw_error_response(path, closed, policy.settings.retry_after_s), rid)
                 raise
             except Exception:
                 log.exception("unhandled error", extra={"path": path})

@@ -488,11 +488,6 @@ def build_infer_response(
     return header + b"".join(blobs), len(header)
 
 
-def error_body(message: str) -> bytes:
-    """The protocol's error shape."""
-    return orjson.dumps({"error": message})
-
-
 def compress(body: bytes, accept_encoding: str | None) -> tuple[bytes, str | None]:
     """Compress a response for a client that asked for gzip or deflate (`Accept-Encoding`), else as is."""
     if not accept_encoding:

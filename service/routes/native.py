@@ -1,4 +1,5 @@
-"""The native JSON API: `POST /v1/retrieve` and `POST /v1/retrieve/batch` (contract: briefs/api.md)."""
+"""The native JSON API: `POST /v1/retrieve` and `POST /v1/retrieve/batch` (documented in README.md, "Serving:
+the native REST API", and in the OpenAPI schema at /docs)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Headless Chromium driven by Selenium, from the system's Debian packages (`chromium`, `chromium-driver`).
 
-Used by the browser tests and by `scripts/playground_screenshot.py`. Nothing is downloaded: the driver and
+Used by the browser tests and by `tests/browser/screenshot.py`. Nothing is downloaded: the driver and
 the browser are given by path, and Selenium Manager runs offline (it would otherwise look for a driver on the
 internet). A missing browser is an error, never a skip: `make browser` installs it (root, apt).
 """

@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.graph_forms import COMPARISON_FORMS, build_graph
 from contract import INPUT_TOKENS, LOOP_OPS, OUTPUT_ATTENTION, OUTPUT_LOGITS
 from export.builder import (
     FORMS,
@@ -65,23 +66,26 @@ def assert_matches(model, proto, tokens, atol=1e-4, rtol=1e-5) -> None:
     assert (logits.argmax(-1) == ref_logits.argmax(-1)).all()
 
 
-SINGLE_ROW_FORMS = [f for f in FORMS if f.startswith("single-row")]  # a fixed batch of 1 when alone
+# Every form: the shipped ones (export.builder) and those kept for comparison (bench/graph_forms.py).
+ALL_FORMS = [*FORMS, *COMPARISON_FORMS]
+ALL_SMALL_FORMS = {**SMALL_FORMS, **{name: rows for name, (_, rows) in COMPARISON_FORMS.items()}}
+SINGLE_ROW_FORMS = [f for f in ALL_FORMS if f.startswith("single-row")]  # a fixed batch of 1 when alone
 
 
-@pytest.mark.parametrize("form", [f for f in FORMS if f not in SINGLE_ROW_FORMS])
+@pytest.mark.parametrize("form", [f for f in ALL_FORMS if f not in SINGLE_ROW_FORMS])
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 7, 33, 256, 257])
 def test_every_form_matches_the_training_model_on_both_sides_of_the_switch(form, batch):
     model = make_checkpoint().model()
-    proto = build_fast_weights_graph(model, 11, form=form)
+    proto = build_graph(model, 11, form=form)
     onnx.checker.check_model(proto, full_check=True)
     assert_matches(model, proto, left_padded(np.random.default_rng(batch), batch, 11))
 
 
-@pytest.mark.parametrize("small_form", sorted(SMALL_FORMS))
+@pytest.mark.parametrize("small_form", sorted(ALL_SMALL_FORMS))
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 7, 256])
 def test_the_if_matches_with_either_small_form_at_every_batch_size(small_form, batch):
     model = make_checkpoint(1).model()
-    proto = build_fast_weights_graph(model, 11, small_form=small_form)
+    proto = build_graph(model, 11, small_form=small_form)
     onnx.checker.check_model(proto, full_check=True)
     assert_matches(model, proto, left_padded(np.random.default_rng(batch + 100), batch, 11))
 
@@ -92,7 +96,7 @@ def test_each_single_row_form_matches_one_row_at_a_time_for_every_padding(form, 
     """Every left padding, from none to all PAD but the last token: the first pair's table row, every window
     and the last window's masked PAD steps included."""
     model = make_checkpoint(2).model()
-    proto = build_fast_weights_graph(model, seq_len, form=form)
+    proto = build_graph(model, seq_len, form=form)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # it only takes one row
     rng = np.random.default_rng(seq_len)
     tokens = rng.integers(1, 38, size=(seq_len, seq_len))
@@ -112,7 +116,7 @@ def test_the_single_row_form_gathers_the_first_pair_and_runs_seven_nodes_per_ste
     assert model.config.vocab_size**2 <= PAIR_TABLE_MAX_ROWS
     counts = {}
     for seq_len in (5, 11):
-        proto = build_fast_weights_graph(model, seq_len, form="single-row")
+        proto = build_graph(model, seq_len, form="single-row")
         table = max((i for i in proto.graph.initializer), key=lambda i: i.dims[0])
         # h~(0), the V² pairs, C·x + b and one bias per computed step (t = 2 .. T−1)
         assert list(table.dims) == [38 + 38**2 + 38 + 38 * (seq_len - 2), 16]
@@ -131,7 +135,7 @@ def test_the_matrix_form_carries_the_fast_weights_in_six_nodes_per_step():
     model = make_checkpoint().model()
     counts = {}
     for seq_len in (5, 11):
-        fused = ort_optimize(build_fast_weights_graph(model, seq_len, form="single-row-matrix"), "all")
+        fused = ort_optimize(build_graph(model, seq_len, form="single-row-matrix"), "all")
         counts[seq_len] = collections.Counter(n.op_type for n in fused.graph.node)
         assert counts[seq_len]["Concat"] == 1  # the states, once, for memory_attention
     per_step = {op: (counts[11][op] - counts[5][op]) / 6 for op in counts[11]}
@@ -160,12 +164,9 @@ def test_built_graph_matches_for_any_length_decay_and_inner_steps(seq_len, decay
         ref32 = [t.numpy() for t in model(torch.from_numpy(tokens))]
         ref64 = [t.numpy() for t in exact(torch.from_numpy(tokens))]
     bounds = [1e-4 + 4 * np.abs(r32 - r64).max() for r32, r64 in zip(ref32, ref64, strict=True)]
-    outputs = {
-        form: run(build_fast_weights_graph(model, seq_len, form=form), tokens)
-        for form in ("few-nodes", "wide")
-    }
+    outputs = {form: run(build_graph(model, seq_len, form=form), tokens) for form in ("few-nodes", "wide")}
     for form in SINGLE_ROW_FORMS:
-        single_row = build_fast_weights_graph(model, seq_len, form=form)
+        single_row = build_graph(model, seq_len, form=form)
         rows = [run(single_row, row[None]) for row in tokens[:4]]
         outputs[form] = tuple(np.concatenate(part) for part in zip(*rows, strict=True))
     for form, got in outputs.items():
@@ -180,20 +181,20 @@ def test_heavily_padded_queries_of_the_task_match_in_every_bucket():
     for seq_len in (5, 11, 19, 27):
         tokens = generate(64, 1, 1, seq_len, length=seq_len).tokens
         assert (tokens[:, : seq_len - 5] == PAD_ID).all()
-        assert_matches(model, build_fast_weights_graph(model, seq_len), tokens)
-        assert_matches(model, build_fast_weights_graph(model, seq_len), tokens[:3])
-        assert_matches(model, build_fast_weights_graph(model, seq_len), tokens[:1])
+        assert_matches(model, build_graph(model, seq_len), tokens)
+        assert_matches(model, build_graph(model, seq_len), tokens[:3])
+        assert_matches(model, build_graph(model, seq_len), tokens[:1])
 
 
 @pytest.mark.parametrize(
     ("small_form", "limit_value"), [("single-row-windows", 1), ("single-row", 1), ("few-nodes", 3)]
 )
 def test_the_graph_switches_form_at_the_batch_size_limit(small_form, limit_value):
-    proto = build_fast_weights_graph(make_checkpoint().model(), 7, small_form=small_form)
+    proto = build_graph(make_checkpoint().model(), 7, small_form=small_form)
     shape, less, branch = proto.graph.node
     assert (shape.op_type, less.op_type, branch.op_type) == ("Shape", "LessOrEqual", "If")
     limit = next(i for i in proto.graph.initializer if i.name == less.input[1])
-    assert onnx.numpy_helper.to_array(limit).tolist() == [limit_value] == [SMALL_FORMS[small_form]]
+    assert onnx.numpy_helper.to_array(limit).tolist() == [limit_value] == [ALL_SMALL_FORMS[small_form]]
     # the weights live in the branches: outer-scope values would reach the If as per-call implicit inputs
     assert [i.name for i in proto.graph.initializer] == [limit.name]
     branches = {a.name: a.g for a in branch.attribute}
@@ -225,7 +226,7 @@ def test_the_windows_form_runs_only_the_steps_of_the_window_a_row_starts_in(seq_
     starts at the largest start <= f (one LayerNormalization per step, none for its two table steps), and
     the first computed step of a window needs no Concat (its memory is the gathered block)."""
     model = make_checkpoint(4).model()
-    proto = build_fast_weights_graph(model, seq_len, form="single-row-windows")
+    proto = build_graph(model, seq_len, form="single-row-windows")
     starts = window_starts(seq_len)
     assert starts == list(range(0, 2 * min(WINDOWS, (seq_len - 1) // 2), 2))
     rng = np.random.default_rng(seq_len)
@@ -242,7 +243,7 @@ def test_the_windows_form_runs_only_the_steps_of_the_window_a_row_starts_in(seq_
 
 
 def test_no_loops_and_onnxruntime_fuses_the_scalars_of_the_few_nodes_form():
-    proto = build_fast_weights_graph(make_checkpoint().model(), 11, form="few-nodes")
+    proto = build_graph(make_checkpoint().model(), 11, form="few-nodes")
     assert not {n.op_type for n in all_nodes(proto.graph)} & LOOP_OPS
     fused = ort_optimize(proto, "all")
     ops = [n.op_type for n in fused.graph.node]
@@ -258,15 +259,23 @@ def test_a_pad_inside_a_sequence_is_outside_the_contract():
     tokens[:, 5] = PAD_ID
     with torch.no_grad():
         ref_logits, _ = model(torch.from_numpy(tokens))
-    logits, _ = run(build_fast_weights_graph(model, 11), tokens)
+    logits, _ = run(build_graph(model, 11), tokens)
     assert np.abs(logits - ref_logits.numpy()).max() > 1e-3
 
 
 def test_bad_arguments_are_rejected():
     model = make_checkpoint().model()
     with pytest.raises(ValueError, match="seq_len"):
-        build_fast_weights_graph(model, 1)
+        build_graph(model, 1)
     with pytest.raises(ValueError, match="form"):
-        build_fast_weights_graph(model, 5, form="fastest")
+        build_graph(model, 5, form="fastest")
     with pytest.raises(ValueError, match="small_form"):
-        build_fast_weights_graph(model, 5, small_form="wide")
+        build_graph(model, 5, small_form="wide")
+
+
+def test_the_shipped_builder_has_only_the_shipped_forms_the_others_live_in_bench():
+    model = make_checkpoint().model()
+    for form in COMPARISON_FORMS:
+        with pytest.raises(ValueError, match="form must be one of"):
+            build_fast_weights_graph(model, 5, form=form)
+    assert build_graph(model, 5, form="few-nodes").graph.node  # available through bench.graph_forms
