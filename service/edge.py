@@ -1,7 +1,7 @@
 """Limits at the HTTP edge: how much one connection may make the server hold, and for how long.
 
 `EdgeGuard` sits in front of uvicorn's httptools protocol (`service.transport.ServiceHttpProtocol` puts it
-first), so every request is under it whichever way it is then served (the protocol's hot routes or ASGI,
+first), so every request is under it whichever way it is then served (the protocol's fast routes or ASGI,
 `FWS_FAST_PATH` true or false):
 
 - request head (request line and headers): at most `max_header_bytes` bytes and `max_headers` headers, else

@@ -2,10 +2,10 @@
 
 Why: on this stack FastAPI spends more CPU on one small request (routing, dependency solving, body
 validation through its generic layer, response wrapping) than the batched onnxruntime run costs per row;
-measured in-process, see docs/benchmarks.md. The hot routes are therefore served here: the body is read
+measured in-process, see docs/benchmarks.md. The fast routes are therefore served here: the body is read
 once, validated by the same pydantic models (`validate_json` on the raw bytes), handed to the same
 handler functions the FastAPI routes call, and the answer goes out as orjson bytes. Everything else
-(docs, health, metrics, repository, metadata) goes to FastAPI unchanged; the hot routes stay declared in
+(docs, health, metrics, repository, metadata) goes to FastAPI unchanged; the fast routes stay declared in
 FastAPI too, so the OpenAPI document describes them and `FWS_FAST_PATH=false` serves them there (a test
 checks both give the same answers and errors).
 
@@ -44,7 +44,7 @@ WATCH_AFTER_S = 0.05
 
 
 class RawRequest(NamedTuple):
-    """What a hot-route handler sees: the path, its parameters, lower-cased headers and the whole body."""
+    """What a fast route's handler sees: the path, its parameters, lower-cased headers and the whole body."""
 
     path: str
     params: Mapping[str, str]
@@ -66,17 +66,17 @@ Handler = Callable[[RawRequest, Any], Awaitable[RawResponse]]  # (request, app s
 
 
 @dataclass(frozen=True)
-class HotRoute:
+class FastRoute:
     method: str
     pattern: re.Pattern[str]  # named groups are the path parameters
     handler: Handler
     template: str  # the FastAPI route's path, for metrics and logs
 
 
-def hot_route(method: str, template: str, handler: Handler) -> HotRoute:
+def fast_route(method: str, template: str, handler: Handler) -> FastRoute:
     """`template` in FastAPI's syntax, e.g. "/v2/models/{name}/infer" ({x} matches one path segment)."""
     regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
-    return HotRoute(method, re.compile(f"^{regex}$"), handler, template)
+    return FastRoute(method, re.compile(f"^{regex}$"), handler, template)
 
 
 class FastPath:
@@ -85,7 +85,7 @@ class FastPath:
     def __init__(
         self,
         app: ASGIApp,
-        routes: list[HotRoute],
+        routes: list[FastRoute],
         state: Any,
         fastapi_routes: Callable[[], Mapping[str, Any]] | None = None,
     ):
@@ -95,7 +95,7 @@ class FastPath:
         self._patterns = [r for r in routes if "{" in r.template]
         self._fastapi_routes = fastapi_routes  # template -> APIRoute, so metrics label by template
 
-    def match(self, method: str, path: str) -> tuple[HotRoute, dict[str, str]] | None:
+    def match(self, method: str, path: str) -> tuple[FastRoute, dict[str, str]] | None:
         route = self._exact.get((method, path))
         if route is not None:
             return route, {}
@@ -166,7 +166,7 @@ class FastPath:
         )
         await send({"type": "http.response.body", "body": response.body})
 
-    async def respond(self, route: HotRoute, request: RawRequest) -> RawResponse:
+    async def respond(self, route: FastRoute, request: RawRequest) -> RawResponse:
         """The route's answer to `request`, domain errors (bad input, unknown model, overload) included."""
         try:
             return await route.handler(request, self.state)
@@ -174,8 +174,8 @@ class FastPath:
             return raw_error_response(request.path, exc, self.state.settings.retry_after_s)
 
 
-class HotRoutes(NamedTuple):
-    """What the HTTP protocol needs to serve the hot routes without ASGI (service/transport.py): the routes
+class FastPathServing(NamedTuple):
+    """What the HTTP protocol needs to serve the fast routes without ASGI (service/transport.py): the routes
     with their handlers, and the policy every request gets (id, API key, size limit, metrics, log)."""
 
     fastpath: FastPath

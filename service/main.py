@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.config import Settings
 from service.errors import JSONResponse, install_error_handlers, is_v2
-from service.fastpath import FastPath, HotRoute, HotRoutes
+from service.fastpath import FastPath, FastPathServing, FastRoute
 from service.metrics import Metrics
 from service.middleware import PUBLIC_PATHS, RequestPolicy, ServiceMiddleware
 from service.providers import quiet_onnxruntime_log
@@ -149,14 +149,14 @@ def _document_middleware_errors(routes: list[Any]) -> None:
             route.responses.setdefault(413, {"description": "Body too large", **shape})
 
 
-def hot_routes(settings: Settings | None = None) -> list[HotRoute]:
+def fast_routes(settings: Settings | None = None) -> list[FastRoute]:
     from service.routes import v2
 
-    routes = [*native.HOT_ROUTES, *v2.HOT_ROUTES]
+    routes = [*native.FAST_ROUTES, *v2.FAST_ROUTES]
     if settings is not None and settings.sessions:
         from service.routes import sessions as session_routes
 
-        routes += session_routes.HOT_ROUTES
+        routes += session_routes.FAST_ROUTES
     return routes
 
 
@@ -201,12 +201,12 @@ def create_app(settings: Settings | None = None, *, serve_grpc: bool = False) ->
     _document_middleware_errors(routes)
     fastapi_stack: ASGIApp = partial(FastAPI.__call__, app)
     policy = RequestPolicy(settings, metrics_)
-    if settings.fast_path:  # the hot routes straight from ASGI (service/fastpath.py)
+    if settings.fast_path:  # the fast routes straight from ASGI (service/fastpath.py)
         by_template = {r.path: r for r in routes if isinstance(r, APIRoute)}
-        fast = FastPath(fastapi_stack, hot_routes(settings), app.state, lambda: by_template)
+        fast = FastPath(fastapi_stack, fast_routes(settings), app.state, lambda: by_template)
         fastapi_stack = fast
         # ... and, under `python -m service`, straight from the HTTP protocol (service/transport.py)
-        app.hot = HotRoutes(fast, policy)
+        app.fast_path_serving = FastPathServing(fast, policy)
     app.front = ServiceMiddleware(fastapi_stack, policy, lambda: routes)
     return app
 
@@ -215,13 +215,15 @@ class ServiceApp(FastAPI):
     """FastAPI with `front` in front of its whole stack: our middleware, then the fast path, then FastAPI.
 
     In front rather than `add_middleware`: FastAPI's own outer layers (error page, telemetry probe, body
-    limit, exception middleware) cost CPU on every request, and the hot routes need none of them (measured,
+    limit, exception middleware) cost CPU on every request, and the fast routes need none of them (measured,
     docs/benchmarks.md). `ServiceMiddleware` still sees every request, so ids, auth, limits, metrics and logs
     apply to all routes alike.
     """
 
     front: ASGIApp | None = None
-    hot: HotRoutes | None = None  # what the HTTP protocol may serve itself (service/transport.py)
+    fast_path_serving: FastPathServing | None = (
+        None  # what the HTTP protocol may serve itself (service/transport.py)
+    )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.front is None:

@@ -59,7 +59,7 @@ class BodyTooLargeError(HTTPException):
 
 
 class RequestPolicy:
-    """What every request gets, whoever serves it (this middleware, or the HTTP protocol serving the hot
+    """What every request gets, whoever serves it (this middleware, or the HTTP protocol serving the fast-path
     routes itself, `service/transport.py`): its id, API key and body-size checks, metrics and access log."""
 
     def __init__(self, settings: Settings, metrics: Metrics):

@@ -7,7 +7,7 @@ connection's writes are held and go to the socket together (one `writelines`, a 
 the response is complete; a response still streaming is written at the end of the current event-loop
 iteration at the latest, so nothing waits for later data (measured, docs/benchmarks.md).
 
-`HotRoutesProtocol`: the same, and the hot inference routes served by the protocol itself, without ASGI (see
+`FastPathProtocol`: the same, and the fast inference routes served by the protocol itself, without ASGI (see
 its docstring). `ServiceHttpProtocol` (the one `python -m service` uses): that, under the edge limits of
 `service.edge` (header size and count, timeouts, connections, unread answers). With uvicorn's own runner:
 `uvicorn --factory service.main:create_app --http service.transport:ServiceHttpProtocol`.
@@ -25,7 +25,14 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.batcher import BatcherClosedError
 from service.edge import EdgeGuard
-from service.fastpath import HotRoute, HotRoutes, RawRequest, RawResponse, header_list, raw_error_response
+from service.fastpath import (
+    FastPathServing,
+    FastRoute,
+    RawRequest,
+    RawResponse,
+    header_list,
+    raw_error_response,
+)
 from service.logs import request_id_var
 from service.middleware import CLIENT_GONE_STATUS, INTERNAL, decode_headers
 
@@ -94,13 +101,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
 
-class HotRoutesProtocol(CoalescingHttpToolsProtocol):
-    """The coalescing protocol that serves the app's hot routes itself, without ASGI.
+class FastPathProtocol(CoalescingHttpToolsProtocol):
+    """The coalescing protocol that serves the app's fast routes itself, without ASGI.
 
-    A request for a hot route (`app.hot`, see `service.main.create_app`) is answered from the parser's
-    callbacks: its body is collected as it arrives, the route's handler runs in a task of its own and its
-    answer goes out as one write of status line, headers and body. Skipped, per request, are the ASGI scope
-    and messages, uvicorn's request/response cycle with its header checks, and the middleware's wrappers
+    A request for a fast route (`app.fast_path_serving`, see `service.main.create_app`) is answered from the
+    parser's callbacks: its body is collected as it arrives, the route's handler runs in a task of its own
+    and its answer goes out as one write of status line, headers and body. Skipped, per request, are the ASGI
+    scope and messages, uvicorn's request/response cycle with its header checks, and the middleware's wrappers
     (measured, docs/benchmarks.md); kept, through the same objects, are everything the ASGI path does: the
     handlers and their error mapping (`FastPath.respond`), request ids, metrics and the access log
     (`RequestPolicy`). A client that disconnects cancels its request at once (status 499 in the metrics),
@@ -111,22 +118,22 @@ class HotRoutesProtocol(CoalescingHttpToolsProtocol):
     Anything unusual goes the ordinary way, through uvicorn's cycle and the ASGI app, so its behaviour is
     exactly uvicorn's: a request pipelined behind an unfinished one, `Expect: 100-continue`, a chunked or
     over-limit body, a missing API key, a URL with a query string or escapes, an upgrade, a server with a
-    `root_path` or a concurrency limit, and any route that is not hot. The client address is not read on
+    `root_path` or a concurrency limit, and any route without a fast path. The client address is not read on
     this path (nothing in the service uses it).
     """
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self._hot: HotRoutes | None = _hot_routes(self.app)
+        self._serving: FastPathServing | None = _fast_path_serving(self.app)
 
     def on_headers_complete(self) -> None:
-        hot = self._hot
+        serving = self._serving
         if (
-            hot is not None
+            serving is not None
             and (self.cycle is None or self.cycle.response_complete)
             and not self.flow.write_paused  # a client not reading its answers: ASGI's send waits for it
         ):
-            exchange = _exchange_for(self, hot)
+            exchange = _exchange_for(self, serving)
             if exchange is not None:
                 self.cycle = exchange  # type: ignore[assignment]  # what uvicorn's callbacks look at
                 return
@@ -134,36 +141,36 @@ class HotRoutesProtocol(CoalescingHttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         cycle: Any = self.cycle
-        if type(cycle) is HotExchange:
+        if type(cycle) is FastPathExchange:
             cycle.chunks.append(body)
         else:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
         cycle: Any = self.cycle
-        if type(cycle) is HotExchange:
+        if type(cycle) is FastPathExchange:
             cycle.start()
         else:
             super().on_message_complete()
 
 
-class ServiceHttpProtocol(EdgeGuard, HotRoutesProtocol):
-    """What `python -m service` runs: the hot-routes protocol under the edge limits (`service.edge`), which
+class ServiceHttpProtocol(EdgeGuard, FastPathProtocol):
+    """What `python -m service` runs: the fast-path protocol under the edge limits (`service.edge`), which
     see every request first, however it is then served."""
 
 
-def _hot_routes(app: Any) -> HotRoutes | None:
-    """The app's hot routes, looking through uvicorn's wrappers (proxy headers, message logger)."""
+def _fast_path_serving(app: Any) -> FastPathServing | None:
+    """The app's fast routes, looking through uvicorn's wrappers (proxy headers, message logger)."""
     for _ in range(4):
-        hot = getattr(app, "hot", None)
-        if hot is not None:
-            return hot
+        serving = getattr(app, "fast_path_serving", None)
+        if serving is not None:
+            return serving
         app = getattr(app, "app", None)
     return None
 
 
-def _exchange_for(protocol: HotRoutesProtocol, hot: HotRoutes) -> HotExchange | None:
-    """A `HotExchange` for the request whose headers were just parsed, or None if it goes the ASGI way."""
+def _exchange_for(protocol: FastPathProtocol, serving: FastPathServing) -> FastPathExchange | None:
+    """A `FastPathExchange` for the request whose headers were just parsed; None: it goes the ASGI way."""
     parser = protocol.parser
     url = protocol.url
     if protocol.expect_100_continue or protocol.limit_concurrency is not None or protocol.root_path:
@@ -177,18 +184,18 @@ def _exchange_for(protocol: HotRoutesProtocol, hot: HotRoutes) -> HotExchange | 
     except UnicodeDecodeError:
         return None
     method = parser.get_method().decode("ascii")
-    found = hot.fastpath.match(method, path)
+    found = serving.fastpath.match(method, path)
     if found is None:
         return None
     headers = decode_headers(protocol.headers)
-    if "transfer-encoding" in headers or hot.policy.refusal(path, headers) is not None:
+    if "transfer-encoding" in headers or serving.policy.refusal(path, headers) is not None:
         return None
     keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-    return HotExchange(protocol, hot, found[0], found[1], method, path, headers, keep_alive)
+    return FastPathExchange(protocol, serving, found[0], found[1], method, path, headers, keep_alive)
 
 
-class HotExchange:
-    """One hot request on one connection, from its parsed headers to its written answer.
+class FastPathExchange:
+    """One fast-route request on one connection, from its parsed headers to its written answer.
 
     It stands in for uvicorn's `RequestResponseCycle` as the protocol's `cycle`, so it has the attributes the
     protocol's own callbacks use: `disconnected`, `response_complete`, `keep_alive` (cleared by a graceful
@@ -197,9 +204,9 @@ class HotExchange:
 
     def __init__(
         self,
-        protocol: HotRoutesProtocol,
-        hot: HotRoutes,
-        route: HotRoute,
+        protocol: FastPathProtocol,
+        serving: FastPathServing,
+        route: FastRoute,
         params: dict[str, str],
         method: str,
         path: str,
@@ -207,7 +214,7 @@ class HotExchange:
         keep_alive: bool,
     ) -> None:
         self.protocol = protocol
-        self.hot = hot
+        self.serving = serving
         self.route = route
         self.params = params
         self.method = method
@@ -222,7 +229,7 @@ class HotExchange:
         self.task: asyncio.Task[None] | None = None
 
     @property
-    def message_event(self) -> HotExchange:  # the protocol calls `cycle.message_event.set()`
+    def message_event(self) -> FastPathExchange:  # the protocol calls `cycle.message_event.set()`
         return self  # (a property, not an attribute: no reference cycle for the GC to find)
 
     def set(self) -> None:
@@ -234,7 +241,9 @@ class HotExchange:
         elif not self.response_complete:
             self.response_complete = True
             elapsed = time.perf_counter() - self.started_at
-            self.hot.policy.record(self.method, self.route.template, self.path, CLIENT_GONE_STATUS, elapsed)
+            self.serving.policy.record(
+                self.method, self.route.template, self.path, CLIENT_GONE_STATUS, elapsed
+            )
 
     def start(self) -> None:
         protocol = self.protocol
@@ -244,8 +253,8 @@ class HotExchange:
         protocol.tasks.add(task)  # a graceful shutdown waits for it, as for uvicorn's own tasks
 
     async def run(self) -> None:
-        hot, path = self.hot, self.path
-        policy = hot.policy
+        serving, path = self.serving, self.path
+        policy = serving.policy
         rid = policy.request_id(self.headers)
         token = request_id_var.set(rid)
         status = 500
@@ -253,7 +262,7 @@ class HotExchange:
             body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
             request = RawRequest(path, self.params, self.headers, body)
             try:
-                response = await hot.fastpath.respond(self.route, request)
+                response = await serving.fastpath.respond(self.route, request)
             except asyncio.CancelledError:
                 if self.disconnected:
                     status = CLIENT_GONE_STATUS

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-# >= 0.45: Config.reset_contextvars (HotExchange.start reads it). < 0.56: the newest release read and tested.
+# >= 0.45: Config.reset_contextvars (FastPathExchange.start reads it). < 0.56: the newest release tested.
 SUPPORTED = ">=0.45,<0.56"
 
 # Attributes of an HttpToolsProtocol instance the service's protocol reads or calls.

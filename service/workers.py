@@ -54,7 +54,7 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         server_header=False,
         lifespan="on",
-        http=ServiceHttpProtocol,  # hot routes without ASGI, one write per response (service/transport.py)
+        http=ServiceHttpProtocol,  # fast routes without ASGI, one write per response (service/transport.py)
         # Nothing here reads the client address (the logs do not record it), so uvicorn's X-Forwarded-For
         # rewriting would be work on every request for no effect.
         proxy_headers=False,

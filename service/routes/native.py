@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from contract.vocab import ParsedQuery, SequenceError, parse_sequence
 from service.config import Settings
 from service.errors import EMPTY_BODY, NOT_JSON_OBJECT, ApiError, JSONResponse, validation_message
-from service.fastpath import RawRequest, RawResponse, hot_route, json_response
+from service.fastpath import RawRequest, RawResponse, fast_route, json_response
 from service.middleware import CLIENT_GONE_STATUS
 from service.registry import ModelRegistry
 from service.retrieval import Answer, answer, family_version, parse_query
@@ -287,7 +287,7 @@ async def retrieve_batch_fast(request: RawRequest, state: Any) -> RawResponse:
     return json_response(await handle_batch(body, state.settings, state.registry))
 
 
-HOT_ROUTES = [
-    hot_route("POST", "/v1/retrieve", retrieve_fast),
-    hot_route("POST", "/v1/retrieve/batch", retrieve_batch_fast),
+FAST_ROUTES = [
+    fast_route("POST", "/v1/retrieve", retrieve_fast),
+    fast_route("POST", "/v1/retrieve/batch", retrieve_batch_fast),
 ]

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from starlette.responses import Response
 
 from service.errors import ApiError, JSONResponse
-from service.fastpath import RawRequest, RawResponse, hot_route, json_response
+from service.fastpath import RawRequest, RawResponse, fast_route, json_response
 from service.routes.native import _answer_dict, json_body, validated
 from service.schemas import ErrorResponse, RetrieveResponse, TopK
 from service.sessions.manager import SessionManager, checked_pairs, pairs_of_sequence
@@ -184,7 +184,7 @@ async def query_fast(request: RawRequest, state: Any) -> RawResponse:
     return json_response(await handle_query(session_id, body, state.sessions))
 
 
-HOT_ROUTES = [
-    hot_route("POST", "/v1/sessions/{session_id}/pairs", append_fast),
-    hot_route("POST", "/v1/sessions/{session_id}/query", query_fast),
+FAST_ROUTES = [
+    fast_route("POST", "/v1/sessions/{session_id}/pairs", append_fast),
+    fast_route("POST", "/v1/sessions/{session_id}/query", query_fast),
 ]

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from service import v2_service
 from service.config import Settings
 from service.errors import ApiError, JSONResponse
-from service.fastpath import RawRequest, RawResponse, hot_route
+from service.fastpath import RawRequest, RawResponse, fast_route
 from service.predictor import LoadedModel
 from service.registry import ModelRegistry
 from service.routes.native import until_disconnect
@@ -324,7 +324,7 @@ async def unload(name: ModelName, request: Request, registry: RegistryDep) -> Re
     return JSONResponse({"name": name, "state": "UNAVAILABLE"})
 
 
-HOT_ROUTES = [
-    hot_route("POST", "/v2/models/{name}/infer", infer_fast),
-    hot_route("POST", "/v2/models/{name}/versions/{version}/infer", infer_fast),
+FAST_ROUTES = [
+    fast_route("POST", "/v2/models/{name}/infer", infer_fast),
+    fast_route("POST", "/v2/models/{name}/versions/{version}/infer", infer_fast),
 ]

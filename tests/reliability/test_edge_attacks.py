@@ -1,6 +1,6 @@
 """Attacks on the HTTP edge, each against a real server, each with a bounded outcome (docs/reliability.md).
 
-Every attack runs against `python -m service` twice: with the protocol serving the hot routes itself and with
+Every attack runs against `python -m service` twice: with the protocol serving the fast routes itself and with
 `FWS_FAST_PATH=false` (everything through ASGI). The server runs with short timeouts (below) so the suite
 stays fast; the outcome asserted is the status, the socket closed within the timeout, and the growth of the
 server's resident memory (VmRSS from /proc/<pid>/status).

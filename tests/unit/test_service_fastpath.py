@@ -1,4 +1,4 @@
-"""The ASGI fast path serves the hot routes exactly as the FastAPI routes would: same statuses, same bodies.
+"""The ASGI fast path serves the fast routes exactly as the FastAPI routes would: same statuses, same bodies.
 
 Both apps run in-process on the bundled model repository (real onnxruntime sessions); the only difference
 is `fast_path`. If a handler, a validation rule or an error mapping ever differs between the two ways of
@@ -172,17 +172,17 @@ def _drive(handler_s: float, disconnect_after_s: float | None) -> tuple[list[dic
     import asyncio
     from types import SimpleNamespace
 
-    from service.fastpath import FastPath, RawRequest, hot_route, json_response
+    from service.fastpath import FastPath, RawRequest, fast_route, json_response
 
     async def handler(request: RawRequest, state: object) -> object:
         await asyncio.sleep(handler_s)
         return json_response({"ok": True})
 
     async def fallback(scope: object, receive: object, send: object) -> None:
-        raise AssertionError("not a hot route")
+        raise AssertionError("not a fast route")
 
     state = SimpleNamespace(settings=SimpleNamespace(retry_after_s=1))
-    app = FastPath(fallback, [hot_route("POST", "/x", handler)], state)
+    app = FastPath(fallback, [fast_route("POST", "/x", handler)], state)
     sent: list[dict] = []
 
     async def main() -> int:

@@ -1,4 +1,4 @@
-"""The HTTP protocol serving the hot routes itself (`ServiceHttpProtocol`) answers exactly as the ASGI path.
+"""The HTTP protocol serving the fast routes itself (`ServiceHttpProtocol`) answers exactly as the ASGI path.
 
 Real uvicorn servers on 127.0.0.1 (in threads, the real app on the bundled model repository, real
 onnxruntime sessions): one runs `ServiceHttpProtocol`, one the plain coalescing protocol, so every request
@@ -25,7 +25,7 @@ import uvicorn
 
 from service.config import Settings
 from service.main import create_app
-from service.transport import CoalescingHttpToolsProtocol, HotExchange, ServiceHttpProtocol
+from service.transport import CoalescingHttpToolsProtocol, FastPathExchange, ServiceHttpProtocol
 from tests.unit.test_service_fastpath import CASES, j
 
 RETRIEVE = b'{"sequence": "c9k8j3f1??c"}'
@@ -68,21 +68,21 @@ def serve(settings: Settings, protocol: type, **options: object) -> Iterator[Ser
 
 
 class Spy:
-    """Counts the requests the protocol served itself (HotExchange.start calls)."""
+    """Counts the requests the protocol served itself (FastPathExchange.start calls)."""
 
     def __init__(self) -> None:
         self.count = 0
         self._lock = threading.Lock()
 
     def patch(self, mp: pytest.MonkeyPatch) -> None:
-        original = HotExchange.start
+        original = FastPathExchange.start
 
-        def start(exchange: HotExchange) -> None:
+        def start(exchange: FastPathExchange) -> None:
             with self._lock:
                 self.count += 1
             original(exchange)
 
-        mp.setattr(HotExchange, "start", start)
+        mp.setattr(FastPathExchange, "start", start)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_the_protocol_answers_exactly_as_the_asgi_path(
 ) -> None:
     before = spy.count
     proto = httpx.post(servers["protocol"].url + path, content=body, headers=headers, timeout=10)
-    assert spy.count == before + 1, "the protocol did not serve this hot request itself"
+    assert spy.count == before + 1, "the protocol did not serve this fast-path request itself"
     asgi = httpx.post(servers["asgi"].url + path, content=body, headers=headers, timeout=10)
     assert spy.count == before + 1
     assert proto.status_code == asgi.status_code, (proto.text, asgi.text)
