@@ -17,6 +17,7 @@ BENCHMARKS = (
     ("bench.serving", "serving: overhead, dynamic batching, workers, peers (issue 7)"),
     ("bench.engine_sweep", "onnxruntime vs torch by batch size 1..1024 and by length bucket (issue 7)"),
     ("bench.memory_forms", "fast memory: matrix vs attention form as T grows (issue 7)"),
+    ("bench.grpc_vs_http", "the V2 protocol over gRPC vs over HTTP: req/s, p50/p99, batch rows/s (issue 19)"),
 )
 # Arguments `make bench` gives a module (default: none): the issue-7 benchmarks also draw docs/img/*.png.
 ARGS: dict[str, list[str]] = {
@@ -25,6 +26,7 @@ ARGS: dict[str, list[str]] = {
     ],
     "bench.engine_sweep": ["--plot", "docs/img/engine.png"],
     "bench.memory_forms": ["--plot", "docs/img/memory_forms.png"],
+    "bench.grpc_vs_http": ["--stream"],
 }
 
 

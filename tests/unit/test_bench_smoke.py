@@ -56,3 +56,33 @@ def test_serving_overhead_runs_against_real_servers(tmp_path: Path):
         assert per["2"]["requests"] > 0, name
         assert per["2"]["errors"] == 0, name
         assert 1.0 < per["2"]["extra"]["cpu_us_per_request"] < 1e6, name  # the server's own CPU was read
+
+
+def test_grpc_bench_messages_and_stream_load_against_a_real_server():
+    import asyncio
+    import struct
+
+    import httpx
+
+    from bench import grpc_stream_load, grpc_vs_http
+    from service.grpc.generated import grpc_service_pb2 as pb
+    from tests.integration.server import start_server
+
+    with start_server({"FWS_LOG_LEVEL": "warning"}) as server:
+        metadata = httpx.get(f"{server.url}/v2/models/{grpc_vs_http.MODEL}").json()
+        tokens = grpc_vs_http.tokens_for(metadata, 3)
+        message = grpc_vs_http.grpc_message(tokens)
+        assert message[0] == 0 and struct.unpack(">I", message[1:5])[0] == len(message) - 5  # gRPC framing
+        request = pb.ModelInferRequest.FromString(message[5:])
+        assert list(request.inputs[0].shape) == [3, 11]
+        assert request.raw_input_contents[0] == tokens.astype("<i8").tobytes()
+        body = json.loads(grpc_vs_http.http_body(tokens))
+        assert body["inputs"][0]["data"] == tokens.ravel().tolist()
+        result = asyncio.run(grpc_stream_load.run(server.grpc_target, message[5:], clients=2, duration=1.0))
+        assert result["requests"] > 0 and result["errors"] == 0
+        bad = pb.ModelInferRequest(model_name="no_such_model")
+        bad.inputs.add(name="tokens", datatype="INT64", shape=[1, 11]).contents.int64_contents.extend(
+            [0] * 11
+        )
+        failed = asyncio.run(grpc_stream_load.run(server.grpc_target, bad.SerializeToString(), 1, 0.5))
+        assert failed["errors"] > 0 and failed["requests"] == 0  # an error answer is counted as one
