@@ -11,6 +11,7 @@ exists.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import importlib.util
@@ -59,10 +60,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     drain_on_signals(app.state)  # a worker of `--workers N`: readiness turns 503 on SIGTERM there too
     grpc_server = await start_grpc(app)
+    grpc_stopped = None if grpc_server is None else asyncio.create_task(stop_grpc_on_drain(app, grpc_server))
     try:
         await _load(app, registry, settings)
     except BaseException:
-        if grpc_server is not None:
+        if grpc_server is not None and grpc_stopped is not None:
+            grpc_stopped.cancel()
             await grpc_server.stop(0)
         raise
     try:
@@ -70,9 +73,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.ready = False
         app.state.draining = True
-        if grpc_server is not None:
-            # Refuses new calls at once; running ones (and open streams) get the drain time.
-            await grpc_server.stop(settings.drain_timeout_s)
+        if grpc_stopped is not None:
+            await grpc_stopped  # sees `draining` now if the signal did not set it, and stops gRPC
         sessions = getattr(app.state, "sessions", None)
         if sessions is not None:
             await sessions.close()
@@ -93,6 +95,15 @@ async def start_grpc(app: FastAPI) -> Any:
     except GrpcBindError as exc:
         log.error("grpc not started: exiting", extra={"reason": str(exc)})
         raise
+
+
+async def stop_grpc_on_drain(app: FastAPI, server: Any, poll_s: float = 0.1) -> None:
+    """Stop the gRPC server as soon as the process starts draining (the signal sets `draining`), at the same
+    time as HTTP's drain rather than after it: new calls are refused at once, running ones (and open streams)
+    get FWS_DRAIN_TIMEOUT_S, and the batchers close only after."""
+    while not app.state.draining:
+        await asyncio.sleep(poll_s)
+    await server.stop(app.state.settings.drain_timeout_s)
 
 
 async def _load(app: FastAPI, registry: ModelRegistry, settings: Settings) -> None:

@@ -552,3 +552,30 @@ def test_sequences_over_one_stream_answer_as_the_stateless_rest_path(gc, hc, met
             want = hc.infer(f"fastweights_t{T}", [http_input(tokens)]).as_numpy("logits")
             logits = result.as_numpy("logits")
             assert np.abs(logits - want).max() <= 1e-4 and logits.argmax() == want.argmax(), (sid, query)
+
+
+def test_sigterm_lets_a_running_grpc_call_finish_and_refuses_new_ones(model_repository, metadata):
+    tokens = encode(["c9k8j3f1??c"], metadata)
+    env = {"FWS_SIMULATED_RUN_DELAY_MS": "500", "FWS_MAX_BATCH_SIZE": "1"}
+    with start_server(env, repository=model_repository) as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_target)
+        got: dict[str, object] = {}
+
+        def call() -> None:
+            try:
+                got["result"] = client.infer(MODEL, [grpc_input(tokens)], client_timeout=20)
+            except InferenceServerException as exc:
+                got["error"] = exc
+
+        running = threading.Thread(target=call)
+        running.start()
+        time.sleep(0.2)  # the call is in its 500 ms run
+        srv.terminate()
+        running.join(20)
+        assert "error" not in got, got
+        assert str(got["result"].as_numpy("logits").argmax()) == "9"
+        late = grpcclient.InferenceServerClient(srv.grpc_target)
+        expect_grpc_error(
+            lambda: late.infer(MODEL, [grpc_input(tokens)], client_timeout=5), grpc.StatusCode.UNAVAILABLE
+        )
+        assert srv.proc.wait(30) == 0
