@@ -20,20 +20,29 @@ from pathlib import Path
 import grpc
 
 METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+STREAMS_PER_CONNECTION = 64
 
 
 async def run(target: str, request: bytes, clients: int, duration: float) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
-    async with grpc.aio.insecure_channel(target) as channel:
+    # At most STREAMS_PER_CONNECTION streams on one connection: the server refuses streams beyond its
+    # FWS_GRPC_MAX_CONCURRENT_STREAMS (128 by default) per connection.
+    # (a local subchannel pool: channels to one target otherwise share one connection)
+    local = [("grpc.use_local_subchannel_pool", 1)]
+    n = -(-clients // STREAMS_PER_CONNECTION)
+    channels = [grpc.aio.insecure_channel(target, options=local) for _ in range(n)]
+    try:
         # Raw bytes both ways: the client spends nothing on protobuf; an error answer is told by its field 1.
-        call_factory = channel.stream_stream(METHOD, request_serializer=None, response_deserializer=None)
+        factories = [
+            c.stream_stream(METHOD, request_serializer=None, response_deserializer=None) for c in channels
+        ]
         start = time.perf_counter()
         stop = start + duration
 
-        async def one_stream() -> None:
+        async def one_stream(i: int) -> None:
             nonlocal errors
-            call = call_factory()
+            call = factories[i % len(factories)]()
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
                 await call.write(request)
@@ -48,8 +57,11 @@ async def run(target: str, request: bytes, clients: int, duration: float) -> dic
             while await call.read() is not grpc.aio.EOF:
                 pass
 
-        await asyncio.gather(*(one_stream() for _ in range(clients)))
+        await asyncio.gather(*(one_stream(i) for i in range(clients)))
         elapsed = time.perf_counter() - start
+    finally:
+        for channel in channels:
+            await channel.close()
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else [0.0] * 99
     return {
         "requests": len(latencies) - errors,
