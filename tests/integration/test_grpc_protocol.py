@@ -304,6 +304,9 @@ def test_the_api_key_is_required_as_authorization_metadata(slow_server):
             "API key",
         )
     assert client.get_model_metadata(MODEL, headers=AUTH).name == MODEL
+    # the scheme's case does not matter (RFC 9110), as on HTTP: one rule, service.middleware.RequestPolicy
+    assert client.get_model_metadata(MODEL, headers={"authorization": "bearer s3cret"}).name == MODEL
+    assert client.get_model_metadata(MODEL, headers={"authorization": "BEARER s3cret"}).name == MODEL
 
 
 def test_a_full_queue_answers_unavailable_with_retry_info_at_once(slow_server):
