@@ -91,18 +91,18 @@ class _Entry:
     state: ModelState = ModelState.UNAVAILABLE
     reason: str = ""
     served: dict[str, _Served] = field(default_factory=dict)  # version -> its session and batcher
+    # The highest served version, the one a request that names no version gets (kept, not computed: every
+    # request asks); set together with `served` by `serve`.
+    model: LoadedModel | None = None
     config: ServingConfig | None = None  # what the served versions run with
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    @property
-    def newest(self) -> _Served | None:
-        """The highest served version: the one a request that names no version gets."""
-        return self.served[max(self.served, key=int)] if self.served else None
-
-    @property
-    def model(self) -> LoadedModel | None:
-        newest = self.newest
-        return newest.model if newest is not None else None
+    def serve(self, served: dict[str, _Served], config: ServingConfig | None) -> dict[str, _Served]:
+        """Swap in `served` (no await: atomic for the event loop); returns what served before."""
+        old = self.served
+        self.served, self.config = served, config
+        self.model = served[max(served, key=int)].model if served else None
+        return old
 
 
 class ModelRegistry:
@@ -355,9 +355,9 @@ class ModelRegistry:
             except ModelLoadError as exc:
                 self._load_failed(entry, version, exc)
                 raise
-            old = entry.served
-            entry.served = {v: _Served(m, self._new_batcher(m, config)) for v, m in loaded.items()}
-            entry.config = config  # the atomic swap (with the line above: no await in between)
+            old = entry.serve(
+                {v: _Served(m, self._new_batcher(m, config)) for v, m in loaded.items()}, config
+            )
             entry.state, entry.reason = ModelState.READY, ""
             self._family_buckets.clear()
             self.metrics.model_loads.labels(name, "ok").inc()
@@ -409,8 +409,7 @@ class ModelRegistry:
                 return  # known but never loaded: already unloaded
             raise ModelNotFoundError(f"unknown model {name!r}")
         async with entry.lock:
-            old = entry.served
-            entry.served, entry.config = {}, None
+            old = entry.serve({}, None)
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
             self._family_buckets.clear()
             self.metrics.model_ready.labels(name).set(0)
