@@ -11,16 +11,17 @@
 # When no daemon is running it installs docker.io / docker-compose / debootstrap with apt (root) and starts
 # dockerd itself, and stops only that daemon at the end. If docker truly cannot run it FAILS, loudly.
 #
-# Usage: scripts/docker-test.sh [all|bases|gpu]
+# Usage: scripts/docker-test.sh [all|bases|gpu|mirror]
 #   all (default)  the end-to-end test (tests/deploy/test_docker_compose.py)
 #   bases          only the daemon and the cached base images
 #   gpu            build the ONNXRUNTIME=gpu image and check its CUDA provider's libraries (no GPU needed;
 #                  downloads ~2.5 GB, so not part of `all`)
+#   mirror         print the Debian mirror the base images are built from, and exit
 # Environment:
 #   DOCKERD=/path/to/dockerd    the daemon to start when none runs (default /usr/sbin/dockerd)
 #   FWS_DOCKER_KEEP=1           leave a daemon this script started running
 #   FWS_DOCKER_ONNXRUNTIME=cpu  which onnxruntime build the tested image gets (cpu|gpu)
-#   DEBIAN_MIRROR=...           the mirror debootstrap uses (default: this machine's apt sources)
+#   DEBIAN_MIRROR=...           the mirror debootstrap uses (default: this machine's apt sources; no other)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -104,23 +105,33 @@ ensure_daemon() {
 	log "dockerd $(docker info -f '{{.ServerVersion}}') started (pid $STARTED_DOCKERD_PID)"
 }
 
+# The Debian mirror debootstrap uses: DEBIAN_MIRROR, else the first non-security `URIs:` (deb822) or `deb`
+# line of this machine's apt sources (what apt reaches here). No built-in address: a machine whose apt knows
+# no mirror fails clearly instead of trying one that may not be reachable.
+APT_SOURCES_LIST="${APT_SOURCES_LIST:-/etc/apt/sources.list}"
+APT_SOURCES_DIR="${APT_SOURCES_DIR:-/etc/apt/sources.list.d}"
 debian_mirror() {
 	if [[ -n "${DEBIAN_MIRROR:-}" ]]; then
 		echo "$DEBIAN_MIRROR"
 		return
 	fi
-	# The first `URIs:` (deb822) or `deb` line of this machine's own apt sources: it is what apt reaches here.
 	local uri
-	uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -1 || true)
-	[[ -z "$uri" ]] && uri=$(grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}' | head -1 || true)
-	echo "${uri:-http://deb.debian.org/debian}"
+	uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) print $i }' "$APT_SOURCES_DIR"/*.sources 2>/dev/null |
+		grep -v security | head -1 || true)
+	if [[ -z "$uri" ]]; then # one-line format, options such as [arch=amd64 signed-by=...] skipped
+		uri=$(sed -n 's/^deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]\+\).*/\2/p' \
+			"$APT_SOURCES_LIST" "$APT_SOURCES_DIR"/*.list 2>/dev/null | grep -v security | head -1 || true)
+	fi
+	[[ -n "$uri" ]] || return 1
+	echo "$uri"
 }
 
 # debootstrap a minimal Debian with the given packages into $1, trust the host's extra CAs (the TLS proxy here
 # re-signs package downloads), trim docs and caches.
 bootstrap_root() {
 	local root=$1 include=$2 mirror
-	mirror=$(debian_mirror)
+	mirror=$(debian_mirror) ||
+		die "no Debian mirror: apt's sources ($APT_SOURCES_LIST, $APT_SOURCES_DIR/*.sources) name none; set DEBIAN_MIRROR=<url>"
 	log "debootstrap $SUITE (+$include) from $mirror"
 	as_root debootstrap --variant=minbase --include="$include" "$SUITE" "$root" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
 		{ tail -30 "$WORK/debootstrap.log" >&2; die "debootstrap failed"; }
@@ -232,5 +243,8 @@ gpu)
 	ensure_python_base
 	gpu_check
 	;;
-*) die "usage: $0 [all|bases|gpu]" ;;
+mirror) # print the Debian mirror the base images would be built from (nothing else is done)
+	debian_mirror || die "no Debian mirror: apt's sources ($APT_SOURCES_LIST, $APT_SOURCES_DIR/*.sources) name none; set DEBIAN_MIRROR=<url>"
+	;;
+*) die "usage: $0 [all|bases|gpu|mirror]" ;;
 esac

@@ -282,3 +282,48 @@ def test_load_balancer_applies_the_service_edge_limits() -> None:
     (count, size) = re.findall(r"^\s*large_client_header_buffers (\d+) (\d+)k;", NGINX, re.M)[0]
     assert int(count) * int(size) * 1024 == settings.max_header_bytes
     assert "reset_timedout_connection on;" in NGINX
+
+
+def test_load_balancer_retries_failed_replicas_and_names_the_one_that_answered() -> None:
+    assert "resolver 127.0.0.11" in NGINX  # Docker's DNS, re-resolved: scaled and stopped replicas followed
+    (next_upstream,) = re.findall(r"proxy_next_upstream (.*);", NGINX)
+    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(next_upstream.split())
+    assert "add_header X-Upstream-Addr $upstream_addr always;" in NGINX
+
+
+# scripts/docker-test.sh: where the test-only base images come from
+
+
+def _mirror(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": "/usr/bin:/bin", "APT_SOURCES_LIST": str(tmp_path / "sources.list")}
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "docker-test.sh"), "mirror"],
+        env=base | {"APT_SOURCES_DIR": str(tmp_path)} | env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_docker_test_takes_the_debian_mirror_from_apts_sources(tmp_path: Path) -> None:
+    (tmp_path / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.test/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb\nURIs: http://mirror.test/debian\nSuites: bookworm\nComponents: main\n"
+    )
+    done = _mirror(tmp_path, {})
+    assert done.returncode == 0 and done.stdout.strip() == "http://mirror.test/debian", done.stderr
+    (tmp_path / "debian.sources").unlink()  # the one-line format, with options in brackets
+    (tmp_path / "sources.list").write_text(
+        "deb [arch=amd64 signed-by=/k.gpg] http://one.test/debian bookworm main\n"
+    )
+    assert _mirror(tmp_path, {}).stdout.strip() == "http://one.test/debian"
+
+
+def test_docker_test_prefers_debian_mirror_and_fails_clearly_without_any_mirror(tmp_path: Path) -> None:
+    assert _mirror(tmp_path, {"DEBIAN_MIRROR": "http://chosen.test/debian"}).stdout.strip() == (
+        "http://chosen.test/debian"
+    )
+    done = _mirror(tmp_path, {})  # no sources at all, no DEBIAN_MIRROR: no built-in address either
+    assert done.returncode != 0 and done.stdout == ""
+    assert "no Debian mirror" in done.stderr and "DEBIAN_MIRROR" in done.stderr
+    assert "deb.debian.org" not in (REPO / "scripts" / "docker-test.sh").read_text()

@@ -232,3 +232,83 @@ def test_kserve_custom_predictor_runs_our_image_on_the_fetched_repository() -> N
     assert container["ports"][0]["containerPort"] == int(env["FWS_PORT"])
     assert container["readinessProbe"]["httpGet"]["path"] == READY_PATH
     assert container["livenessProbe"]["httpGet"]["path"] == LIVE_PATH
+
+
+# Against the Kubernetes schemas themselves: kubernetes-validate ships the OpenAPI schemas of every release in
+# the package, so this runs offline. strict: a misspelt field is an error, not silently ignored.
+KUBERNETES_VERSION = "1.30"  # the oldest release the manifests must work on (autoscaling/v2, policy/v1)
+
+
+def _schema_checked() -> list[tuple[Path, dict[str, Any]]]:
+    return [(p, d) for p, d in DOCS if d["kind"] not in ("InferenceService", "Kustomization")]
+
+
+@pytest.mark.parametrize(
+    ("path", "doc"),
+    _schema_checked(),
+    ids=[f"{p.relative_to(K8S)}:{d['kind']}" for p, d in _schema_checked()],
+)
+@pytest.mark.parametrize("version", [KUBERNETES_VERSION, "latest"])
+def test_every_kubernetes_manifest_validates_against_the_kubernetes_schema(
+    path: Path, doc: dict[str, Any], version: str
+) -> None:
+    import kubernetes_validate
+
+    wanted = kubernetes_validate.latest_version() if version == "latest" else version
+    kubernetes_validate.validate(doc, wanted, strict=True)  # raises ValidationError saying where
+
+
+def test_the_kserve_custom_predictors_container_validates_as_a_kubernetes_container() -> None:
+    """InferenceService is KServe's CRD (no schema in Kubernetes'): its container spec is a core/v1 Container."""
+    import kubernetes_validate
+
+    (predictor,) = [d for d in of_kind("InferenceService") if d["spec"]["predictor"].get("containers")]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kserve-predictor-check"},
+        "spec": {"containers": predictor["spec"]["predictor"]["containers"]},
+    }
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_schema_validation_catches_a_wrong_type_and_a_misspelt_field() -> None:
+    import copy
+
+    import kubernetes_validate
+
+    (cpu,) = [d for d in deployments() if not d["metadata"]["name"].endswith("-gpu")]
+    wrong_type = copy.deepcopy(cpu)
+    wrong_type["spec"]["replicas"] = "two"
+    misspelt = copy.deepcopy(cpu)
+    main_container(misspelt["spec"]["template"]["spec"])["readinesProbe"] = {"periodSeconds": 5}
+    for broken in (wrong_type, misspelt):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_gpu_deployment_sets_onnxruntime_threads_to_its_cpu_limit() -> None:
+    for deployment in deployments():
+        container = main_container(deployment["spec"]["template"]["spec"])
+        threads = int(env_of(container)["FWS_ORT_INTRA_OP_THREADS"])
+        assert threads == quantity(container["resources"]["limits"]["cpu"]), deployment["metadata"]["name"]
+
+
+def test_prometheus_can_scrape_metrics_when_the_api_key_is_set() -> None:
+    for deployment in deployments():
+        template = deployment["spec"]["template"]
+        env = env_of(main_container(template["spec"]))
+        assert "FWS_API_KEY" in env  # auth can be on ...
+        assert env["FWS_METRICS_PUBLIC"] == "true"  # ... and the scrape still needs no key
+        assert template["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+
+
+def test_the_apply_commands_in_the_manifests_comments_are_the_ones_the_docs_give() -> None:
+    docs = (REPO / "docs" / "deployment.md").read_text()
+    commands = set()
+    for path in K8S.rglob("*.yaml"):
+        commands |= set(re.findall(r"kubectl apply [^\s(]+ [^\s(]+", path.read_text()))
+    assert commands, "no apply command in the manifests' comments"
+    for command in commands:
+        assert command.startswith("kubectl apply -k "), command
+        assert command in docs, command
