@@ -4,9 +4,9 @@
 #   docker build --build-arg ONNXRUNTIME=gpu -t fastweights-serve:gpu .       # onnxruntime-gpu + CUDA/cuDNN wheels
 #   docker run --rm -p 8000:8000 fastweights-serve:cpu                        # then: curl localhost:8000/v2/health/ready
 #
-# The runtime stage holds a venv with the serving dependencies (from pyproject.toml's `serve` extra), the
-# service code and model_repository/ at /models: no torch, no compilers, no build tools. It runs as a non-root
-# user and is configured through the service's own FWS_* environment settings.
+# The runtime stage holds a venv with the serving dependencies (pyproject.toml's `serve` extra, at the versions
+# of constraints.txt), the service code and model_repository/ at /models: no torch, no compilers, no build
+# tools. It runs as a non-root user and is configured through the service's own FWS_* environment settings.
 #
 # BASE_IMAGE must provide python3 (>= 3.11) with the venv module; build and runtime stages share it, so the
 # venv's interpreter link stays valid. The tests build a local Debian base (scripts/docker-test.sh) because no
@@ -18,10 +18,11 @@ ARG ONNXRUNTIME=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/fws
 # Dependencies before sources: this (large) layer is reused while only the code changes.
-COPY pyproject.toml deploy/serve_requirements.py /build/
+# The versions come from constraints.txt (`make lock`): the same packages in every build, whatever the date.
+COPY pyproject.toml constraints.txt deploy/serve_requirements.py /build/
 RUN python3 /build/serve_requirements.py --onnxruntime "${ONNXRUNTIME}" /build/pyproject.toml >/build/requirements.txt \
     && cat /build/requirements.txt \
-    && /opt/fws/bin/pip install -r /build/requirements.txt
+    && /opt/fws/bin/pip install -c /build/constraints.txt -r /build/requirements.txt
 COPY README.md /build/
 COPY contract /build/contract
 COPY service /build/service

@@ -12,21 +12,30 @@ DEFAULT_CKPT := checkpoints/default.pt
 DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 40000 --lr 2e-3 \
 	--warmup-steps 1000 --lr-schedule cosine --eval-every 5000 --target-error 0 --seed 0 --threads 1
 
-.PHONY: install install-serve serve grpc-code redis test test-unit test-integration test-browser browser screenshot reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 clean
+.PHONY: install install-serve lock serve grpc-code redis test test-unit test-integration test-browser browser screenshot reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	touch $@
 
+# Every install takes its versions from constraints.txt (`make lock` writes it): two installs a month apart
+# get the same packages.
+CONSTRAINTS := constraints.txt
+
 # Serving only: no torch.
-$(VENV)/.serve: pyproject.toml $(VENV)/.created
-	$(BIN)/pip install -q -e '.[serve,client]'
+$(VENV)/.serve: pyproject.toml $(CONSTRAINTS) $(VENV)/.created
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[serve,client]'
 	touch $@
 
 # Everything: training, export, tests, lint.
-$(VENV)/.all: pyproject.toml $(VENV)/.created
-	$(BIN)/pip install -q -e '.[serve,train,client,dev]'
+$(VENV)/.all: pyproject.toml $(CONSTRAINTS) $(VENV)/.created
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[serve,train,client,dev]'
 	touch $@ $(VENV)/.serve
+
+# Re-resolve every dependency (all extras, both onnxruntime flavours of the images) into constraints.txt, after
+# a change to pyproject.toml's dependencies; commit the result. About 2 minutes (pip resolves, installs nothing).
+lock: $(VENV)/.created
+	$(PY) scripts/lock.py --output $(CONSTRAINTS)
 
 install-serve: $(VENV)/.serve
 install: $(VENV)/.all

@@ -1,8 +1,9 @@
 """Print the serving requirements of the image, read from pyproject.toml (the one place they are declared).
 
-The `serve` extra names `onnxruntime-gpu`; the CPU image swaps it for the CPU-only `onnxruntime` wheel
-(same module, same version bound, a fraction of the size) and the GPU image adds the wheel's `cuda`/`cudnn`
-extras so NVIDIA's CUDA and cuDNN libraries come from the package index instead of a CUDA base image.
+The `serve` extra names `onnxruntime-gpu` or `onnxruntime` by platform; the CPU image takes the CPU-only
+`onnxruntime` wheel (same module, same version bound, a fraction of the size) and the GPU image
+`onnxruntime-gpu` with its `cuda`/`cudnn` extras, so NVIDIA's CUDA and cuDNN libraries come from the package
+index instead of a CUDA base image. The versions come from constraints.txt (`pip install -c`).
 
     python3 deploy/serve_requirements.py --onnxruntime cpu pyproject.toml > requirements.txt
 
@@ -33,24 +34,32 @@ def split_requirement(requirement: str) -> tuple[str, str, str]:
 
 
 def serve_requirements(pyproject: dict, onnxruntime: str) -> list[str]:
-    """The core dependencies plus the `serve` extra, with the onnxruntime flavour chosen by `onnxruntime`."""
+    """The core dependencies plus the `serve` extra, with the onnxruntime flavour chosen by `onnxruntime`.
+
+    The extra names onnxruntime twice, `onnxruntime-gpu` and `onnxruntime` under complementary environment
+    markers (the GPU build only where one exists); the image asks for one flavour explicitly, so both become
+    one requirement, without marker, at the first one's place. They must carry the same version bounds.
+    """
     if onnxruntime not in ("cpu", "gpu"):
         raise ValueError(f"onnxruntime must be 'cpu' or 'gpu', not {onnxruntime!r}")
     project = pyproject["project"]
     requirements = list(project.get("dependencies", [])) + list(project["optional-dependencies"]["serve"])
     out: list[str] = []
-    found = False
+    bounds: set[str] = set()
     for requirement in requirements:
         name, _extras, rest = split_requirement(requirement)
-        if name.lower().replace("_", "-") in (GPU_PACKAGE, CPU_PACKAGE):
-            found = True
-            if onnxruntime == "cpu":
-                requirement = f"{CPU_PACKAGE}{rest}"
-            else:
-                requirement = f"{GPU_PACKAGE}[{GPU_EXTRAS}]{rest}"
-        out.append(requirement)
-    if not found:
+        if name.lower().replace("_", "-") not in (GPU_PACKAGE, CPU_PACKAGE):
+            out.append(requirement)
+            continue
+        bound = rest.split(";", 1)[0].strip()  # the marker chose a platform; the image has chosen already
+        if not bounds:
+            package = CPU_PACKAGE if onnxruntime == "cpu" else f"{GPU_PACKAGE}[{GPU_EXTRAS}]"
+            out.append(f"{package}{bound}")
+        bounds.add(bound)
+    if not bounds:
         raise ValueError("the serve extra names no onnxruntime package")
+    if len(bounds) > 1:
+        raise ValueError(f"the serve extra's onnxruntime requirements differ in bounds: {sorted(bounds)}")
     return out
 
 

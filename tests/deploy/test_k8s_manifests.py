@@ -259,7 +259,7 @@ def test_every_kubernetes_manifest_validates_against_the_kubernetes_schema(
 
 
 def test_the_kserve_custom_predictors_container_validates_as_a_kubernetes_container() -> None:
-    """InferenceService is KServe's CRD (no schema in Kubernetes'): its container spec is a core/v1 Container."""
+    """InferenceService is KServe's CRD (not in Kubernetes' schemas); its containers are core/v1 ones."""
     import kubernetes_validate
 
     (predictor,) = [d for d in of_kind("InferenceService") if d["spec"]["predictor"].get("containers")]
