@@ -123,8 +123,18 @@ $(PEERS_VENV)/.installed:
 	$(PEERS_VENV)/bin/pip install -q $(PEERS_PACKAGES)
 	touch $@
 
-bench-peers: $(VENV)/.all $(PEERS_VENV)/.installed
-	$(PY) -m bench.serving --parts peers
+# The V2 peers, one venv each (their dependencies conflict): MLServer, KServe's model server, LitServe.
+V2_PEER_PACKAGES_mlserver := mlserver==1.7.1
+V2_PEER_PACKAGES_kserve := kserve==0.21.0
+V2_PEER_PACKAGES_litserve := litserve==0.2.19
+.venv-peers-%/.installed:
+	$(PYTHON) -m venv .venv-peers-$*
+	.venv-peers-$*/bin/pip install -q $(V2_PEER_PACKAGES_$*) onnxruntime==1.32.0 numpy
+	touch $@
+
+V2_PEER_VENVS := .venv-peers-mlserver/.installed .venv-peers-kserve/.installed .venv-peers-litserve/.installed
+bench-peers: $(VENV)/.all $(PEERS_VENV)/.installed $(V2_PEER_VENVS)
+	$(PY) -m bench.serving --parts peers,v2peers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

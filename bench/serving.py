@@ -16,6 +16,9 @@ parts
   workers   `python -m service --workers 1` vs `--workers 2` at 64 clients
   peers     BentoML (adaptive batching) and Ray Serve (@serve.batch) serving the same ONNX graphs
             (bench/peers/), from the separate venv `make bench-peers` builds, at 64 clients
+  v2peers   MLServer (adaptive batching), KServe's model server and LitServe (dynamic batching) on the same
+            ONNX graph over V2 JSON, one row per request, one worker each, at 1 and 64 clients; each peer
+            from its own venv (`make bench-peers`)
 """
 
 from __future__ import annotations
@@ -46,6 +49,19 @@ SEQUENCES = ("c9k8j3f1??c", "a1??a", "x5y6??y", "p1q2r3??q", "m0n7b2v4??v", "d3e
 
 def native_body(seq: str) -> str:
     return json.dumps({"sequence": seq})
+
+
+def v2_body(seq: str) -> str:
+    """One row of V2 JSON for fastweights_t11: the query's token ids, left padded to T=11."""
+    from model.vocab import Vocabulary
+
+    tokens = Vocabulary().encode(seq, V2_SEQ_LEN)
+    return json.dumps(
+        {"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, V2_SEQ_LEN], "data": tokens}]}
+    )
+
+
+V2_MODEL, V2_SEQ_LEN = "fastweights_t11", 11
 
 
 def list_body(seq: str) -> str:  # BentoML's batchable API takes a batch per call: send a batch of one
@@ -242,6 +258,30 @@ def peer(name: str):
     body = list_body if name == "bentoml" else native_body
     health = url + ("/readyz" if name == "bentoml" else "/health")  # BentoML's own readiness probe
     return Target(name, url + "/v1/retrieve", body), process(name, cmd, {}, health, 300)
+
+
+# The V2 peers, each in its own venv (`make bench-peers` makes them): module, venv, readiness path.
+V2_PEERS = {
+    "mlserver": ("bench.peers.mlserver_server", ".venv-peers-mlserver", "/v2/health/ready"),
+    "kserve": ("bench.peers.kserve_server", ".venv-peers-kserve", "/v2/health/ready"),
+    "litserve": ("bench.peers.litserve_server", ".venv-peers-litserve", "/health"),
+}
+
+
+def v2_service(name: str = "service v2"):
+    target, ctx = service(name)
+    target.url = target.url.replace("/v1/retrieve", f"/v2/models/{V2_MODEL}/infer")
+    target.body = v2_body
+    return target, ctx
+
+
+def v2_peer(name: str):
+    module, venv, ready = V2_PEERS[name]
+    port = free_port()
+    cmd = [str(ROOT / venv / "bin" / "python"), "-m", module, "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    target = Target(name, f"{url}/v2/models/{V2_MODEL}/infer", v2_body)
+    return target, process(name, cmd, {}, url + ready, 300)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -504,7 +544,31 @@ def part_peers(args, wrk):
     return results
 
 
-PARTS = {"overhead": part_overhead, "batching": part_batching, "workers": part_workers, "peers": part_peers}
+def part_v2peers(args, wrk):
+    print(
+        "== V2 peers: MLServer, KServe, LitServe vs the service, V2 JSON, one row per request "
+        f"({V2_MODEL}), one worker each, at 1 and 64 clients"
+    )
+    factories: list[Callable[[], tuple[Target, contextlib.AbstractContextManager]]] = [lambda: v2_service()]
+    for name, (_module, venv, _ready) in V2_PEERS.items():
+        if (ROOT / venv / "bin" / "python").exists():
+            factories.append(lambda name=name: v2_peer(name))
+        else:
+            print(f"  {name}: no {venv} (make bench-peers builds it), skipped")
+    results = run_isolated(factories, args.v2_clients, args, wrk)
+    for name in results:
+        if name != "service v2":
+            print("\n".join(ratio_lines(results, "service v2", name)))
+    return results
+
+
+PARTS = {
+    "overhead": part_overhead,
+    "batching": part_batching,
+    "workers": part_workers,
+    "peers": part_peers,
+    "v2peers": part_v2peers,
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -512,6 +576,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", default="overhead,batching,workers", help=f"comma list of {','.join(PARTS)}")
     p.add_argument("--clients", default="1,16,64,256", help="concurrency levels of the overhead part")
     p.add_argument("--batching-clients", default="64,256")
+    p.add_argument("--v2-clients", default="1,64", help="concurrency levels of the v2peers part")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of load per cell")
     p.add_argument(
         "--rounds",
@@ -559,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
     args.batching_clients = [int(c) for c in args.batching_clients.split(",")]
+    args.v2_clients = [int(c) for c in args.v2_clients.split(",")]
     wrk = None if args.loadgen == "httpx" else find_wrk(not args.no_install)
     if args.loadgen == "wrk" and not wrk:
         print("error: wrk not found", file=sys.stderr)

@@ -86,3 +86,24 @@ def test_grpc_bench_messages_and_stream_load_against_a_real_server():
         )
         failed = asyncio.run(grpc_stream_load.run(server.grpc_target, bad.SerializeToString(), 1, 0.5))
         assert failed["errors"] > 0 and failed["requests"] == 0  # an error answer is counted as one
+
+
+def test_the_v2_peers_compute_what_the_service_answers_for_the_benchmarks_v2_bodies():
+    """The body every server gets in `v2peers`, and the peers' shared model code (bench/peers/v2_common.py)
+    against the service's own V2 answer: same model, same logits, same response shape."""
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from bench.peers import v2_common
+    from service.main import create_app
+
+    sess = v2_common.session()
+    with TestClient(create_app()) as client:
+        for seq in serving.SEQUENCES:
+            body = json.loads(serving.v2_body(seq))
+            answer = client.post(f"/v2/models/{serving.V2_MODEL}/infer", json=body)
+            assert answer.status_code == 200, answer.text
+            (theirs,) = [o for o in answer.json()["outputs"] if o["name"] == "logits"]
+            ours = v2_common.response(v2_common.run(sess, v2_common.tokens_of(body)))["outputs"][0]
+            assert ours["shape"] == theirs["shape"] == [1, 10]
+            np.testing.assert_allclose(ours["data"], theirs["data"], rtol=1e-5, atol=1e-6)
