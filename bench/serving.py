@@ -593,7 +593,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", type=Path, help="also write every cell as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of the overhead part here")
+    p.add_argument("--v2peers-plot", type=Path, help="write a PNG of the v2peers part here")
     return p
+
+
+def plot_v2peers(results: dict[str, dict[int, Cell]], path: Path) -> None:
+    """Three panels: req/s and p99 at the most clients, p50 at the fewest, one bar per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    many = max(c for cells in results.values() for c in cells)
+    few = min(c for cells in results.values() for c in cells)
+    panels = [
+        (f"req/s at {many} clients (higher is better)", [results[n][many].rps for n in names]),
+        (f"p99 ms at {many} clients", [results[n][many].p99_us / 1e3 for n in names]),
+        (f"p50 ms at {few} client{'s' if few > 1 else ''}", [results[n][few].p50_us / 1e3 for n in names]),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    colors = ["tab:green" if n.startswith("service") else "tab:gray" for n in names]
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        bars = ax.bar(names, values, color=colors)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=9)
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+    fig.suptitle(
+        "V2 JSON, one row per request, one worker each (median round; shared 2-core host)", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def plot_overhead(results: dict[str, dict[int, Cell]], path: Path) -> None:
@@ -640,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loadavg after {os.getloadavg()[0]:.2f}")
     if args.plot and everything.get("overhead"):
         plot_overhead(everything["overhead"], args.plot)
+    if args.v2peers_plot and everything.get("v2peers"):
+        plot_v2peers(everything["v2peers"], args.v2peers_plot)
     if args.json:
         payload = {
             part: {
