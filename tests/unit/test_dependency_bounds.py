@@ -117,3 +117,30 @@ def test_the_lock_was_made_for_this_interpreter_line() -> None:
     header = (REPO / "constraints.txt").read_text().splitlines()[:6]
     (resolved,) = [line for line in header if line.startswith("# Resolved by pip")]
     assert f"CPython {sys.version_info.major}.{sys.version_info.minor}." in resolved
+
+
+def test_every_install_of_the_makefile_and_the_dockerfile_goes_through_the_lock() -> None:
+    import re
+
+    makefile = (REPO / "Makefile").read_text()
+    main_installs = [
+        line for line in makefile.splitlines() if re.search(r"\$\(BIN\)/pip install", line) and "-e " in line
+    ]
+    assert main_installs and all("-c $(CONSTRAINTS)" in line for line in main_installs), main_installs
+    assert "CONSTRAINTS := constraints.txt" in makefile
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "pip install -c /build/constraints.txt -r /build/requirements.txt" in dockerfile
+    assert "!constraints.txt" in (REPO / ".dockerignore").read_text().splitlines()
+
+
+def test_the_image_requirements_refuse_onnxruntime_flavours_with_different_bounds() -> None:
+    broken = {
+        "project": {
+            "dependencies": [],
+            "optional-dependencies": {
+                "serve": ["onnxruntime-gpu>=1.31,<1.33; sys_platform == 'linux'", "onnxruntime>=1.30"]
+            },
+        }
+    }
+    with pytest.raises(ValueError, match="differ in bounds"):
+        serve_requirements(broken, "cpu")
