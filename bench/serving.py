@@ -598,7 +598,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def plot_v2peers(results: dict[str, dict[int, Cell]], path: Path) -> None:
-    """Three panels: req/s and p99 at the most clients, p50 at the fewest, one bar per server."""
+    """One bar per server: req/s, p99 and server CPU per request at the most clients, p50 at the fewest."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -607,18 +607,28 @@ def plot_v2peers(results: dict[str, dict[int, Cell]], path: Path) -> None:
     names = list(results)
     many = max(c for cells in results.values() for c in cells)
     few = min(c for cells in results.values() for c in cells)
+
+    def cpu(cell: Cell) -> float:
+        value = cell.extra.get("cpu_us_per_request")
+        return float(value) if isinstance(value, float) else 0.0
+
     panels = [
-        (f"req/s at {many} clients (higher is better)", [results[n][many].rps for n in names]),
-        (f"p99 ms at {many} clients", [results[n][many].p99_us / 1e3 for n in names]),
-        (f"p50 ms at {few} client{'s' if few > 1 else ''}", [results[n][few].p50_us / 1e3 for n in names]),
+        (f"req/s at {many} clients (higher is better)", [results[n][many].rps for n in names], "%.0f"),
+        (f"p99 ms at {many} clients", [results[n][many].p99_us / 1e3 for n in names], "%.1f"),
+        (f"server CPU µs per request at {many} clients", [cpu(results[n][many]) for n in names], "%.0f"),
+        (
+            f"p50 ms at {few} client{'s' if few > 1 else ''}",
+            [results[n][few].p50_us / 1e3 for n in names],
+            "%.2f",
+        ),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     colors = ["tab:green" if n.startswith("service") else "tab:gray" for n in names]
-    for ax, (title, values) in zip(axes, panels, strict=True):
+    for ax, (title, values, fmt_) in zip(axes, panels, strict=True):
         bars = ax.bar(names, values, color=colors)
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelrotation=20, labelsize=9)
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.bar_label(bars, fmt=fmt_, fontsize=8)
     fig.suptitle(
         "V2 JSON, one row per request, one worker each (median round; shared 2-core host)", fontsize=10
     )
