@@ -53,7 +53,7 @@ def native_body(seq: str) -> str:
 
 def v2_body(seq: str) -> str:
     """One row of V2 JSON for fastweights_t11: the query's token ids, left padded to T=11."""
-    from model.vocab import Vocabulary
+    from contract.vocab import Vocabulary
 
     tokens = Vocabulary().encode(seq, V2_SEQ_LEN)
     return json.dumps(
