@@ -59,10 +59,12 @@ ENV PATH=/opt/fws/bin:$PATH \
     ORT_DISABLE_TELEMETRY=1 \
     FWS_HOST=0.0.0.0 \
     FWS_PORT=8000 \
+    FWS_GRPC_PORT=8001 \
     FWS_MODEL_REPOSITORY=/models
 USER fws:fws
 WORKDIR /tmp
-EXPOSE 8000
+# 8000: HTTP (native /v1 + V2 REST); 8001: the V2 protocol over gRPC (+ grpc.health.v1).
+EXPOSE 8000 8001
 # Docker's own probe of the V2 readiness endpoint (503 while the models load and warm up).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["/opt/fws/bin/python", "/opt/fws/healthcheck.py"]

@@ -76,6 +76,7 @@ class Stack:
     compose: list[str]
     env: dict[str, str]
     base_url: str
+    grpc_target: str = ""
 
     def containers(self, service: str) -> list[str]:
         return run([*self.compose, "ps", "-q", service], env=self.env).split()
@@ -112,7 +113,11 @@ class Stack:
 
     def served_by(self, responses: list[httpx.Response]) -> list[str]:
         """The replicas (address:port, in the order tried) nginx sent each response's request to."""
-        rids = [r.headers["x-request-id"] for r in responses]
+        assert all("x-upstream-addr" not in r.headers for r in responses)  # no internal address sent out
+        return self.upstreams([r.headers["x-request-id"] for r in responses])
+
+    def upstreams(self, rids: list[str]) -> list[str]:
+        """The replicas nginx sent the requests (or gRPC calls) with these request ids to, from its log."""
         deadline = time.monotonic() + 10
         while True:  # (the access log line is written once the response is sent: give it a moment)
             logs = run([*self.compose, "logs", "--no-color", "lb"], env=self.env)
@@ -122,7 +127,6 @@ class Stack:
             time.sleep(0.5)
         missing = [rid for rid in rids if rid not in upstream]
         assert not missing, f"no access-log line for {missing}"
-        assert all("x-upstream-addr" not in r.headers for r in responses)  # no internal address sent out
         return [upstream[rid] for rid in rids]
 
 
@@ -134,7 +138,7 @@ def stack() -> Stack:
         raise RuntimeError(
             "FWS_DOCKER_IMAGE and FWS_DOCKER_LB_IMAGE must name built images: run make docker-test"
         )
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     project = f"fwstest{os.getpid()}"
     env = {
         **os.environ,
@@ -142,10 +146,13 @@ def stack() -> Stack:
         "LB_IMAGE": lb_image,
         "LB_BIND": "127.0.0.1",
         "LB_PORT": str(port),
+        "LB_GRPC_PORT": str(grpc_port),
         "MODEL_REPOSITORY_DIR": str(REPO / "model_repository"),
     }
     compose = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project]
-    s = Stack(compose=compose, env=env, base_url=f"http://127.0.0.1:{port}")
+    s = Stack(
+        compose=compose, env=env, base_url=f"http://127.0.0.1:{port}", grpc_target=f"127.0.0.1:{grpc_port}"
+    )
     try:
         run([*compose, "up", "-d", "--no-build"], env=env, timeout=180)
         yield s
@@ -215,6 +222,35 @@ def test_v2_protocol_and_typed_errors_pass_through_the_load_balancer(stack: Stac
         # The caller's request id reaches the replica and comes back.
         echoed = client.post("/v1/retrieve", json=QUERY, headers={"X-Request-ID": "docker-test-1"})
         assert echoed.headers["x-request-id"] == "docker-test-1"
+
+
+def test_grpc_through_the_load_balancer_is_balanced_per_call_over_both_replicas(stack: Stack) -> None:
+    import grpc
+    import numpy as np
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    replicas = stack.containers("fws")
+    stack.wait_healthy(replicas)
+    with httpx.Client(base_url=stack.base_url, timeout=15) as client:
+        tokens = np.array([metadata_tokens(client, "c9k8j3f1??c")], dtype=np.int64)
+    request = service_pb2.ModelInferRequest(model_name="fastweights_t11")
+    request.inputs.add(name="tokens", datatype="INT64", shape=[1, 11])
+    request.raw_input_contents.append(tokens.tobytes())
+    rids = [f"docker-grpc-{uuid.uuid4().hex}" for _ in range(REQUESTS)]
+    with grpc.insecure_channel(stack.grpc_target) as channel:  # ONE connection, as a gRPC client keeps
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=15)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for rid in rids:
+            response, call = stub.ModelInfer.with_call(request, timeout=15, metadata=(("x-request-id", rid),))
+            logits = np.frombuffer(response.raw_output_contents[0], dtype="<f4")
+            assert int(logits.argmax()) == 9
+            assert "x-upstream-addr" not in dict(call.initial_metadata())  # no internal address sent out
+    served_by = Counter(stack.upstreams(rids))
+    print(f"gRPC served by: {dict(served_by)}")
+    grpc_addresses = {replica_address(c).replace(":8000", ":8001") for c in replicas}
+    assert set(served_by) == grpc_addresses, (served_by, grpc_addresses)
 
 
 def metadata_tokens(client: httpx.Client, sequence: str) -> list[int]:

@@ -61,9 +61,12 @@ def test_runtime_stage_runs_as_non_root_with_an_exec_form_entrypoint_and_v2_heal
 def test_runtime_image_is_configured_through_real_service_settings() -> None:
     env = " ".join(instructions("ENV"))
     names = set(re.findall(r"\b(FWS_[A-Z_]+)=", env))
-    assert names >= {"FWS_HOST", "FWS_PORT", "FWS_MODEL_REPOSITORY"}
+    assert names >= {"FWS_HOST", "FWS_PORT", "FWS_GRPC_PORT", "FWS_MODEL_REPOSITORY"}
     assert names <= SETTINGS, names - SETTINGS
     assert "FWS_MODEL_REPOSITORY=/models" in env
+    (exposed,) = instructions("EXPOSE")
+    assert set(exposed.split()) == {"8000", "8001"}  # HTTP and gRPC
+    assert "FWS_PORT=8000" in env and "FWS_GRPC_PORT=8001" in env
     assert "COPY model_repository /models" in DOCKERFILE
 
 
@@ -229,9 +232,11 @@ def test_gpu_profile_reserves_an_nvidia_device_and_joins_the_balanced_pool() -> 
 
 def test_load_balancer_fronts_the_fws_service_on_one_port() -> None:
     lb = COMPOSE["services"]["lb"]
-    (published,) = lb["ports"]
-    assert published == "${LB_BIND:-127.0.0.1}:${LB_PORT:-8080}:8080"
+    http, grpc = lb["ports"]
+    assert http == "${LB_BIND:-127.0.0.1}:${LB_PORT:-8080}:8080"
+    assert grpc == "${LB_BIND:-127.0.0.1}:${LB_GRPC_PORT:-8081}:8081"
     assert re.search(r"^\s*listen 8080;", NGINX, re.M)
+    assert re.search(r"^\s*listen 8081 http2;", NGINX, re.M)
     conf, run_sh = lb["volumes"]
     assert (REPO / conf["source"]).resolve() == (REPO / "deploy/nginx/nginx.conf").resolve()
     assert conf["target"] == "/etc/nginx/nginx.conf" and conf["read_only"] is True
@@ -246,6 +251,12 @@ def test_load_balancer_fronts_the_fws_service_on_one_port() -> None:
     assert "proxy_pass http://fws_replicas;" in NGINX
     assert 'proxy_set_header Connection "";' in NGINX and "proxy_http_version 1.1;" in NGINX
     assert compose_env(COMPOSE["services"]["fws"])["FWS_PORT"] == "8000"
+    # gRPC: balanced per call over the same replicas' gRPC port, kept alive too
+    (grpc_upstream,) = re.findall(r"upstream fws_grpc_replicas \{(.*?)\}", NGINX, re.S)
+    assert re.findall(r"^\s*server (\S+)", grpc_upstream, re.M) == ["fws:8001"]
+    assert "grpc_pass grpc://fws_grpc_replicas;" in NGINX
+    assert compose_env(COMPOSE["services"]["fws"])["FWS_GRPC_PORT"] == "8001"
+    assert {"8000", "8001"} <= {str(p) for p in COMPOSE["services"]["fws"]["expose"]}
 
 
 def test_load_balancer_follows_the_replicas_behind_the_name() -> None:
@@ -262,6 +273,8 @@ def test_load_balancer_fails_over_but_never_resends_a_post_a_replica_received() 
     # Without non_idempotent, a POST is retried only if it never reached a replica (connection refused):
     # a replica's 503 (overloaded) goes back to the client instead of to the next replica.
     assert "non_idempotent" not in next_upstream.split()
+    (grpc_next,) = re.findall(r"^\s*grpc_next_upstream (.*);", NGINX, re.M)
+    assert set(grpc_next.split()) == {"error", "timeout"}  # gRPC calls are POSTs too
 
 
 def test_load_balancer_sends_no_internal_address_to_clients() -> None:

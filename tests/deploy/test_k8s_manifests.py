@@ -102,7 +102,9 @@ def test_each_kustomization_lists_existing_files_and_every_sibling_manifest() ->
 
 
 @pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["metadata"]["name"])
-def test_deployment_selects_its_pods_and_probes_the_v2_health_endpoints(deployment: dict[str, Any]) -> None:
+def test_deployment_selects_its_pods_and_probes_grpc_readiness_and_http_liveness(
+    deployment: dict[str, Any],
+) -> None:
     spec = deployment["spec"]
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
@@ -110,15 +112,18 @@ def test_deployment_selects_its_pods_and_probes_the_v2_health_endpoints(deployme
     container = main_container(pod)
     assert container["image"].startswith("fastweights-serve:")
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8000}
+    assert ports == {"http": 8000, "grpc": 8001}
     env = env_of(container)
     assert int(env["FWS_PORT"]) == ports["http"]
+    assert int(env["FWS_GRPC_PORT"]) == ports["grpc"]
     assert env["FWS_HOST"] == "0.0.0.0"
 
-    for probe_name, path in (("readinessProbe", READY_PATH), ("livenessProbe", LIVE_PATH)):
-        probe = container[probe_name]["httpGet"]
-        assert probe["path"] == path, probe_name
-        assert probe["port"] in ports or probe["port"] in ports.values()
+    # Readiness: the standard gRPC health service (SERVING exactly when /v2/health/ready is 200, see
+    # service/grpc/server.py) on the gRPC port, which a gRPC probe names by number; liveness over HTTP.
+    ready = container["readinessProbe"]["grpc"]
+    assert ready["port"] == ports["grpc"] and ready.get("service", "") == ""
+    live = container["livenessProbe"]["httpGet"]
+    assert live["path"] == LIVE_PATH and live["port"] in ports
     assert container["startupProbe"]["httpGet"]["path"] == LIVE_PATH
 
     # Graceful shutdown: the pod is given longer than the preStop pause plus the service's own drain.
@@ -176,13 +181,15 @@ def test_gpu_deployment_reserves_a_gpu_and_asks_for_cuda() -> None:
     assert env_of(main_container(cpu["spec"]["template"]["spec"]))["FWS_DEVICE"] == "cpu"
 
 
-def test_service_routes_to_every_deployments_pods_on_the_http_port() -> None:
+def test_service_routes_to_every_deployments_pods_on_the_http_and_grpc_ports() -> None:
     (service,) = of_kind("Service")
     selector = service["spec"]["selector"]
     for deployment in deployments():
         assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    (port,) = service["spec"]["ports"]
-    assert port["targetPort"] == "http"
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert set(ports) == {"http", "grpc"}
+    assert ports["http"]["targetPort"] == "http"
+    assert ports["grpc"]["targetPort"] == "grpc" and ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
 
 
 def test_hpa_scales_the_cpu_deployment_on_cpu_which_has_requests() -> None:
