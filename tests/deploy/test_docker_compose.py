@@ -253,6 +253,18 @@ def test_grpc_through_the_load_balancer_is_balanced_per_call_over_both_replicas(
     assert set(served_by) == grpc_addresses, (served_by, grpc_addresses)
 
 
+def test_the_playground_page_is_served_through_the_load_balancer(stack: Stack) -> None:
+    """The page's files are package data: the image must hold them (pyproject's package-data)."""
+    with httpx.Client(base_url=stack.base_url, timeout=15) as client:
+        page = client.get("/")
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert 'src="/playground/playground.js"' in page.text
+        for asset in ("/playground/playground.js", "/playground/playground.css"):
+            assert client.get(asset).status_code == 200, asset
+
+
 def metadata_tokens(client: httpx.Client, sequence: str) -> list[int]:
     """Encode with the vocabulary the served model publishes in its V2 metadata (no local model code)."""
     metadata = client.get("/v2/models/fastweights_t11")
