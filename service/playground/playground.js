@@ -1,7 +1,7 @@
 // The playground page's script (served at /playground/playground.js, loaded as a module by index.html).
-// Rules it keeps: every text that comes from the server or the user goes into the page with textContent (never
-// as HTML), requests go to this origin only, and the API's errors are shown as the API words them (code,
-// message, field) next to the input the field names.
+// Rules it keeps: every text from the server or the user goes into the page with textContent (never as HTML),
+// requests go to this origin only, and the API's errors are shown as the API words them (code, message,
+// field) next to the input the field names.
 
 const $ = (id) => document.getElementById(id);
 
@@ -33,11 +33,15 @@ async function api(method, path, body) {
   }
   const ms = performance.now() - started;
   const requestId = response.headers.get("x-request-id");
-  if (response.ok) return { ok: true, status: response.status, data, ms, requestId };
-  const error =
-    data && typeof data.error === "object" && data.error !== null
-      ? data.error
-      : { code: `http_${response.status}`, message: response.statusText || "request failed", field: null };
+  const json = data !== null && typeof data === "object";
+  if (response.ok && (json || response.status === 204)) {
+    return { ok: true, status: response.status, data, ms, requestId };
+  }
+  let error = json && typeof data.error === "object" && data.error !== null ? data.error : null;
+  if (error === null) {
+    const message = response.ok ? "the answer is not a JSON object" : response.statusText || "request failed";
+    error = { code: `http_${response.status}`, message, field: null };
+  }
   return { ok: false, status: response.status, error, ms, requestId };
 }
 
@@ -65,19 +69,11 @@ function clearErrors(scope) {
 /** Show an API error in the slot `name`: code, message and field, each as text. */
 function showError(name, error, faulty) {
   const slot = document.querySelector(`[data-error-for="${name}"]`);
-  const code = document.createElement("span");
-  code.className = "code";
-  code.textContent = String(error.code ?? "error");
-  const message = document.createElement("span");
-  message.className = "message";
-  message.textContent = String(error.message ?? "");
-  slot.replaceChildren(code, message);
-  if (error.field) {
-    const field = document.createElement("span");
-    field.className = "field";
-    field.textContent = `field: ${error.field}`;
-    slot.append(field);
-  }
+  slot.replaceChildren(
+    textElement("span", String(error.code ?? "error"), "code"),
+    textElement("span", String(error.message ?? ""), "message"),
+  );
+  if (error.field) slot.append(textElement("span", `field: ${error.field}`, "field"));
   slot.hidden = false;
   if (faulty) faulty.setAttribute("aria-invalid", "true");
 }
@@ -325,8 +321,11 @@ async function probeSessions() {
   const result = await api("GET", "/v1/sessions");
   sessionsUnknown = false;
   if (result.ok && result.data && result.data.enabled) {
-    const limits = Object.entries(result.data.limits ?? {}).map(([k, v]) => `${k} ${JSON.stringify(v)}`);
-    status.textContent = `This server keeps memory sessions${limits.length ? ` (${limits.join(", ")})` : ""}.`;
+    const limits = result.data.limits ?? {};
+    const details = [];
+    if (typeof limits.max_pairs === "number") details.push(`up to ${limits.max_pairs} pairs each`);
+    if (typeof limits.idle_ttl_s === "number") details.push(`idle ones expire after ${limits.idle_ttl_s} s`);
+    status.textContent = `This server keeps memory sessions${details.length ? `: ${details.join(", ")}` : ""}.`;
     $("session-panel").hidden = false;
   } else if (result.status === 404 || (result.ok && result.data && result.data.enabled === false)) {
     status.textContent = "Memory sessions are not available on this server.";
@@ -336,7 +335,8 @@ async function probeSessions() {
     status.textContent = "Enter the API key to see whether this server keeps memory sessions.";
   } else {
     sessionsUnknown = true;
-    status.textContent = `Could not tell whether this server keeps memory sessions: ${result.error.code}: ${result.error.message}`;
+    const { code, message } = result.error;
+    status.textContent = `Could not tell whether this server keeps memory sessions: ${code}: ${message}`;
   }
 }
 

@@ -14,7 +14,7 @@ from tests.integration.server import Server, start_server
 
 @pytest.fixture(scope="session")
 def server(model_repository: Path) -> Iterator[Server]:
-    with start_server(repository=model_repository) as srv:
+    with start_server(repository=model_repository, ready_timeout=120) as srv:  # shares the CPU with a browser
         yield srv
 
 

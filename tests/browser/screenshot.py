@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from selenium import webdriver
+
 from tests.browser.browser import chromium
 from tests.browser.page import Playground
 from tests.integration.server import start_server
@@ -20,17 +22,25 @@ def take(out: Path, sequence: str = "c9k8j3f1??c") -> Path:
     with start_server() as server:
         driver = chromium(WIDTH, 800)
         try:
-            page = Playground(driver, server.url).open()
-            page.ask_sequence(sequence)
-            height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-            # a viewport exactly as tall as the page: the whole page in one picture
-            metrics = {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False}
-            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if not driver.save_screenshot(str(out)):
-                raise RuntimeError(f"chromium could not write {out}")
+            return picture(driver, server.url, out, sequence)
         finally:
             driver.quit()
+
+
+def picture(driver: webdriver.Chrome, url: str, out: Path, sequence: str = "c9k8j3f1??c") -> Path:
+    """With a running browser and server: ask `sequence` on the page at `url`, save the page at `out`."""
+    page = Playground(driver, url).open()
+    page.ask_sequence(sequence)
+    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    # a viewport exactly as tall as the page: the whole page in one picture
+    metrics = {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not driver.save_screenshot(str(out)):
+            raise RuntimeError(f"chromium could not write {out}")
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     return out
 
 

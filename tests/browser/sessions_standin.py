@@ -72,7 +72,7 @@ class SessionsStandIn:
     async def _sessions(self, request: Request, path: str) -> Response:
         if path == "/v1/sessions":
             if request.method == "GET":
-                return JSONResponse({"enabled": True, "limits": {"max_pairs": 12, "ttl_s": 600}})
+                return JSONResponse({"enabled": True, "limits": {"max_pairs": 12, "idle_ttl_s": 600.0}})
             if request.method == "POST":
                 sid = f"s{next(self._ids)}"
                 self.store[sid] = {"pairs": [], "next_seq": 0}
@@ -101,7 +101,7 @@ class SessionsStandIn:
         if body.get("seq") != session["next_seq"]:
             return _error(
                 409,
-                "sequence_gap",
+                "sequence_mismatch",
                 f"seq {body.get('seq')!r} but the session expects {session['next_seq']}",
                 "seq",
             )

@@ -19,7 +19,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 
 from tests.browser.page import Playground, ShownError
-from tests.browser.screenshot import take
+from tests.browser.screenshot import picture
 from tests.integration.server import Server, start_server
 
 XSS = '<img src=x onerror="document.title=document.domain">'  # no quote that repr() would escape
@@ -263,7 +263,7 @@ KEY = "playground-key"
 
 @pytest.fixture(scope="module")
 def keyed_server(model_repository: Path) -> Iterator[Server]:
-    with start_server({"FWS_API_KEY": KEY}, repository=model_repository) as srv:
+    with start_server({"FWS_API_KEY": KEY}, repository=model_repository, ready_timeout=120) as srv:
         yield srv
 
 
@@ -312,8 +312,10 @@ def test_the_page_says_whether_this_server_keeps_sessions(page: Playground, serv
         assert page.el("session-panel").is_displayed()
 
 
-def test_the_screenshot_tooling_writes_a_picture_of_the_answered_page(tmp_path: Path) -> None:
-    out = take(tmp_path / "playground.png")
+def test_the_screenshot_tooling_writes_a_picture_of_the_answered_page(
+    browser: webdriver.Chrome, server: Server, tmp_path: Path
+) -> None:
+    out = picture(browser, server.url, tmp_path / "playground.png")  # what `take` does with its own two
     png = out.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     width, height = struct.unpack(">II", png[16:24])

@@ -57,7 +57,9 @@ def test_pairs_appended_one_at_a_time_are_watched_as_the_memory_fills(
     page: Playground, standin: tuple[str, SessionsStandIn]
 ) -> None:
     _, app = standin
-    assert page.el("sessions-status").text == "This server keeps memory sessions (max_pairs 12, ttl_s 600)."
+    assert page.el("sessions-status").text == (
+        "This server keeps memory sessions: up to 12 pairs each, idle ones expire after 600 s."
+    )
     assert page.el("session-pair").get_attribute("disabled") is not None  # no session yet
     page.click(page.el("session-new"), "session-panel")
     (sid,) = app.store
@@ -102,7 +104,7 @@ def test_session_errors_are_shown_at_their_field_as_text(
     app.store[sid]["next_seq"] += 1
     append(page, "k8")
     shown = page.shown_errors()
-    assert list(shown) == ["session-pair"] and shown["session-pair"].code == "sequence_gap"
+    assert list(shown) == ["session-pair"] and shown["session-pair"].code == "sequence_mismatch"
     append(page, "k8")
     assert page.shown_errors() == {} and app.store[sid]["pairs"] == [["c", "9"], ["k", "8"]]
     # the session went away on the server: the panel says so and closes it
