@@ -325,7 +325,8 @@ async function probeSessions() {
     const details = [];
     if (typeof limits.max_pairs === "number") details.push(`up to ${limits.max_pairs} pairs each`);
     if (typeof limits.idle_ttl_s === "number") details.push(`idle ones expire after ${limits.idle_ttl_s} s`);
-    status.textContent = `This server keeps memory sessions${details.length ? `: ${details.join(", ")}` : ""}.`;
+    const said = details.length ? `: ${details.join(", ")}` : "";
+    status.textContent = `This server keeps memory sessions${said}.`;
     $("session-panel").hidden = false;
   } else if (result.status === 404 || (result.ok && result.data && result.data.enabled === false)) {
     status.textContent = "Memory sessions are not available on this server.";
@@ -348,6 +349,8 @@ function setSession(next) {
   }
   if (!open) {
     $("session-info").textContent = "";
+    delete $("session-info").dataset.sessionId;
+    $("session-history-box").hidden = true;
     $("session-answer").replaceChildren();
     $("session-history").replaceChildren();
   }
@@ -359,6 +362,7 @@ function showSessionInfo(info) {
   if (info && typeof info.num_pairs === "number") facts.push(`${info.num_pairs} pairs`);
   if (info && info.expires_at !== undefined) facts.push(`expires ${info.expires_at}`);
   $("session-info").textContent = facts.join(" · ");
+  $("session-info").dataset.sessionId = session.id;
 }
 
 /** Where a session call's error goes: [error slot, element to mark]. */
@@ -431,12 +435,14 @@ async function askSession() {
 function addHistory(data, query) {
   if (!Array.isArray(data.explanation)) return;
   const line = document.createElement("li");
-  line.append(textElement("span", `${data.num_pairs} pairs, ${query} → ${data.value}`, "step"));
+  const held = `${data.num_pairs} ${data.num_pairs === 1 ? "pair" : "pairs"}`;
+  line.append(textElement("span", `${held}, ${query} → ${data.value}`, "step"));
   const bars = attentionBars(data.explanation, query);
   bars.classList.add("mini");
   line.append(bars);
   const history = $("session-history");
   history.prepend(line);
+  $("session-history-box").hidden = false;
   while (history.children.length > 12) history.lastElementChild.remove();
 }
 

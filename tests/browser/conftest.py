@@ -9,12 +9,21 @@ import pytest
 from selenium import webdriver
 
 from tests.browser.browser import BrowserMissingError, chromium
+from tests.browser.page import KEY
 from tests.integration.server import Server, start_server
 
 
 @pytest.fixture(scope="session")
 def server(model_repository: Path) -> Iterator[Server]:
     with start_server(repository=model_repository, ready_timeout=120) as srv:  # shares the CPU with a browser
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def keyed_server(model_repository: Path) -> Iterator[Server]:
+    """A server with an API key and without memory sessions."""
+    env = {"FWS_API_KEY": KEY, "FWS_SESSIONS": "false"}
+    with start_server(env, repository=model_repository, ready_timeout=120) as srv:
         yield srv
 
 

@@ -11,6 +11,8 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 TIMEOUT_S = 20
+KEY = "playground-key"  # the API key of the tests' keyed server
+XSS = '<img src=x onerror="document.title=document.domain">'  # no quote that repr() would escape
 
 
 @dataclass(frozen=True)
