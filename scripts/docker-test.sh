@@ -29,6 +29,7 @@ RECIPE_VERSION=1 # bump when the base-image recipes below change: a new tag forc
 SUITE=bookworm
 PY_BASE="local/fws-python-base:${SUITE}-r${RECIPE_VERSION}"
 LB_BASE="local/fws-nginx-base:${SUITE}-r${RECIPE_VERSION}"
+REDIS_BASE="local/fws-redis-base:${SUITE}-r${RECIPE_VERSION}"
 APP_IMAGE="fastweights-serve:docker-test"
 ONNXRUNTIME="${FWS_DOCKER_ONNXRUNTIME:-cpu}"
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -177,6 +178,20 @@ ensure_lb_base() {
 	log "built $LB_BASE in $((SECONDS - t0)) s ($(image_size "$LB_BASE"))"
 }
 
+ensure_redis_base() {
+	if docker image inspect "$REDIS_BASE" >/dev/null 2>&1; then
+		log "base image $REDIS_BASE: cached"
+		return
+	fi
+	local root="$WORK/redis-root" t0=$SECONDS
+	bootstrap_root "$root" redis-server
+	as_root tar -C "$root" -c . | docker import \
+		--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+		--change 'CMD ["redis-server"]' - "$REDIS_BASE" >/dev/null
+	as_root rm -rf "$root"
+	log "built $REDIS_BASE in $((SECONDS - t0)) s ($(image_size "$REDIS_BASE"))"
+}
+
 image_size() {
 	docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1 / 1e6}'
 }
@@ -203,9 +218,10 @@ main() {
 	command -v docker-compose >/dev/null || die "docker-compose is not installed"
 	ensure_python_base
 	ensure_lb_base
+	ensure_redis_base
 	build_app_image
 	log "running the end-to-end tests (tests/deploy, marker docker)"
-	FWS_DOCKER_IMAGE="$APP_IMAGE" FWS_DOCKER_LB_IMAGE="$LB_BASE" \
+	FWS_DOCKER_IMAGE="$APP_IMAGE" FWS_DOCKER_LB_IMAGE="$LB_BASE" FWS_DOCKER_REDIS_IMAGE="$REDIS_BASE" \
 		"$PYTHON" -m pytest tests/deploy -m docker -p no:cacheprovider --durations=0 -v ||
 		die "end-to-end docker tests failed (see above)"
 	log "done in $((SECONDS - t0)) s; image sizes: $APP_IMAGE $(image_size "$APP_IMAGE"), $PY_BASE $(image_size "$PY_BASE"), $LB_BASE $(image_size "$LB_BASE")"

@@ -134,9 +134,11 @@ class Stack:
 def stack() -> Stack:
     image = os.environ.get("FWS_DOCKER_IMAGE")
     lb_image = os.environ.get("FWS_DOCKER_LB_IMAGE")
-    if not image or not lb_image:
+    redis_image = os.environ.get("FWS_DOCKER_REDIS_IMAGE")
+    if not image or not lb_image or not redis_image:
         raise RuntimeError(
-            "FWS_DOCKER_IMAGE and FWS_DOCKER_LB_IMAGE must name built images: run make docker-test"
+            "FWS_DOCKER_IMAGE, FWS_DOCKER_LB_IMAGE and FWS_DOCKER_REDIS_IMAGE must name built images: "
+            "run make docker-test"
         )
     port, grpc_port = free_port(), free_port()
     project = f"fwstest{os.getpid()}"
@@ -144,6 +146,7 @@ def stack() -> Stack:
         **os.environ,
         "FWS_IMAGE": image,
         "LB_IMAGE": lb_image,
+        "REDIS_IMAGE": redis_image,
         "LB_BIND": "127.0.0.1",
         "LB_PORT": str(port),
         "LB_GRPC_PORT": str(grpc_port),
@@ -314,6 +317,47 @@ def test_a_crashed_replica_fails_over_and_is_restarted(stack: Stack) -> None:
     stack.wait_healthy(replicas)
     served_by = Counter(stack.served_by(stack.retrieve_many(REQUESTS)))
     assert set(served_by) == {replica_address(c) for c in replicas}, served_by
+
+
+def test_a_memory_session_is_served_by_every_replica_and_outlives_a_crashed_one(stack: Stack) -> None:
+    """Sessions live in the compose Redis: appends through the balancer land on both replicas, a replica
+    SIGKILLed mid-stream loses nothing (the balancer retries the cut request on the other replica; the
+    append's sequence number makes that retry apply once), and the answers equal the stateless API's."""
+    replicas = stack.containers("fws")
+    stack.wait_healthy(replicas)
+    pairs = [[k, str(i % 10)] for i, k in enumerate("qwertyuiopas")]
+    with httpx.Client(base_url=stack.base_url, timeout=15) as c:
+        r = c.post("/v1/sessions")
+        assert r.status_code == 201, r.text
+        sid = r.json()["session_id"]
+        answered: list[httpx.Response] = []
+        for seq, pair in enumerate(pairs):
+            if seq == 6:  # mid-stream: kill one replica hard
+                subprocess.run(
+                    ["docker", "exec", replicas[0], "sh", "-c", "kill -KILL -1"],
+                    capture_output=True,
+                    check=False,
+                )
+            for _ in range(
+                20
+            ):  # what a client does on a 502/503 while the pool changes: retry the same append
+                rid = f"docker-test-{uuid.uuid4().hex}"
+                body = {"pairs": [pair], "seq": seq}
+                r = c.post(f"/v1/sessions/{sid}/pairs", json=body, headers={"X-Request-ID": rid})
+                if r.status_code not in (502, 503, 504):
+                    break
+                time.sleep(0.5)
+            assert r.status_code == 200, r.text
+            answered.append(r)
+        info = c.get(f"/v1/sessions/{sid}").json()
+        assert info["pairs"] == pairs and info["next_seq"] == len(pairs)
+        for key, _ in pairs:
+            got = c.post(f"/v1/sessions/{sid}/query", json={"query": key}).json()
+            want = c.post("/v1/retrieve", json={"pairs": pairs, "query": key}).json()
+            assert got["value"] == want["value"] and abs(got["confidence"] - want["confidence"]) <= 1e-4
+    served_by = Counter(addr.split(", ")[-1] for addr in stack.served_by(answered))
+    assert len(served_by) == 2, served_by  # both replicas served this one session
+    stack.wait_healthy(replicas)
 
 
 def test_compose_down_removes_everything_quickly(stack: Stack) -> None:

@@ -333,3 +333,11 @@ def test_docker_test_prefers_debian_mirror_and_fails_clearly_without_any_mirror(
     assert done.returncode != 0 and done.stdout == ""
     assert "no Debian mirror" in done.stderr and "DEBIAN_MIRROR" in done.stderr
     assert "deb.debian.org" not in (REPO / "scripts" / "docker-test.sh").read_text()
+
+
+def test_compose_keeps_memory_sessions_in_a_redis_service_every_replica_shares() -> None:
+    redis = COMPOSE["services"]["redis"]
+    assert redis["image"].startswith("${REDIS_IMAGE:-redis:")
+    assert redis["command"][:1] == ["redis-server"] and "6379" in [str(p) for p in redis["expose"]]
+    for name in ("fws", "fws-gpu"):
+        assert compose_env(COMPOSE["services"][name])["FWS_SESSION_STORE"] == "redis://redis:6379/0"

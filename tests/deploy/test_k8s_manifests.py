@@ -21,6 +21,7 @@ IMAGE_UID = 10001  # Dockerfile: useradd --uid 10001
 
 KNOWN_KINDS = {
     ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
     ("v1", "Service"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
@@ -182,7 +183,7 @@ def test_gpu_deployment_reserves_a_gpu_and_asks_for_cuda() -> None:
 
 
 def test_service_routes_to_every_deployments_pods_on_the_http_and_grpc_ports() -> None:
-    (service,) = of_kind("Service")
+    (service,) = [s for s in of_kind("Service") if s["metadata"]["name"] == "fastweights-serve"]
     selector = service["spec"]["selector"]
     for deployment in deployments():
         assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -319,3 +320,15 @@ def test_the_apply_commands_in_the_manifests_comments_are_the_ones_the_docs_give
     for command in commands:
         assert command.startswith("kubectl apply -k "), command
         assert command in docs, command
+
+
+def test_every_replica_keeps_memory_sessions_in_the_redis_the_manifests_run() -> None:
+    (redis,) = of_kind("StatefulSet")
+    (service,) = [s for s in of_kind("Service") if s["metadata"]["name"] == "fastweights-redis"]
+    assert service["spec"]["selector"].items() <= redis["spec"]["template"]["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and "--save" in container["args"]
+    for deployment in deployments():
+        env = env_of(main_container(deployment["spec"]["template"]["spec"]))
+        assert env["FWS_SESSION_STORE"] == f"redis://{service['metadata']['name']}:{port['port']}/0"
