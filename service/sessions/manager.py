@@ -265,6 +265,8 @@ class SessionManager:
 
     async def append(self, session_id: str, pairs: Sequence[tuple[str, str]], seq: int) -> dict[str, Any]:
         model = self.stream_model()
+        if not pairs:
+            raise SequenceError("empty", "nothing to append: give at least one pair", "pairs")
         fingerprint = _fingerprint(pairs)
         async with self.serialized(session_id):
             for _ in range(CAS_ATTEMPTS):

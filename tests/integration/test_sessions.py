@@ -190,6 +190,7 @@ def test_typed_errors_of_the_session_api(client: httpx.Client, limits: dict) -> 
         client.post(f"/v1/sessions/{sid}/pairs", json={"pairs": [["k", "x"]], "seq": 0}), 422, "malformed"
     )
     error_of(client.post(f"/v1/sessions/{sid}/pairs", json={"pairs": [["k", "1"]]}), 422, "invalid_request")
+    error_of(client.post(f"/v1/sessions/{sid}/pairs", json={"pairs": [], "seq": 0}), 422, "empty")
     error_of(client.post(f"/v1/sessions/{sid}/query", json={"query": "z"}), 422, "query_not_found")
     empty = client.post("/v1/sessions").json()["session_id"]
     error_of(client.post(f"/v1/sessions/{empty}/query", json={"query": "a"}), 422, "empty")
