@@ -102,24 +102,47 @@ def timed(client: httpx.Client, path: str, body: dict[str, Any]) -> float:
     return elapsed
 
 
-def latency_by_length(url: str, lengths: list[int], samples: int) -> dict[str, dict[int, list[float]]]:
-    out: dict[str, dict[int, list[float]]] = {"append": {}, "query": {}, "stateless": {}}
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the server process so far (steadier than latency on a shared host)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def latency_by_length(
+    url: str, pid: int, lengths: list[int], samples: int
+) -> tuple[dict[str, dict[int, list[float]]], dict[str, dict[int, float]]]:
+    """Per length L and kind: the latencies of `samples` sequential requests, and the server's CPU seconds
+    per request over that block (each kind in a block of its own, so its CPU is its own)."""
+    lat: dict[str, dict[int, list[float]]] = {"append": {}, "query": {}, "stateless": {}}
+    cpu: dict[str, dict[int, float]] = {"append": {}, "query": {}, "stateless": {}}
     with httpx.Client(base_url=url, timeout=30.0) as c:
         for _ in range(20):  # warm up every path
             sid = c.post("/v1/sessions", json={"pairs": pairs_of(2)}).json()["session_id"]
             timed(c, f"/v1/sessions/{sid}/query", {"query": "a"})
             timed(c, "/v1/retrieve", {"pairs": pairs_of(2), "query": "a"})
         for L in lengths:
-            app, qry, sl = [], [], []
-            for s in range(samples):
-                pairs = pairs_of(L, s)
-                sid = c.post("/v1/sessions", json={"pairs": pairs[:-1]}).json()["session_id"]
-                app.append(timed(c, f"/v1/sessions/{sid}/pairs", {"pairs": [pairs[-1]], "seq": 0}))
-                qry.append(timed(c, f"/v1/sessions/{sid}/query", {"query": pairs[s % L][0]}))
-                sl.append(timed(c, "/v1/retrieve", {"pairs": pairs, "query": pairs[s % L][0]}))
-                c.delete(f"/v1/sessions/{sid}")
-            out["append"][L], out["query"][L], out["stateless"][L] = app, qry, sl
-    return out
+            rows = [pairs_of(L, s) for s in range(samples)]
+            ids = [c.post("/v1/sessions", json={"pairs": p[:-1]}).json()["session_id"] for p in rows]
+            blocks: dict[str, list[tuple[str, dict[str, Any]]]] = {
+                "append": [
+                    (f"/v1/sessions/{i}/pairs", {"pairs": [p[-1]], "seq": 0})
+                    for i, p in zip(ids, rows, strict=True)
+                ],
+                "query": [
+                    (f"/v1/sessions/{i}/query", {"query": p[n % L][0]})
+                    for n, (i, p) in enumerate(zip(ids, rows, strict=True))
+                ],
+                "stateless": [
+                    ("/v1/retrieve", {"pairs": p, "query": p[n % L][0]}) for n, p in enumerate(rows)
+                ],
+            }
+            for kind, requests in blocks.items():
+                c0 = cpu_s(pid)
+                lat[kind][L] = [timed(c, path, body) for path, body in requests]
+                cpu[kind][L] = (cpu_s(pid) - c0) / len(requests)
+            for i in ids:
+                c.delete(f"/v1/sessions/{i}")
+    return lat, cpu
 
 
 async def throughput(url: str, k: int, clients: int, seconds: float) -> dict[str, float]:
@@ -194,30 +217,43 @@ def run_store(store: str, lengths: list[int], samples: int, clients: int, second
     with server(store) as (url, pid):
         k_max = httpx.get(url + "/v1/sessions").json()["limits"]["max_pairs"]
         lengths = [L for L in lengths if k_max >= L]
-        lat = latency_by_length(url, lengths, samples)
+        lat, cpu = latency_by_length(url, pid, lengths, samples)
         rates = asyncio.run(throughput(url, k_max, clients, seconds))
         mem = memory_per_session(url, pid, store, k_max, n_mem)
-    return {"k_max": k_max, "lengths": lengths, "latency": lat, "throughput": rates, "bytes_per_session": mem}
+    return {
+        "k_max": k_max,
+        "lengths": lengths,
+        "latency": lat,
+        "cpu": cpu,
+        "throughput": rates,
+        "bytes_per_session": mem,
+    }
 
 
 def report(name: str, r: dict) -> list[str]:
     lines = [f"-- store: {name} (K_max = {r['k_max']})"]
-    lines.append(f"{'L':>3} {'append p50/p99 ms':>20} {'query p50/p99 ms':>20} {'stateless p50/p99 ms':>22}")
-    lat = r["latency"]
+    kinds = ("append", "query", "stateless")
+    lines.append(
+        f"{'L':>3} {'append p50/p99 ms':>20} {'query p50/p99 ms':>20} {'stateless p50/p99 ms':>22}"
+        "   server CPU µs/request: append query stateless"
+    )
+    lat, cpu = r["latency"], r["cpu"]
     for L in r["lengths"]:
-        cells = [
-            f"{1e3 * pct(lat[k][L], 0.5):7.3f}/{1e3 * pct(lat[k][L], 0.99):7.3f}"
-            for k in ("append", "query", "stateless")
-        ]
-        lines.append(f"{L:>3} {cells[0]:>20} {cells[1]:>20} {cells[2]:>22}")
+        cells = [f"{1e3 * pct(lat[k][L], 0.5):7.3f}/{1e3 * pct(lat[k][L], 0.99):7.3f}" for k in kinds]
+        cpus = " ".join(f"{1e6 * cpu[k][L]:6.0f}" for k in kinds)
+        lines.append(f"{L:>3} {cells[0]:>20} {cells[1]:>20} {cells[2]:>22}   {cpus}")
     for L in sorted({8, r["k_max"]} & set(r["lengths"])):
         ratio = statistics.median(lat["stateless"][L]) / statistics.median(lat["query"][L])
         ratio_a = statistics.median(lat["stateless"][L]) / statistics.median(lat["append"][L])
         lines.append(f"L={L}: stateless re-send / session p50: query {ratio:.2f}x, append {ratio_a:.2f}x")
+    for L in sorted({8, r["k_max"]} & set(r["lengths"])):
+        q, a = (cpu["stateless"][L] / cpu[k][L] for k in ("query", "append"))
+        lines.append(f"L={L}: server CPU per request, stateless / session: query {q:.2f}x, append {a:.2f}x")
     first, last = r["lengths"][0], r["lengths"][-1]
-    for k in ("append", "query", "stateless"):
+    for k in kinds:
         growth = statistics.median(lat[k][last]) / statistics.median(lat[k][first])
-        lines.append(f"{k}: p50 at L={last} / at L={first} = {growth:.2f}x")
+        cpu_growth = cpu[k][last] / cpu[k][first]
+        lines.append(f"{k}: at L={last} / at L={first}: p50 {growth:.2f}x, server CPU {cpu_growth:.2f}x")
     t = r["throughput"]
     lines.append(
         f"throughput (K_max pairs): {t['appends_per_s']:.0f} appends/s, {t['queries_per_s']:.0f} queries/s, "
@@ -262,7 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lengths", default="1-26", help="session lengths: 'a-b' or a comma list (capped at K_max)"
     )
-    p.add_argument("--samples", type=int, default=60, help="requests per length and kind")
+    p.add_argument("--samples", type=int, default=200, help="requests per length and kind")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
     p.add_argument("--memory-sessions", type=int, default=2000)
