@@ -230,6 +230,11 @@ def run_store(store: str, lengths: list[int], samples: int, clients: int, second
     }
 
 
+def ratio_of(a: float, b: float) -> str:
+    """a / b as '1.23x'; 'n/a' when b is below the CPU clock's resolution (too few samples)."""
+    return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+
 def report(name: str, r: dict) -> list[str]:
     lines = [f"-- store: {name} (K_max = {r['k_max']})"]
     kinds = ("append", "query", "stateless")
@@ -247,13 +252,13 @@ def report(name: str, r: dict) -> list[str]:
         ratio_a = statistics.median(lat["stateless"][L]) / statistics.median(lat["append"][L])
         lines.append(f"L={L}: stateless re-send / session p50: query {ratio:.2f}x, append {ratio_a:.2f}x")
     for L in sorted({8, r["k_max"]} & set(r["lengths"])):
-        q, a = (cpu["stateless"][L] / cpu[k][L] for k in ("query", "append"))
-        lines.append(f"L={L}: server CPU per request, stateless / session: query {q:.2f}x, append {a:.2f}x")
+        q, a = (ratio_of(cpu["stateless"][L], cpu[k][L]) for k in ("query", "append"))
+        lines.append(f"L={L}: server CPU per request, stateless / session: query {q}, append {a}")
     first, last = r["lengths"][0], r["lengths"][-1]
     for k in kinds:
         growth = statistics.median(lat[k][last]) / statistics.median(lat[k][first])
-        cpu_growth = cpu[k][last] / cpu[k][first]
-        lines.append(f"{k}: at L={last} / at L={first}: p50 {growth:.2f}x, server CPU {cpu_growth:.2f}x")
+        cpu_growth = ratio_of(cpu[k][last], cpu[k][first])
+        lines.append(f"{k}: at L={last} / at L={first}: p50 {growth:.2f}x, server CPU {cpu_growth}")
     t = r["throughput"]
     lines.append(
         f"throughput (K_max pairs): {t['appends_per_s']:.0f} appends/s, {t['queries_per_s']:.0f} queries/s, "

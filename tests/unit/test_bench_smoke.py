@@ -107,3 +107,17 @@ def test_the_v2_peers_compute_what_the_service_answers_for_the_benchmarks_v2_bod
             ours = v2_common.response(v2_common.run(sess, v2_common.tokens_of(body)))["outputs"][0]
             assert ours["shape"] == theirs["shape"] == [1, 10]
             np.testing.assert_allclose(ours["data"], theirs["data"], rtol=1e-5, atol=1e-6)
+
+
+def test_sessions_bench_runs_against_a_real_server_with_both_stores(tmp_path: Path):
+    from bench import sessions
+
+    out = tmp_path / "sessions.json"
+    args = ["--lengths", "1,2", "--samples", "3", "--clients", "2", "--seconds", "0.2"]
+    assert sessions.main([*args, "--memory-sessions", "5", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"memory", "redis"}  # redis-server: installed by `make redis`
+    for store in result.values():
+        assert store["lengths"] == [1, 2] and store["k_max"] >= 2
+        assert all(len(store["latency"][k]["1"]) == 3 for k in ("append", "query", "stateless"))
+        assert store["throughput"]["appends_per_s"] > 0 and store["bytes_per_session"] != 0
