@@ -126,6 +126,7 @@ def test_a_header_flood_gets_431_and_a_closed_socket_and_memory_stays_flat(serve
         sent += len(line)
     answer, _ = read_until_closed(sock, 5)
     sock.close()
+    print(f"header flood: {sent} bytes sent before the 431, RSS +{rss_mb(server) - before:.1f} MB")
     assert status_of(answer) == 431, answer
     # (what the kernel's socket buffers take on loopback, up to tcp_wmem + tcp_rmem, counts as sent)
     assert sent < 64 * 1024 * 1024, f"{sent} bytes of headers sent before the server answered"
@@ -285,6 +286,7 @@ def test_three_pipelining_clients_that_never_read_keep_memory_bounded(server: Se
     assert_healthy(server)
     for sock in socks:
         sock.close()
+    print(f"three pipelining non-readers: RSS +{growth:.1f} MB")
     assert growth < RSS_BOUND_MB, f"RSS grew {growth:.0f} MB"
 
 
@@ -356,6 +358,7 @@ def test_every_attack_at_once_leaves_memory_bounded_and_health_answered(server: 
     for t in threads:
         t.join(10)
     assert sorted(results) == ["flood", "flood", "pipeline", "pipeline", "pipeline", "slow"]
+    print(f"every attack at once: RSS +{rss_mb(server) - before:.1f} MB")
     assert rss_mb(server) - before < RSS_BOUND_MB
     assert_healthy(server)
 
