@@ -9,6 +9,13 @@ Weight averaging (``--ema-decay`` or ``--swa-every``, typically as a fine-tune: 
 trained checkpoint at a moderate constant lr) makes the *averaged* weights the checkpoint's weights: they are
 what is validated, tested, saved and exported; the raw weights travel in the checkpoint's ``averaging`` field
 so that a resumed run continues both the training and the average.
+
+A K curriculum (``--k-start 8 --curriculum-steps 4000``) widens the most pairs a training row may hold
+from ``k_start`` to ``k_max`` over the first ``curriculum_steps`` steps; its rows are drawn fresh for every
+step from a stream seeded by (seed, step), so the run stays a pure function of its seed. ``--init-from``
+fine-tunes the weights of another checkpoint (its model config; a fresh optimizer and schedule).
+``--best-out`` keeps the checkpoint with the lowest validation error seen: the one served is chosen on
+validation only.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from tqdm import tqdm
 from contract.vocab import sequence_length
 from model.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
 from model.config import MODEL_KINDS, ModelConfig
-from model.data import VOCAB, Batch, fixed_split
+from model.data import VOCAB, Batch, fixed_split, generate
 from model.evaluate import error_report
 
 
@@ -60,6 +67,10 @@ class TrainConfig:
     schedule_start: int = 0  # warmup and cosine count steps from here (a fine-tune's own schedule)
     hard_pool: int = 1  # mining: score hard_pool * batch_size rows, train on the hardest batch_size
     mining_start: int = 0  # mining applies only to steps at or after this one
+    k_start: int | None = None  # curriculum: the most pairs a row holds at step 0 (None = no curriculum)
+    curriculum_steps: int = 0  # ... widened linearly to k_max over this many steps
+    length: int | None = None  # pad every row to this many tokens (None = 2 * k_max + 3)
+    init_from: str | None = None  # start from this checkpoint's weights (fine-tune; fresh optimizer)
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -154,6 +165,27 @@ def decay_weights(model: nn.Module, fraction: float) -> None:
                 param.mul_(1.0 - fraction)
 
 
+def curriculum_k_max(cfg: TrainConfig, step: int) -> int:
+    """The most pairs a training row may hold at `step`: k_start widened linearly to k_max."""
+    if cfg.k_start is None:
+        return cfg.k_max
+    if cfg.curriculum_steps <= 0 or step >= cfg.curriculum_steps:
+        return cfg.k_max
+    return cfg.k_start + (cfg.k_max - cfg.k_start) * step // cfg.curriculum_steps
+
+
+# The stream a curriculum draws its rows from: SeedSequence([STREAM_TAG, seed, step]). Four entries, so it
+# can never meet a fixed split's three-entry seed (model.data.split_seed).
+STREAM_TAG = 17_000
+
+
+def stream_batch(cfg: TrainConfig, step: int, rows: int, length: int) -> Batch:
+    """`rows` fresh rows for `step`, K uniform in [k_min, curriculum_k_max(step)], padded to `length`."""
+    k_hi = curriculum_k_max(cfg, step)
+    seed = np.random.SeedSequence([STREAM_TAG, cfg.seed, step, 0])
+    return generate(rows, min(cfg.k_min, k_hi), k_hi, seed, length=length)
+
+
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
     """Rows of the train split for `step`: epoch-wise shuffles seeded by (seed, epoch)."""
     per_epoch = n // batch_size
@@ -172,19 +204,39 @@ def train(
     cfg: TrainConfig,
     out: str | Path | None = None,
     resume_from: str | Path | None = None,
+    best_out: str | Path | None = None,
 ) -> Checkpoint:
-    """Train and return the final checkpoint (also written to `out` at every evaluation and at the end)."""
+    """Train and return the final checkpoint (also written to `out` at every evaluation and at the end).
+
+    `best_out`, when given, holds the evaluated checkpoint with the lowest validation error (the later on a
+    tie); a resumed run starts its comparison afresh.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = cfg.resolved_device()
-    length = sequence_length(cfg.k_max)
-    train_set = fixed_split("train", cfg.k_min, cfg.k_max, size=cfg.train_size, length=length)
+    length = cfg.length or sequence_length(cfg.k_max)
+    if length < sequence_length(cfg.k_max):
+        raise ValueError(f"length {length} is too short for k_max={cfg.k_max} pairs")
+    if cfg.k_start is not None and not 1 <= cfg.k_start <= cfg.k_max:
+        raise ValueError(f"k_start must be in [1, k_max], got {cfg.k_start}")
+    streaming = cfg.k_start is not None
     valid_set = fixed_split("valid", cfg.k_min, cfg.k_max, size=cfg.eval_size, length=length)
-    tokens = torch.from_numpy(train_set.tokens).to(device)  # (N, T)
-    targets = torch.from_numpy(train_set.targets).to(device)  # (N,)
+    if streaming:  # rows are drawn per step (stream_batch); no fixed train split
+        train_rows = cfg.batch_size * cfg.hard_pool
+        tokens, targets = torch.empty(0), torch.empty(0)
+    else:
+        train_set = fixed_split("train", cfg.k_min, cfg.k_max, size=cfg.train_size, length=length)
+        train_rows = len(train_set)
+        tokens = torch.from_numpy(train_set.tokens).to(device)  # (N, T)
+        targets = torch.from_numpy(train_set.targets).to(device)  # (N,)
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, VOCAB).to(device)
+    if cfg.init_from is not None:
+        start = load_checkpoint(cfg.init_from)
+        if start.config != model_cfg:
+            raise CheckpointError(f"{cfg.init_from}: model config differs from the one requested")
+        model.load_state_dict(start.state_dict)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     average = WeightAverage.from_config(cfg)
     averaged_model = build_model(model_cfg, VOCAB).to(device) if average is not None else None
@@ -216,12 +268,19 @@ def train(
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     last = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
-    if cfg.hard_pool < 1 or cfg.hard_pool * cfg.batch_size > len(train_set):
+    if cfg.hard_pool < 1 or cfg.hard_pool * cfg.batch_size > train_rows:
         raise ValueError(f"hard_pool must be in [1, train rows / batch_size], got {cfg.hard_pool}")
+    best_error = math.inf
     while step < last:
         mining = cfg.hard_pool > 1 and step >= cfg.mining_start
         rows = cfg.batch_size * (cfg.hard_pool if mining else 1)
-        idx = torch.from_numpy(batch_indices(cfg.seed, step, rows, len(train_set))).to(device)
+        if streaming:
+            drawn = stream_batch(cfg, step, rows, length)
+            tokens = torch.from_numpy(drawn.tokens).to(device)  # (rows, T)
+            targets = torch.from_numpy(drawn.targets).to(device)  # (rows,)
+            idx = torch.arange(rows, device=device)
+        else:
+            idx = torch.from_numpy(batch_indices(cfg.seed, step, rows, train_rows)).to(device)
         if mining:
             idx = hardest_rows(model, tokens, targets, idx, cfg.batch_size)
         lr = learning_rate(cfg, step)
@@ -264,6 +323,9 @@ def train(
             ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, {"valid": valid}, average)
             if out is not None:
                 save_checkpoint(ckpt, out)
+            if best_out is not None and valid["error"] <= best_error:  # ties: the later, longer-trained one
+                best_error = valid["error"]
+                save_checkpoint(ckpt, best_out)
             if cfg.target_error is not None and valid["error"] <= cfg.target_error:
                 bar.write(f"early stop at step {step}: validation error {valid['error']:.4%}")
                 break
@@ -392,6 +454,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mining-start", type=int, default=t.mining_start, help="mining applies from this step on"
     )
+    p.add_argument(
+        "--k-start", type=int, help="curriculum: most pairs per row at step 0 (rows drawn per step)"
+    )
+    p.add_argument(
+        "--curriculum-steps",
+        type=int,
+        default=t.curriculum_steps,
+        help="curriculum: widen the most pairs per row from --k-start to --k-max over this many steps",
+    )
+    p.add_argument("--length", type=int, help="pad every sequence to this many tokens (default 2*k_max+3)")
+    p.add_argument(
+        "--init-from",
+        type=str,
+        help="fine-tune: start from this checkpoint's weights and model config (model options ignored)",
+    )
+    p.add_argument("--best-out", type=Path, help="also keep the checkpoint with the lowest validation error")
     p.add_argument("--out", type=Path, required=True, help="checkpoint path")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--no-progress", action="store_true")
@@ -410,12 +488,18 @@ def main(argv: list[str] | None = None) -> int:
         memory_form=args.memory_form,
         recurrent_init_scale=0.05 if args.kind == "fast" else 1.0,
     )
+    if args.init_from is not None:
+        try:
+            model_cfg = load_checkpoint(args.init_from).config
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names and v is not None}
     cfg = TrainConfig(**values, progress=not args.no_progress)
     resume_from = args.out if args.resume and args.out.exists() else None
     try:
-        ckpt = train(model_cfg, cfg, args.out, resume_from)
+        ckpt = train(model_cfg, cfg, args.out, resume_from, args.best_out)
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -434,4 +518,14 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Batch", "TrainConfig", "WeightAverage", "decay_weights", "hardest_rows", "learning_rate", "train"]
+__all__ = [
+    "Batch",
+    "TrainConfig",
+    "WeightAverage",
+    "curriculum_k_max",
+    "decay_weights",
+    "hardest_rows",
+    "learning_rate",
+    "stream_batch",
+    "train",
+]

@@ -1,10 +1,12 @@
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contract.vocab import SequenceError, parse_sequence, sequence_length
-from model.data import PAD_ID, SPLIT_SIZES, VOCAB, fixed_split, generate
+from model.data import PAD_ID, SPLIT_SIZES, STRESS_SETS, VOCAB, fixed_split, generate, stress_min_pairs
 
 
 @settings(max_examples=40, deadline=None)
@@ -99,3 +101,52 @@ def test_fast_path_parses_exactly_like_the_explaining_parser(text):
             return (exc.code, exc.message, exc.field, exc.position)
 
     assert outcome(parse_sequence) == outcome(_parse_explained)
+
+
+# --- named stress sets ---
+
+
+def _pairs(batch):
+    return [parse_sequence(s) for s in batch.sequences()]
+
+
+@pytest.mark.parametrize("stress", sorted(STRESS_SETS))
+def test_every_stress_set_gives_valid_queries_with_correct_targets(stress):
+    k_low = stress_min_pairs(stress)
+    batch = generate(400, k_low, 12, seed=5, length=27, stress=stress)
+    assert batch.tokens.shape == (400, 27) and batch.num_pairs.min() == k_low
+    for parsed, target in zip(_pairs(batch), batch.targets, strict=True):
+        assert parsed.answer == VOCAB.class_to_value(int(target))
+
+
+def test_repeat3_odd_repeats_one_value_three_times_and_queries_a_key_with_another_value():
+    for parsed in _pairs(generate(500, 4, 9, seed=2, stress="repeat3_odd")):
+        values = [v for _, v in parsed.pairs]
+        counts = {v: values.count(v) for v in values}
+        # the repeated value appears exactly three times and is not the answer (the other values are random
+        # among the remaining nine digits, so they may repeat among themselves)
+        assert any(c == 3 and v != parsed.answer for v, c in counts.items()), values
+
+
+def test_aabb_and_aabc_shape_the_values_and_first_last_pick_the_query():
+    for parsed in _pairs(generate(300, 2, 9, seed=3, stress="aabb")):
+        values = [v for _, v in parsed.pairs]
+        runs = values[0::2]
+        assert values[1::2] == runs[: len(values) // 2]  # a a b b ...
+        assert all(a != b for a, b in itertools.pairwise(runs))
+    for parsed in _pairs(generate(300, 3, 9, seed=4, stress="aabc")):
+        values = [v for _, v in parsed.pairs]
+        assert values[0] == values[1] and values[0] not in values[2:]
+    first = _pairs(generate(100, 1, 9, seed=6, stress="first"))
+    last = _pairs(generate(100, 1, 9, seed=6, stress="last"))
+    assert all(p.query == p.pairs[0][0] for p in first)
+    assert all(p.query == p.pairs[-1][0] for p in last)
+
+
+def test_stress_sets_refuse_too_few_pairs_and_unknown_names_and_leave_random_data_alone():
+    with pytest.raises(ValueError, match="at least 4"):
+        generate(10, 3, 6, seed=0, stress="repeat3_odd")
+    with pytest.raises(ValueError, match="unknown stress set"):
+        generate(10, 4, 6, seed=0, stress="abab")
+    plain = generate(50, 1, 8, seed=9)
+    assert np.array_equal(plain.tokens, generate(50, 1, 8, seed=9, stress=None).tokens)

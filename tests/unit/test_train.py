@@ -5,7 +5,16 @@ import torch
 from model.checkpoint import CheckpointError, build_model, load_checkpoint
 from model.config import ModelConfig
 from model.data import VOCAB, fixed_split
-from model.train import TrainConfig, batch_indices, decay_weights, hardest_rows, learning_rate, train
+from model.train import (
+    TrainConfig,
+    batch_indices,
+    curriculum_k_max,
+    decay_weights,
+    hardest_rows,
+    learning_rate,
+    stream_batch,
+    train,
+)
 
 
 def _tiny(steps, **kw):
@@ -200,3 +209,88 @@ def test_a_run_with_weight_decay_differs_from_one_without_and_records_it():
     decayed = train(cfg, _constant(3, weight_decay=0.5))
     assert decayed.train_args["weight_decay"] == 0.5
     assert decayed.state_dict["embed.weight"].norm() < plain.state_dict["embed.weight"].norm()
+
+
+# --- K curriculum, fine-tuning from a checkpoint, choosing on validation ---
+
+
+def test_the_curriculum_widens_k_linearly_from_k_start_to_k_max():
+    cfg = TrainConfig(k_min=1, k_max=26, k_start=8, curriculum_steps=4000)
+    assert [curriculum_k_max(cfg, s) for s in (0, 1999, 2000, 3999, 4000, 9000)] == [8, 16, 17, 25, 26, 26]
+    assert curriculum_k_max(TrainConfig(k_min=1, k_max=26), 0) == 26  # no curriculum: all K from the start
+
+
+def test_curriculum_rows_are_drawn_per_step_within_the_cap_and_padded_to_the_run_length():
+    cfg = TrainConfig(k_min=1, k_max=26, k_start=8, curriculum_steps=4000, seed=3)
+    early, late = stream_batch(cfg, 0, 512, 55), stream_batch(cfg, 5000, 512, 55)
+    assert early.tokens.shape == late.tokens.shape == (512, 55)
+    assert early.num_pairs.max() == 8 and late.num_pairs.max() == 26 and early.num_pairs.min() == 1
+    again = stream_batch(cfg, 0, 512, 55)
+    assert np.array_equal(early.tokens, again.tokens)  # a pure function of (seed, step)
+    other_seed = stream_batch(TrainConfig(**{**cfg.__dict__, "seed": 4}), 0, 512, 55)
+    assert not np.array_equal(early.tokens, other_seed.tokens)
+    valid = fixed_split("valid", 1, 8, size=512, length=55)
+    assert not np.array_equal(early.tokens, valid.tokens)  # never the validation rows
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny trained K = 1..2 checkpoint to fine-tune from: (its config, its path)."""
+    cfg = ModelConfig(hidden_size=16, embed_size=16)
+    path = tmp_path_factory.mktemp("base") / "base.pt"
+    train(cfg, _tiny(60, seed=1), path)
+    return cfg, path
+
+
+def _finetune(path, steps=24, **kw):
+    return TrainConfig(
+        k_min=1,
+        k_max=4,
+        k_start=2,
+        curriculum_steps=12,
+        length=13,
+        steps=steps,
+        batch_size=32,
+        eval_size=300,
+        eval_every=8,
+        progress=False,
+        threads=1,
+        lr=1e-3,
+        lr_schedule="cosine",
+        init_from=str(path),
+        **kw,
+    )
+
+
+def test_a_curriculum_fine_tune_starts_from_the_checkpoint_and_is_deterministic_per_seed(base):
+    cfg, base = base
+    a = train(cfg, _finetune(base, seed=7))
+    b = train(cfg, _finetune(base, seed=7))
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+    scratch = train(cfg, TrainConfig(**{**_finetune(base, seed=7).__dict__, "init_from": None}))
+    started = load_checkpoint(base).state_dict
+    # 24 small Adam steps move a weight by well under its distance from a fresh initialisation
+    assert (a.state_dict["embed.weight"] - started["embed.weight"]).abs().max() < 0.1
+    assert (scratch.state_dict["embed.weight"] - started["embed.weight"]).abs().max() > 0.5
+    assert a.train_args["init_from"] == str(base) and a.train_args["k_start"] == 2
+    assert set(a.metrics["test"]["per_k"]) == {1, 2, 3, 4}
+
+
+def test_best_out_keeps_the_checkpoint_with_the_lowest_validation_error(base, tmp_path):
+    cfg, base = base
+    final = train(cfg, _finetune(base, seed=2), tmp_path / "last.pt", best_out=tmp_path / "best.pt")
+    best = load_checkpoint(tmp_path / "best.pt")
+    errors = [h["valid_error"] for h in final.history]
+    assert len(errors) == 3
+    assert best.metrics["valid"]["error"] == min(errors)
+    chosen = max(i for i, e in enumerate(errors) if e == min(errors))  # a tie goes to the later one
+    assert best.step == final.history[chosen]["step"]
+
+
+def test_fine_tuning_refuses_a_checkpoint_of_another_shape_and_a_k_start_past_k_max(base):
+    cfg, base = base
+    with pytest.raises(CheckpointError, match="model config differs"):
+        train(ModelConfig(hidden_size=8, embed_size=16), _finetune(base))
+    with pytest.raises(ValueError, match="k_start"):
+        train(cfg, TrainConfig(**{**_finetune(base).__dict__, "k_start": 9}))

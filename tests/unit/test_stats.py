@@ -1,0 +1,39 @@
+"""The 95% intervals every reported error rate carries."""
+
+import math
+
+import pytest
+
+from model.stats import beta_cdf, error_interval, format_rate
+
+
+def test_zero_errors_give_the_one_sided_bound_the_results_quote():
+    low, high = error_interval(0, 20_000)
+    assert low == 0.0 and 0.000149 < high < 0.000150  # "< 0.015%"
+    assert format_rate(0, 20_000) == "0 / 20000 (< 0.015%)"
+
+
+@pytest.mark.parametrize(
+    ("errors", "n", "low", "high"),
+    [
+        (5, 10, 0.187086, 0.812914),  # the textbook symmetric case
+        (1, 20_000, 1.2658e-6, 2.7853e-4),
+        (50, 100, 0.398321, 0.601679),
+    ],
+)
+def test_clopper_pearson_bounds_match_known_values(errors, n, low, high):
+    got_low, got_high = error_interval(errors, n)
+    assert math.isclose(got_low, low, rel_tol=1e-3) and math.isclose(got_high, high, rel_tol=1e-3)
+
+
+def test_the_beta_cdf_is_exact_where_it_has_a_closed_form():
+    for x in (0.1, 0.5, 0.9):
+        assert math.isclose(beta_cdf(x, 1, 1), x)
+        assert math.isclose(beta_cdf(x, 2, 1), x * x)
+        assert math.isclose(beta_cdf(x, 1, 3), 1 - (1 - x) ** 3)
+
+
+def test_all_errors_and_bad_counts():
+    assert error_interval(10, 10)[1] == 1.0
+    with pytest.raises(ValueError):
+        error_interval(3, 2)
