@@ -26,6 +26,10 @@ class MetadataKeys:
     OPSET = "fastweights.opset"  # int
     CODE_VERSION = "fastweights.code_version"
     GRAPH = "fastweights.graph"  # how the graph was built, e.g. "attention form, folded input table"
+    # Buckets of one family may come from different checkpoints: which one this graph is, and its figures
+    # (JSON: steps, seed, K range trained, validation and test error; see export.onnx_export.source_figures).
+    SOURCE_CHECKPOINT = "fastweights.source_checkpoint"  # the checkpoint's file name, e.g. "default.pt"
+    SOURCE_FIGURES = "fastweights.source_figures"  # JSON object
 
     REQUIRED = (FAMILY, SEQ_LEN, VOCAB, PAD_ID, ANSWER_CLASSES, MODEL_CONFIG)
 
@@ -46,6 +50,8 @@ class ModelMetadata:
     opset: int | None = None
     code_version: str = ""
     graph: str = ""
+    source_checkpoint: str = ""
+    source_figures: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -72,6 +78,8 @@ class ModelMetadata:
             MetadataKeys.EXPORTER: self.exporter,
             MetadataKeys.CODE_VERSION: self.code_version,
             MetadataKeys.GRAPH: self.graph,
+            MetadataKeys.SOURCE_CHECKPOINT: self.source_checkpoint,
+            MetadataKeys.SOURCE_FIGURES: json.dumps(self.source_figures, sort_keys=True),
         }
         if self.opset is not None:
             props[MetadataKeys.OPSET] = str(self.opset)
@@ -118,6 +126,7 @@ def parse_metadata(props: Mapping[str, str], path: str | Path) -> ModelMetadata:
         raise ContractError(path, f"metadata seq_len must be positive, got {seq_len}")
     metrics = as_json(MetadataKeys.METRICS, dict) if props.get(MetadataKeys.METRICS) else {}
     opset = as_int(MetadataKeys.OPSET) if props.get(MetadataKeys.OPSET) else None
+    figures = as_json(MetadataKeys.SOURCE_FIGURES, dict) if props.get(MetadataKeys.SOURCE_FIGURES) else {}
     return ModelMetadata(
         family=props[MetadataKeys.FAMILY],
         seq_len=seq_len,
@@ -131,4 +140,6 @@ def parse_metadata(props: Mapping[str, str], path: str | Path) -> ModelMetadata:
         opset=opset,
         code_version=props.get(MetadataKeys.CODE_VERSION, ""),
         graph=props.get(MetadataKeys.GRAPH, ""),
+        source_checkpoint=props.get(MetadataKeys.SOURCE_CHECKPOINT, ""),
+        source_figures=figures,
     )

@@ -17,7 +17,7 @@ A field the file leaves out is None here: the server's own default (an FWS_ sett
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,7 @@ def render_config_pbtxt(
     vocab: Sequence[str] | None = None,
     pad_id: int | None = None,
     answer_classes: Sequence[str] | None = None,
+    extra_parameters: Mapping[str, str] | None = None,
 ) -> str:
     """Triton's config.pbtxt for one bucket of `family`, as the exporter writes it.
 
@@ -122,6 +123,7 @@ def render_config_pbtxt(
         params["padding"] = "left"
     if answer_classes is not None:
         params["answer_classes"] = json.dumps(list(answer_classes))
+    params.update(extra_parameters or {})  # e.g. the bucket's source checkpoint and its figures
     config = BucketConfig(
         name=bucket_model_name(family, seq_len),
         platform=PLATFORM,

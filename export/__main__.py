@@ -2,6 +2,11 @@
 
     python -m export checkpoints/default.pt --repository model_repository [--buckets 5,11,19,27]
         [--family fastweights] [--version 1] [--no-verify] [--stream-chunk 3 | --no-stream]
+        [--source 19,27,55=checkpoints/other.pt ...]
+
+`--source BUCKETS=CHECKPOINT` (repeatable) fills more buckets of the same family from other checkpoints
+(e.g. long queries from a model trained on more pairs); each graph's metadata and config.pbtxt name its
+source, and each source's buckets are verified against their own checkpoint.
 
 Exit codes: 0 exported (and verified), 2 bad input (checkpoint, options), 3 verification failed.
 """
@@ -31,6 +36,13 @@ def _buckets(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"buckets must be comma-separated integers, got {text!r}") from None
 
 
+def _source(text: str) -> tuple[Path, list[int]]:
+    buckets, sep, path = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"a source is BUCKETS=CHECKPOINT (e.g. 19,27=ckpt.pt), got {text!r}")
+    return Path(path), _buckets(buckets)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", type=Path, help="a checkpoint written by python -m model.train")
@@ -40,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_buckets,
         default=list(DEFAULT_BUCKETS),
         help="sequence lengths T, one graph each (T = 2K+3; default %(default)s)",
+    )
+    p.add_argument(
+        "--source",
+        type=_source,
+        action="append",
+        default=[],
+        metavar="BUCKETS=CHECKPOINT",
+        help="more buckets of the family, from another checkpoint (repeatable)",
     )
     p.add_argument("--family", default=DEFAULT_FAMILY, help="model name prefix: <family>_t<T>")
     p.add_argument("--version", type=int, default=DEFAULT_VERSION)
@@ -66,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import torch
 
-    from export.repository import check_buckets, export_repository
+    from export.repository import check_buckets, export_sources
     from export.stream_repository import export_stream_model
     from export.verify import verify_repository
     from model.checkpoint import CheckpointError, file_sha256, load_checkpoint
@@ -76,15 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         ckpt = load_checkpoint(args.checkpoint)
-        graphs = export_repository(
-            ckpt,
-            args.repository,
-            args.buckets,
-            args.family,
-            args.version,
-            args.max_batch_size,
-            args.dynamo,
-            source_sha256=file_sha256(args.checkpoint),
+        sources = [(args.checkpoint, args.buckets), *args.source]
+        graphs = export_sources(
+            sources, args.repository, args.family, args.version, args.max_batch_size, args.dynamo
         )
         stream = None
         if not args.no_stream and ckpt.config.kind == "fast":
@@ -112,22 +126,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_verify:
         print("verification skipped (--no-verify)")
         return 0
-    try:
-        report = verify_repository(
-            args.checkpoint, args.repository, args.family, args.verify_sequences, tolerance=args.tolerance
-        )
-    except ParityError as exc:
-        print(exc.report.format())
-        print(
-            f"error: verification failed: {exc.report.argmax_mismatches} argmax mismatches, "
-            f"max|Δ| above {args.tolerance:g}",
-            file=sys.stderr,
-        )
-        return 3
-    except (VerificationError, ContractError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    print(report.format())
+    for path, buckets in sources:
+        try:
+            report = verify_repository(
+                path,
+                args.repository,
+                args.family,
+                args.verify_sequences,
+                tolerance=args.tolerance,
+                buckets=buckets if args.source else None,
+            )
+        except ParityError as exc:
+            print(exc.report.format())
+            print(
+                f"error: verification failed: {exc.report.argmax_mismatches} argmax mismatches, "
+                f"max|Δ| above {args.tolerance:g}",
+                file=sys.stderr,
+            )
+            return 3
+        except (VerificationError, ContractError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        print(report.format())
     if stream is not None:
         from export.verify import verify_family_stream
 

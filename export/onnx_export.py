@@ -115,6 +115,7 @@ def build_metadata(
     source_sha256: str,
     dynamo: bool = False,
     traced: bool = False,
+    source_checkpoint: str = "",
 ) -> ModelMetadata:
     vocab = ckpt.vocab
     built = is_built(ckpt.config, dynamo, traced)
@@ -133,7 +134,34 @@ def build_metadata(
         graph=GRAPH_DESCRIPTION.get(
             ckpt.config.kind + ("" if built or ckpt.config.kind != "fast" else "-traced"), ""
         ),
+        source_checkpoint=source_checkpoint,
+        source_figures=source_figures(ckpt),
     )
+
+
+def source_figures(ckpt: Checkpoint) -> dict[str, Any]:
+    """The few numbers that say what a graph's checkpoint is and how good: what the service shows with it.
+
+    Errors are on the checkpoint's own fixed validation and test splits (its K range, `k_range`).
+    """
+    args, metrics = ckpt.train_args, ckpt.metrics
+    figures: dict[str, Any] = {
+        "kind": ckpt.config.kind,
+        "hidden_size": ckpt.config.hidden_size,
+        "memory_form": ckpt.config.memory_form,
+        "steps": ckpt.step,
+        "seed": ckpt.seed,
+    }
+    if "k_min" in args and "k_max" in args:
+        figures["k_range"] = [args["k_min"], args["k_max"]]
+    if args.get("init_from"):
+        figures["init_from"] = Path(str(args["init_from"])).name
+    for split in ("valid", "test"):
+        report = metrics.get(split)
+        if isinstance(report, dict) and "error" in report:
+            figures[f"{split}_error"] = report["error"]
+            figures[f"{split}_n"] = report.get("n")
+    return figures
 
 
 def _jsonable(value: object) -> object:
@@ -296,6 +324,7 @@ def export_bucket(
     source_sha256: str = "",
     dynamo: bool = False,
     traced: bool = False,
+    source_checkpoint: str = "",
 ) -> ExportedGraph:
     """Export one length bucket to `path`, checked against the contract; returns size and node counts.
 
@@ -307,7 +336,7 @@ def export_bucket(
         proto = build_fast_weights_graph(cast(FastWeightsRNN, ckpt.model()), seq_len)
     else:
         proto = ort_optimize(trace_to_onnx(ckpt.model(), seq_len, dynamo), "basic")
-    meta = build_metadata(ckpt, seq_len, family, source_sha256, dynamo, traced)
+    meta = build_metadata(ckpt, seq_len, family, source_sha256, dynamo, traced, source_checkpoint)
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, meta.to_props())
     proto.producer_name = "fastweights-serve"

@@ -7,8 +7,10 @@
 
 One model name per bucket (rather than one model with several graphs) because Triton binds one fixed input
 shape per model and chooses versions by policy, not by input length; the `family` parameter in each
-config and the metadata in each graph tie the buckets of one trained model together. Reading a repository
-back is `contract.scan_repository` (torch-free, shared with the service).
+config and the metadata in each graph tie the buckets of one trained model together. Buckets of one family
+may come from different checkpoints (`export_sources`: e.g. short buckets from the bundled K <= 8 model, long
+ones from a K <= 26 fine-tune); each graph's metadata and config.pbtxt name its source and its figures.
+Reading a repository back is `contract.scan_repository` (torch-free, shared with the service).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -33,7 +36,7 @@ from contract import (
     render_config_pbtxt,
     scan_repository,
 )
-from export.onnx_export import ExportedGraph, export_bucket
+from export.onnx_export import ExportedGraph, export_bucket, source_figures
 from model.checkpoint import Checkpoint, file_sha256, load_checkpoint
 
 
@@ -59,36 +62,83 @@ def export_repository(
     Other families in the same repository are left alone, so several trained models can be served side by
     side (e.g. ``--family lstm`` next to the default fast-weights model).
     """
-    if isinstance(checkpoint, Checkpoint):
-        ckpt = checkpoint
-    else:
-        ckpt = load_checkpoint(checkpoint)
-        source_sha256 = source_sha256 or file_sha256(checkpoint)
-    buckets = check_buckets(buckets)
+    return export_sources(
+        [(checkpoint, buckets)], repository, family, version, max_batch_size, dynamo, source_sha256
+    )
+
+
+def export_sources(
+    sources: Sequence[tuple[str | Path | Checkpoint, Sequence[int]]],
+    repository: str | Path,
+    family: str = DEFAULT_FAMILY,
+    version: int = DEFAULT_VERSION,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    dynamo: bool = False,
+    source_sha256: str = "",
+) -> list[ExportedGraph]:
+    """Export each (checkpoint, buckets) source into one family of `repository`; its other buckets go.
+
+    A bucket may be named by one source only. `source_sha256` is for an in-memory Checkpoint (files are
+    hashed here).
+    """
     if version < 1:
         raise ValueError(f"version must be >= 1, got {version}")
+    if not sources:
+        raise ValueError("no checkpoint to export")
+    plan: list[tuple[Checkpoint, str, str, tuple[int, ...]]] = []  # (checkpoint, name, sha256, buckets)
+    seen: dict[int, str] = {}
+    for checkpoint, buckets in sources:
+        if isinstance(checkpoint, Checkpoint):
+            ckpt, name, sha = checkpoint, "", source_sha256
+        else:
+            ckpt, name, sha = load_checkpoint(checkpoint), Path(checkpoint).name, file_sha256(checkpoint)
+        chosen = check_buckets(buckets)
+        for t in chosen:
+            if t in seen:
+                raise ValueError(f"bucket T={t} is named by two sources ({seen[t] or 'checkpoint'}, {name})")
+            seen[t] = name
+        plan.append((ckpt, name, sha, chosen))
     root = Path(repository)
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_buckets(root, family, {bucket_model_name(family, t) for t in buckets})
+    _remove_stale_buckets(root, family, {bucket_model_name(family, t) for t in seen})
     results = []
-    for seq_len in buckets:
-        model_dir = root / bucket_model_name(family, seq_len)
-        graph = export_bucket(
-            ckpt, seq_len, model_dir / str(version) / ONNX_FILENAME, family, source_sha256, dynamo
-        )
+    for ckpt, name, sha, buckets in plan:
+        extra = source_parameters(name, sha, source_figures(ckpt))
         vocab = ckpt.vocab
-        config = render_config_pbtxt(
-            family,
-            seq_len,
-            ckpt.config.num_classes,
-            max_batch_size,
-            vocab=vocab.tokens,
-            pad_id=vocab.pad_id,
-            answer_classes=vocab.answer_classes,
-        )
-        _write_atomically(model_dir / CONFIG_FILENAME, config)
-        results.append(graph)
-    return results
+        for seq_len in buckets:
+            model_dir = root / bucket_model_name(family, seq_len)
+            graph = export_bucket(
+                ckpt,
+                seq_len,
+                model_dir / str(version) / ONNX_FILENAME,
+                family,
+                sha,
+                dynamo,
+                source_checkpoint=name,
+            )
+            config = render_config_pbtxt(
+                family,
+                seq_len,
+                ckpt.config.num_classes,
+                max_batch_size,
+                vocab=vocab.tokens,
+                pad_id=vocab.pad_id,
+                answer_classes=vocab.answer_classes,
+                extra_parameters=extra,
+            )
+            _write_atomically(model_dir / CONFIG_FILENAME, config)
+            results.append(graph)
+    return sorted(results, key=lambda g: g.seq_len)
+
+
+def source_parameters(name: str, sha256: str, figures: dict[str, Any]) -> dict[str, str]:
+    """The config.pbtxt parameters naming a bucket's source checkpoint and its headline figures."""
+    return {
+        "source_checkpoint": name,
+        "source_sha256": sha256,
+        "source_valid_error": str(figures.get("valid_error", "")),
+        "source_test_error": str(figures.get("test_error", "")),
+    }
 
 
 def rewrite_bucket_configs(
@@ -113,6 +163,9 @@ def rewrite_bucket_configs(
             vocab=meta.vocab,
             pad_id=meta.pad_id,
             answer_classes=meta.answer_classes,
+            extra_parameters=source_parameters(
+                meta.source_checkpoint, meta.source_sha256, meta.source_figures
+            ),
         )
         _write_atomically(entry.config_path, config)
         written.append(entry.config_path)

@@ -152,17 +152,25 @@ def verify_repository(
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
     raise_on_failure: bool = True,
+    buckets: Sequence[int] | None = None,
 ) -> VerificationReport:
-    """Compare every bucket of `family` with the checkpoint's model; `sequences` are split over buckets."""
+    """Compare every bucket of `family` (or only those of length in `buckets`: the ones exported from this
+    checkpoint, when several checkpoints fill one family) with the checkpoint's model; `sequences` are split
+    over the buckets."""
     from export.onnx_export import check_graph, load_onnx
 
     if isinstance(checkpoint, Checkpoint):
         ckpt, sha = checkpoint, None
     else:
         ckpt, sha = load_checkpoint(checkpoint), file_sha256(checkpoint)
-    entries = [e for e in scan_repository(repository) if e.family == family]
+    entries = [
+        e
+        for e in scan_repository(repository)
+        if e.family == family and (buckets is None or e.seq_len in buckets)
+    ]
     if not entries:
-        raise VerificationError(f"{repository}: no models of family {family!r}")
+        wanted = "" if buckets is None else f" with buckets {sorted(buckets)}"
+        raise VerificationError(f"{repository}: no models of family {family!r}{wanted}")
     reference = ckpt.model()
     per_bucket = -(-sequences // len(entries))
     reports, source_matches = [], True
@@ -226,6 +234,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)))
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--buckets", help="only these bucket lengths, comma-separated (default: all of the family)"
+    )
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     return p
 
@@ -243,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tolerance,
             args.seed,
             raise_on_failure=False,
+            buckets=[int(b) for b in args.buckets.split(",")] if args.buckets else None,
         )
     except (VerificationError, ContractError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
