@@ -12,7 +12,7 @@ DEFAULT_CKPT := checkpoints/default.pt
 DEFAULT_TRAIN_ARGS := --kind fast --hidden-size 50 --k-min 1 --k-max 8 --steps 40000 --lr 2e-3 \
 	--warmup-steps 1000 --lr-schedule cosine --eval-every 5000 --target-error 0 --seed 0 --threads 1
 
-.PHONY: install install-serve lock serve grpc-code redis test test-unit test-integration test-browser browser screenshot reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 clean
+.PHONY: install install-serve lock serve grpc-code redis test test-unit test-integration test-browser browser screenshot reliability-long docker-test model lint format typecheck bench bench-peers reproduce target-r50 target-r20 model-k26 fresh-check capacity clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -107,6 +107,26 @@ target-r50: $(VENV)/.all
 	$(PY) -m model.train $(TARGET_ARGS) --hidden-size 50 --steps 30000 --lr 1e-3 --warmup-steps 500 \
 		--ema-decay 0.999 --average-start 15000 --train-size 1000000 --eval-every 1000 --seed 4 \
 		--out runs/targets/fast50_mine4_1M_30k_s4.pt
+# Long queries, K up to 26 (issue 17): the bundled model fine-tuned with the most pairs per training row widened
+# from 8 to 26 over the first 4k of 8k steps (rows drawn per step, left padded to T=55), Adam 1e-3 cosine,
+# batch 128; the checkpoint with the lowest validation error (K 1..26) is kept. One thread (deterministic per
+# seed); not in CI. About 6 minutes on 2 idle threads; on a busy shared core much longer (docs/results.md).
+K26_CKPT := checkpoints/k26.pt
+K26_TRAIN_ARGS := --init-from $(DEFAULT_CKPT) --k-min 1 --k-max 26 --k-start 8 --curriculum-steps 4000 \
+	--steps 8000 --lr 1e-3 --lr-schedule cosine --batch-size 128 --length 55 --eval-every 500 --seed 0 --threads 1
+model-k26: $(VENV)/.all
+	$(PY) -m model.train $(K26_TRAIN_ARGS) --out runs/k26/ft_s0.pt --resume --best-out $(K26_CKPT)
+
+# The served repository on fresh data: 20k sequences per K and per stress set, ORT vs torch, 95% intervals.
+fresh-check: $(VENV)/.all
+	$(PY) -m export.fresh --per-k 20000 --sets random,repeat3_odd,aabb,aabc,first,last --json runs/fresh.json
+
+# The capacity study (error vs K for fast weights, LSTM, IRNN): resumable, one run at a time, every run logged
+# under runs/capacity/; far more CPU than one session (docs/results.md says what has run).
+capacity: $(VENV)/.all
+	$(PY) -m model.capacity run
+	$(PY) -m model.capacity report --plot docs/capacity.png
+
 target-r20: $(VENV)/.all
 	$(PY) -m model.train $(TARGET_ARGS) --hidden-size 20 --steps 100000 --lr 1e-3 --warmup-steps 500 \
 		--eval-every 2000 --seed 2 --out runs/targets/fast20_mine4_100k_s2.pt

@@ -1,0 +1,244 @@
+"""The capacity study: error vs K (1..26) for fast weights, LSTM and IRNN under one training budget.
+
+    python -m model.capacity plan                  # every run of the study, and which have finished
+    python -m model.capacity run [--only lstm] [--max-runs 2]   # the missing runs, one at a time, resumable
+    python -m model.capacity report --plot docs/capacity.png --json runs/capacity/report.json
+
+Every model gets the same recipe (RECIPE: steps, data stream, K curriculum, schedule, batch, padding) from
+scratch. Sizes: equal hidden size (H = 50 and 100) and equal parameter count (the baseline's H chosen so its
+parameters match fast weights' at H = 50 and 100). Learning rate: screened over LRS with seed 0, chosen on the
+validation split (K 1..26) only; the chosen lr then runs seeds 1 and 2 too. Each run is a `model.train`
+process whose checkpoint and log live in runs/capacity/<run>.pt / .log, resumed where a run stopped. The
+report reads each finished run's test metrics (the fixed K 1..26 test split, read once at the end of the run)
+and pools the seeds of each headline cell per K, with exact 95% intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import build_model, load_checkpoint
+from model.config import ModelConfig
+from model.stats import error_interval
+
+RUNS = Path("runs/capacity")
+K_MAX = 26
+LRS = (3e-4, 1e-3, 3e-3)
+SEEDS = (0, 1, 2)
+RECIPE = [
+    *("--k-min", "1", "--k-max", "26", "--k-start", "2", "--curriculum-steps", "10000", "--steps", "20000"),
+    *("--length", "55", "--batch-size", "128", "--lr-schedule", "cosine", "--warmup-steps", "500"),
+    *("--eval-every", "2000", "--threads", "1", "--no-progress"),
+]
+
+
+@functools.cache
+def parameter_count(kind: str, hidden_size: int) -> int:
+    cfg = ModelConfig(
+        kind=kind, hidden_size=hidden_size, recurrent_init_scale=0.05 if kind == "fast" else 1.0
+    )
+    return sum(p.numel() for p in build_model(cfg).parameters())
+
+
+def matched_hidden_size(kind: str, target: int) -> int:
+    """The hidden size of `kind` whose parameter count is closest to `target` (counts grow with H)."""
+    lo, hi = 4, 400
+    while hi - lo > 1:  # the smallest H whose count reaches the target lies in (lo, hi]
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if parameter_count(kind, mid) < target else (lo, mid)
+    return min((lo, hi), key=lambda h: abs(parameter_count(kind, h) - target))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One headline cell: a model at a size, named by how the size was matched."""
+
+    kind: str
+    hidden_size: int
+    matched: str  # "H=50" (equal hidden size) or "P(fast H=50)" (equal parameter count)
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.hidden_size}"
+
+
+@functools.cache
+def cells() -> tuple[Cell, ...]:
+    out: list[Cell] = []
+    for h in (50, 100):
+        for kind in ("fast", "lstm", "irnn"):
+            out.append(Cell(kind, h, f"H={h}"))
+        target = parameter_count("fast", h)
+        for kind in ("lstm", "irnn"):
+            matched = matched_hidden_size(kind, target)
+            if matched != h:  # an IRNN at H=50 already has fast weights' count within 1%: one cell
+                out.append(Cell(kind, matched, f"P(fast H={h})"))
+    return tuple(out)
+
+
+def run_name(cell: Cell, lr: float, seed: int) -> str:
+    return f"{cell.name}_lr{lr:g}_s{seed}"
+
+
+def _finished(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    ckpt = load_checkpoint(path)
+    return ckpt.metrics if "test" in ckpt.metrics else None
+
+
+def chosen_lr(cell: Cell) -> float | None:
+    """The screened lr with the lowest final validation error (seed 0), once every screen run finished."""
+    scores = {}
+    for lr in LRS:
+        metrics = _finished(RUNS / f"{run_name(cell, lr, 0)}.pt")
+        if metrics is None:
+            return None
+        scores[lr] = metrics["valid"]["error"]
+    return min(LRS, key=lambda lr: (scores[lr], lr))
+
+
+def planned_runs() -> list[tuple[Cell, float, int]]:
+    """Screens first (every cell, every lr, seed 0), then the other seeds of cells whose lr is chosen."""
+    runs = [(c, lr, 0) for c in cells() for lr in LRS]
+    for c in cells():
+        lr = chosen_lr(c)
+        if lr is not None:
+            runs += [(c, lr, s) for s in SEEDS if s != 0]
+    return runs
+
+
+def train_command(cell: Cell, lr: float, seed: int) -> list[str]:
+    out = RUNS / f"{run_name(cell, lr, seed)}.pt"
+    return [
+        sys.executable, "-m", "model.train", "--kind", cell.kind, "--hidden-size", str(cell.hidden_size),
+        *RECIPE, "--lr", f"{lr:g}", "--seed", str(seed), "--out", str(out), "--resume",
+    ]  # fmt: skip
+
+
+def run(only: str | None, max_runs: int | None) -> int:
+    RUNS.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for cell, lr, seed in planned_runs():
+        name = run_name(cell, lr, seed)
+        if (only and only not in name) or _finished(RUNS / f"{name}.pt") is not None:
+            continue
+        if max_runs is not None and done >= max_runs:
+            break
+        command = train_command(cell, lr, seed)
+        print(f"{name}: {' '.join(command)}", flush=True)
+        with open(RUNS / f"{name}.log", "a", encoding="utf-8") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        if code != 0:
+            print(f"{name}: exit code {code} (see {RUNS / name}.log)", file=sys.stderr)
+            return code
+        done += 1
+    return 0
+
+
+def report(plot: Path | None, out_json: Path | None) -> int:
+    rows, headline = [], {}
+    for cell in cells():
+        lr = chosen_lr(cell)
+        for run_lr in LRS:
+            for seed in SEEDS:
+                metrics = _finished(RUNS / f"{run_name(cell, run_lr, seed)}.pt")
+                if metrics is None:
+                    continue
+                test = metrics["test"]
+                wrong = round(test["error"] * test["n"])
+                low, high = error_interval(wrong, test["n"])
+                rows.append(
+                    {
+                        "run": run_name(cell, run_lr, seed),
+                        "matched": cell.matched,
+                        "params": parameter_count(cell.kind, cell.hidden_size),
+                        "valid_error": metrics["valid"]["error"],
+                        "test_errors": wrong,
+                        "test_n": test["n"],
+                        "test_ci": [low, high],
+                        "chosen_lr": run_lr == lr,
+                        "per_k": test["per_k"],
+                    }
+                )
+        pooled: dict[int, list[int]] = {}
+        for r in rows:
+            if r["run"].startswith(f"{cell.name}_") and r["chosen_lr"]:
+                for k, v in r["per_k"].items():
+                    acc = pooled.setdefault(int(k), [0, 0])
+                    acc[0] += round(v["error"] * v["n"])
+                    acc[1] += v["n"]
+        if pooled:
+            headline[f"{cell.name} ({cell.matched})"] = {k: pooled[k] for k in sorted(pooled)}
+    for r in rows:
+        low, high = r["test_ci"]
+        print(
+            f"{r['run']:<24} {r['matched']:<14} params {r['params']:>6}  "
+            f"valid {100 * r['valid_error']:.2f}%  test {r['test_errors']}/{r['test_n']} "
+            f"[{100 * low:.3f}, {100 * high:.3f}]%" + ("  (chosen lr)" if r["chosen_lr"] else "")
+        )
+    if out_json:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps({"runs": rows, "headline": headline}, indent=1) + "\n")
+    if plot and headline:
+        _plot(headline, plot)
+    return 0
+
+
+def _plot(headline: dict[str, dict[int, list[int]]], path: Path) -> None:
+    """Error vs K, one line per cell (seeds pooled), a shaded exact 95% band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, per_k in headline.items():
+        ks = sorted(per_k)
+        rate = [100 * per_k[k][0] / per_k[k][1] for k in ks]
+        bands = [error_interval(*per_k[k]) for k in ks]
+        ax.plot(ks, rate, marker="o", markersize=3, label=label)
+        ax.fill_between(ks, [100 * b[0] for b in bands], [100 * b[1] for b in bands], alpha=0.2)
+    ax.set_xlabel("K (pairs in the query)")
+    ax.set_ylabel("test error, % (95% band)")
+    ax.set_xlim(1, K_MAX)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model.capacity", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("plan", help="list every run and whether it finished")
+    r = sub.add_parser("run", help="train the missing runs, one at a time")
+    r.add_argument("--only", help="only runs whose name contains this (e.g. lstm50)")
+    r.add_argument("--max-runs", type=int, help="stop after this many runs")
+    rep = sub.add_parser("report", help="every finished run, the headline cells per K, the plot")
+    rep.add_argument("--plot", type=Path)
+    rep.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if args.command == "plan":
+        for cell, lr, seed in planned_runs():
+            name = run_name(cell, lr, seed)
+            state = "done" if _finished(RUNS / f"{name}.pt") is not None else "to run"
+            params = parameter_count(cell.kind, cell.hidden_size)
+            print(f"{name:<24} {cell.matched:<14} params {params:>6}  {state}")
+        return 0
+    if args.command == "run":
+        return run(args.only, args.max_runs)
+    return report(args.plot, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

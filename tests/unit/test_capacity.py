@@ -1,0 +1,65 @@
+"""The capacity study: matched sizes, lr chosen on validation only, seeds pooled per K in the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model import capacity
+from model.checkpoint import Checkpoint, build_model, save_checkpoint
+from model.config import ModelConfig
+
+
+def test_equal_parameter_cells_match_fast_weights_count_within_two_percent():
+    by_name = {c.name: c for c in capacity.cells()}
+    assert {"fast50", "lstm50", "irnn50", "fast100", "lstm100", "irnn100"} <= set(by_name)
+    for h in (50, 100):
+        target = capacity.parameter_count("fast", h)
+        matched = [c for c in capacity.cells() if c.matched == f"P(fast H={h})"]
+        assert [c.kind for c in matched] == ["lstm"]  # the IRNN at equal H is already within 1%
+        for cell in matched:
+            assert abs(capacity.parameter_count(cell.kind, cell.hidden_size) - target) / target < 0.02
+        assert abs(capacity.parameter_count("irnn", h) - target) / target < 0.01
+
+
+def _fake_run(runs, name, valid, per_k):
+    cfg = ModelConfig(hidden_size=8, embed_size=8)
+    n = sum(v["n"] for v in per_k.values())
+    wrong = sum(v["error"] * v["n"] for v in per_k.values())
+    metrics = {"valid": {"error": valid}, "test": {"error": wrong / n, "n": n, "per_k": per_k}}
+    save_checkpoint(Checkpoint(cfg, build_model(cfg).state_dict(), metrics=metrics), runs / f"{name}.pt")
+
+
+def test_the_lr_is_chosen_on_validation_and_the_report_pools_only_its_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(capacity, "RUNS", tmp_path)
+    cell = next(c for c in capacity.cells() if c.name == "fast50")
+    assert capacity.chosen_lr(cell) is None  # no screen run finished
+    k = {1: {"error": 0.5, "n": 4}}
+    _fake_run(tmp_path, "fast50_lr0.0003_s0", 0.2, {1: {"error": 0.0, "n": 4}})  # best test, worse valid
+    _fake_run(tmp_path, "fast50_lr0.001_s0", 0.1, k)
+    _fake_run(tmp_path, "fast50_lr0.003_s0", 0.3, k)
+    assert capacity.chosen_lr(cell) == 1e-3
+    planned = [(c.name, lr, s) for c, lr, s in capacity.planned_runs() if c.name == "fast50"]
+    assert ("fast50", 1e-3, 1) in planned and ("fast50", 1e-3, 2) in planned
+    assert ("fast50", 3e-4, 1) not in planned
+    _fake_run(tmp_path, "fast50_lr0.001_s1", 0.1, {1: {"error": 0.25, "n": 4}})
+    assert capacity.report(tmp_path / "plot.png", tmp_path / "report.json") == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["headline"]["fast50 (H=50)"] == {"1": [3, 8]}  # 2 + 1 wrong of 4 + 4: seeds 0 and 1
+    assert len(report["runs"]) == 4 and (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_a_run_command_resumes_into_the_runs_folder():
+    cell = capacity.cells()[0]
+    command = capacity.train_command(cell, 1e-3, 2)
+    assert command[command.index("--out") + 1].endswith("fast50_lr0.001_s2.pt") and "--resume" in command
+    assert command[command.index("--seed") + 1] == "2" and "--k-start" in command
+
+
+@pytest.mark.parametrize("argv", [["plan"]])
+def test_the_plan_lists_every_screen_run(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(capacity, "RUNS", tmp_path)
+    assert capacity.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 * len(capacity.cells()) and all(line.endswith("to run") for line in lines)
