@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from contract import OUTPUT_ATTENTION, OUTPUT_LOGITS
+from contract import OUTPUT_ATTENTION, OUTPUT_LOGITS, MetadataKeys
 from contract.vocab import ParsedQuery, SequenceError, from_pairs, parse_sequence, sequence_length
 from service.echo import quoted
 from service.predictor import LoadedModel, Prediction, decode
@@ -23,6 +23,7 @@ class Answer(NamedTuple):  # one per answered row: a NamedTuple is the cheapest 
     num_pairs: int
     bucket: str
     version: str
+    checkpoint: str = ""  # the bucket graph's source checkpoint (buckets of a family may differ)
 
 
 def parse_query(item: Any, max_length: int, prefix: str = "") -> ParsedQuery:
@@ -121,8 +122,9 @@ async def answer(
             top_k=top_k,
             explain=explain,
         )
+        source = model.info.metadata.get(MetadataKeys.SOURCE_CHECKPOINT, "")
         for i, q, p in zip(rows, parsed, preds, strict=True):
-            results[i] = Answer(p, len(q.pairs), model.info.name, model.info.version)
+            results[i] = Answer(p, len(q.pairs), model.info.name, model.info.version, source)
 
     if len(groups) == 1:
         ((model, rows),) = groups.values()

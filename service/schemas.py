@@ -139,6 +139,7 @@ class RetrieveResponse(BaseModel):
                     "model": "fastweights",
                     "version": "1",
                     "bucket": "fastweights_t11",
+                    "checkpoint": "default.pt",
                 }
             ]
         }
@@ -150,6 +151,11 @@ class RetrieveResponse(BaseModel):
     model: str
     version: str
     bucket: str
+    checkpoint: str | None = Field(
+        default=None,
+        description="The checkpoint the bucket's graph was exported from (buckets of one model may come from "
+        "different checkpoints; /v2/models/{bucket} gives its figures).",
+    )
     top_k: list[Candidate] | None = Field(default=None, description="Only when top_k > 1.")
     explanation: list[Explanation] | None = Field(default=None, description="Only when explain is true.")
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from contract import PLATFORM
+from contract import PLATFORM, MetadataKeys
 from service.config import Settings
 from service.errors import ApiError
 from service.metrics import Metrics
@@ -109,6 +109,21 @@ def model_parameters(model: LoadedModel) -> dict[str, Any]:
             f"tokens[b] = ids of the query characters (index in 'vocab'), left padded with pad_id to "
             f"seq_len={info.seq_len}; e.g. 'c9k8??c'. The answer is answer_classes[argmax(logits[b])]."
         ),
+        **source_parameters(info.metadata),
+    }
+
+
+def source_parameters(metadata: dict[str, str]) -> dict[str, Any]:
+    """The graph's source checkpoint, its sha256 and its figures (steps, K range, validation/test error)."""
+    figures = metadata.get(MetadataKeys.SOURCE_FIGURES)
+    try:
+        parsed = orjson.loads(figures) if figures else {}
+    except orjson.JSONDecodeError:
+        parsed = {}
+    return {
+        "source_checkpoint": metadata.get(MetadataKeys.SOURCE_CHECKPOINT, ""),
+        "source_sha256": metadata.get(MetadataKeys.SOURCE_SHA256, ""),
+        "source_figures": parsed if isinstance(parsed, dict) else {},
     }
 
 

@@ -149,7 +149,7 @@ async def handle_retrieve(
     if isinstance(result, SequenceError):
         raise result
     out = _answer_dict(result, body.top_k, body.explain)
-    out.update(model=family, version=result.version, bucket=result.bucket)
+    out.update(model=family, version=result.version, bucket=result.bucket, checkpoint=result.checkpoint)
     return out
 
 

@@ -31,14 +31,15 @@ def test_retrieve_answers_a_sequence_with_model_version_and_bucket(client: httpx
     r = client.post("/v1/retrieve", json={"sequence": SEQ})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"value", "confidence", "num_pairs", "model", "version", "bucket"}
+    assert set(body) == {"value", "confidence", "num_pairs", "model", "version", "bucket", "checkpoint"}
     assert body["value"] == "9"
     assert 0.5 < body["confidence"] <= 1.0
-    assert (body["num_pairs"], body["model"], body["version"], body["bucket"]) == (
+    assert (body["num_pairs"], body["model"], body["version"], body["bucket"], body["checkpoint"]) == (
         4,
         "fastweights",
         "1",
         "fastweights_t11",
+        "default.pt",  # the bucket graph's source checkpoint, from its metadata
     )
 
 

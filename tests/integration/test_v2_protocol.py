@@ -123,6 +123,16 @@ def test_the_vocabulary_and_padding_are_discoverable_through_the_api(metadata, t
     assert orjson.loads(config_params["vocab"]["string_value"]) == params["vocab"]
 
 
+def test_the_metadata_and_config_name_the_graphs_source_checkpoint_and_its_figures(metadata, tc):
+    params = metadata["parameters"]
+    assert params["source_checkpoint"] == "default.pt" and len(params["source_sha256"]) == 64
+    figures = params["source_figures"]
+    assert figures["k_range"] == [1, 8] and figures["hidden_size"] == 50 and figures["test_error"] == 0.0
+    config_params = tc.get_model_config(MODEL)["parameters"]
+    assert config_params["source_checkpoint"]["string_value"] == "default.pt"
+    assert config_params["source_sha256"]["string_value"] == params["source_sha256"]
+
+
 def test_versioned_metadata_and_unknown_versions(tc):
     assert tc.get_model_metadata(MODEL, "1")["versions"] == ["1"]
     with pytest.raises(InferenceServerException) as err:
