@@ -130,6 +130,25 @@ def check(
     return rows
 
 
+def check_checkpoint(path: Path, per_k: int, sets: list[str], k_max: int, seed: int = 0) -> list[FreshRow]:
+    """The same fresh sequences as `check`, answered by one checkpoint in torch alone (before it is served).
+
+    Each K is padded to exactly 2K+3 tokens: left padding never changes the answer (model.fastweights).
+    """
+    model = load_checkpoint(path).model()
+    rows = []
+    for set_index, name in enumerate(sets):
+        stress = None if name == "random" else name
+        for k in range(1 if stress is None else stress_min_pairs(stress), k_max + 1):
+            data_seed = np.random.SeedSequence([FRESH_TAG, seed, k, set_index])
+            data = generate(per_k, k, k, data_seed, length=sequence_length(k), stress=stress)
+            errors = int((predict(model, data.tokens) != data.targets).sum())
+            low, high = error_interval(errors, per_k)
+            rows.append(FreshRow(name, k, per_k, "-", path.name, errors, errors, 0, low, high))
+            print(_format_row(rows[-1]).replace("ORT", "torch", 1), flush=True)
+    return rows
+
+
 def _format_row(r: FreshRow) -> str:
     rate = f"< {100 * r.ort_high:.3f}%" if r.ort_errors == 0 else f"{100 * r.ort_errors / r.n:.3f}%"
     interval = f"[{100 * r.ort_low:.4f}, {100 * r.ort_high:.4f}]%"
@@ -152,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
         "--sets", default="random", help=f"comma-separated data sets, of {','.join(SETS)} (default random)"
     )
     p.add_argument("--no-torch", action="store_true", help="onnxruntime only (no torch reference)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="instead: this checkpoint alone in torch, K 1..--k-max (a model before it is exported)",
+    )
+    p.add_argument("--k-max", type=int, default=26, help="with --checkpoint: the most pairs checked")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--max-errors", type=int, help="exit 3 when any set/K has more ORT errors than this")
     p.add_argument("--json", type=Path, help="also write every row as JSON here")
@@ -168,9 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     try:
-        rows = check(
-            args.repository, args.checkpoints, args.per_k, sets, args.seed, args.family, not args.no_torch
-        )
+        if args.checkpoint is not None:
+            rows = check_checkpoint(args.checkpoint, args.per_k, sets, args.k_max, args.seed)
+        else:
+            rows = check(
+                args.repository, args.checkpoints, args.per_k, sets, args.seed, args.family, not args.no_torch
+            )
     except (ContractError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ import pytest
 from contract import MetadataKeys, parse_metadata, read_config_pbtxt, scan_repository
 from export.__main__ import main as export_main
 from export.fresh import check as fresh_check
+from export.fresh import check_checkpoint
 from export.onnx_export import load_onnx
 from export.repository import export_sources
 from export.verify import ParityError, verify_repository
@@ -86,3 +87,12 @@ def test_the_fresh_check_answers_every_k_with_its_buckets_source_in_torch_and_or
     assert {r.source for r in rows if r.k >= 3} == {"long.pt"}
     assert all(r.disagreements == 0 and r.ort_errors == r.torch_errors for r in rows)
     assert all(r.ort_low <= r.ort_errors / r.n <= r.ort_high for r in rows)  # an untrained model errs
+
+
+def test_a_checkpoint_alone_meets_the_same_fresh_sequences_as_the_repository_check(two_sources):
+    root, _, long, repo = two_sources
+    served = {r.k: r.torch_errors for r in fresh_check(repo, root, per_k=64, sets=["random"]) if r.k >= 3}
+    alone = {
+        r.k: r.ort_errors for r in check_checkpoint(long, per_k=64, sets=["random"], k_max=4) if r.k >= 3
+    }
+    assert alone == served  # K 3 and 4 are served from long.pt: same sequences, same answers
