@@ -58,12 +58,12 @@ test-integration: $(VENV)/.all redis
 
 # The shared session store's tests start a real redis-server: Debian's, installed when missing (as the browser).
 redis:
-	bash scripts/install-redis.sh
+	bash scripts/install-debian-packages.sh "the session-store tests" "redis-server" redis-server
 
 # The playground page (/) in headless Chromium: Debian's chromium + chromium-driver, installed when missing
 # (root or passwordless sudo; otherwise this fails loudly rather than skipping the browser tests).
 browser:
-	bash scripts/install-browser.sh
+	bash scripts/install-debian-packages.sh "the browser tests" "chromium chromedriver" chromium chromium-driver
 
 test-browser: $(VENV)/.all browser
 	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
