@@ -25,12 +25,14 @@ RUN python3 /build/serve_requirements.py --onnxruntime "${ONNXRUNTIME}" /build/p
     && /opt/fws/bin/pip install -c /build/constraints.txt -r /build/requirements.txt
 COPY README.md /build/
 COPY contract /build/contract
+COPY inference_grpc /build/inference_grpc
 COPY service /build/service
-# The project itself, without dependencies (they are above): `service` and the torch-free `contract` package it
-# imports. Training and export (`model/`, `export/`) stay out of the image; torch is not installed.
+# The project itself, without dependencies (they are above): `service` and the torch-free packages it imports
+# (`contract`, and `inference_grpc`: the generated gRPC code). Training and export (`model/`, `export/`) stay
+# out of the image; torch is not installed.
 # pip and setuptools leave the runtime venv: nothing is installed at run time.
 RUN /opt/fws/bin/pip install --no-deps /build \
-    && /opt/fws/bin/python -c "import service, contract, service.main" \
+    && /opt/fws/bin/python -c "import service, contract, inference_grpc, service.main, service.grpc.server" \
     && ! /opt/fws/bin/python -c "import torch" 2>/dev/null \
     && /opt/fws/bin/python -m pip uninstall -q -y pip setuptools
 # onnxruntime-gpu takes CUDA/cuDNN from NVIDIA's wheels under site-packages/nvidia/*/lib: register those with

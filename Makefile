@@ -43,7 +43,7 @@ install: $(VENV)/.all
 serve: $(VENV)/.serve
 	$(PY) -m service
 
-# The gRPC code of the Open Inference Protocol, from service/grpc/protos/ (committed; a unit test checks it).
+# The gRPC code of the Open Inference Protocol (inference_grpc/), from inference_grpc/protos/ (committed; a unit test checks it).
 grpc-code: $(VENV)/.all
 	$(PY) scripts/grpc_codegen.py
 

@@ -78,7 +78,7 @@ def http_body(tokens: np.ndarray) -> str:
 
 def grpc_message(tokens: np.ndarray) -> bytes:
     """A length-prefixed gRPC message (uncompressed) holding a ModelInferRequest with raw_input_contents."""
-    from service.grpc.generated import grpc_service_pb2 as pb
+    from inference_grpc import grpc_service_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=MODEL)
     request.inputs.add(name="tokens", datatype="INT64", shape=list(tokens.shape))

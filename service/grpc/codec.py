@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from service.grpc.generated import grpc_service_pb2 as pb
+from inference_grpc import grpc_service_pb2 as pb
 from service.v2_codec import (
     _UNSUPPORTED_TENSOR_PARAMETERS,
     KNOWN_DATATYPES,

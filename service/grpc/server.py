@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from inference_grpc import grpc_service_pb2_grpc as pb_grpc
 from service.config import Settings
-from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
 from service.grpc.servicer import SERVICE_NAME, InferenceServicer
 from service.routes.health import serving
 

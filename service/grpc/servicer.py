@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import json_format
 
+from inference_grpc import grpc_service_pb2 as pb
+from inference_grpc import grpc_service_pb2_grpc as pb_grpc
+from inference_grpc import model_config_pb2
 from service import v2_service
 from service.config import Settings
 from service.grpc import codec
-from service.grpc.generated import grpc_service_pb2 as pb
-from service.grpc.generated import grpc_service_pb2_grpc as pb_grpc
-from service.grpc.generated import model_config_pb2
 from service.grpc.status import Failure, failure
 from service.logs import request_id_var
 from service.metrics import Metrics

@@ -65,7 +65,7 @@ def test_grpc_bench_messages_and_stream_load_against_a_real_server():
     import httpx
 
     from bench import grpc_stream_load, grpc_vs_http
-    from service.grpc.generated import grpc_service_pb2 as pb
+    from inference_grpc import grpc_service_pb2 as pb
     from tests.integration.server import start_server
 
     with start_server({"FWS_LOG_LEVEL": "warning"}) as server:

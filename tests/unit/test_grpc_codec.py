@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inference_grpc import grpc_service_pb2 as pb
 from service.grpc import codec
-from service.grpc.generated import grpc_service_pb2 as pb
 from service.v2_codec import V2Error
 
 

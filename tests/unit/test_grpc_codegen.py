@@ -1,4 +1,4 @@
-"""The committed gRPC code (service/grpc/generated/) is what `make grpc-code` makes of the .proto files."""
+"""The committed gRPC code (inference_grpc/) is what `make grpc-code` makes of the .proto files."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def fresh(codegen: ModuleType) -> dict[str, bytes]:
 
 
 def test_the_committed_grpc_code_matches_a_fresh_generation(codegen, fresh):
-    assert codegen.differences(fresh) == [], "run `make grpc-code` and commit service/grpc/generated/"
+    assert codegen.differences(fresh) == [], "run `make grpc-code` and commit inference_grpc/"
 
 
 def test_the_check_notices_an_edited_a_missing_and_a_stray_file(codegen, fresh, tmp_path: Path, monkeypatch):
@@ -46,8 +46,8 @@ def test_the_check_notices_an_edited_a_missing_and_a_stray_file(codegen, fresh, 
 
 def test_the_vendored_protos_keep_their_license_header_and_source():
     for name in ("grpc_service.proto", "model_config.proto"):
-        head = (REPO_ROOT / "service" / "grpc" / "protos" / name).read_text()[:2000]
+        head = (REPO_ROOT / "inference_grpc" / "protos" / name).read_text()[:2000]
         assert "NVIDIA CORPORATION & AFFILIATES. All rights reserved." in head
         assert "Redistribution and use in source and binary forms" in head
-    source = (REPO_ROOT / "service" / "grpc" / "protos" / "SOURCE.md").read_text()
+    source = (REPO_ROOT / "inference_grpc" / "protos" / "SOURCE.md").read_text()
     assert "triton-inference-server/common" in source and "BSD-3-Clause" in source

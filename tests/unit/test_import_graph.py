@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROJECT = ("contract", "service", "model", "export", "client", "bench")
+PROJECT = ("contract", "inference_grpc", "service", "model", "export", "client", "bench")
 FORBIDDEN_FOR_SERVICE = ("model", "export", "torch", "onnx", "onnxscript")
 
 
