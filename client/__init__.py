@@ -1,7 +1,8 @@
-"""Batch scoring through the REST API (`fastweights-score`, `python -m client`).
+"""Batch scoring (`fastweights-score`, `python -m client`): REST API, or the V2 protocol over HTTP or gRPC.
 
-Depends on the HTTP API only (httpx, tqdm): never on the service, the model code or torch. The input grammar
-is the server's business; the client moves rows, retries, keeps order and makes the output resumable.
+Depends on the servers' APIs only (httpx, tqdm; grpcio and the generated stubs of `inference_grpc` for
+`--protocol grpc`): never on the service, the model code or torch. The input grammar is the server's business;
+the client moves rows, retries, keeps order and makes the output resumable.
 """
 
 __version__ = "0.1.0"

@@ -16,6 +16,11 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 FATAL_STATUSES = frozenset({401, 403, 404, 405})
 
 
+class RunFailed(Exception):
+    """The run cannot go on (servers unreachable after every retry, a refused API key, an unknown model...).
+    Everything written so far is whole and in order: `--resume` continues from it."""
+
+
 def classify(status: int) -> str:
     """'ok', 'retry', 'fatal', or 'split' (the request as a whole was refused: 400/413/422/500 and the
     like; split the chunk to find the rows at fault, a single row's refusal becomes that row's error)."""

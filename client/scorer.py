@@ -1,4 +1,5 @@
-"""The scoring engine: chunks of rows -> `/v1/retrieve/batch` requests, N in flight, answers written in order.
+"""The scoring engine: chunks of rows -> requests (`/v1/retrieve/batch`, or V2 infer calls over HTTP or gRPC),
+N in flight, answers written in order.
 
 Order is what makes `--resume` exact: chunk i is written only after chunks 0..i-1, so the output is always a
 prefix of the input (by line), and the line of its last record says where to continue. At most
@@ -13,23 +14,21 @@ import itertools
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from client.inputs import Row
 from client.outputs import dumps, loads
-from client.retry import RetryPolicy, classify, parse_retry_after
+from client.retry import RetryPolicy, RunFailed, classify, parse_retry_after
 from client.stats import Stats
 from client.v2 import Bucket, V2Codec, V2Error, bucket_names, parse_buckets
 
+if TYPE_CHECKING:
+    from client.grpc_v2 import GrpcV2Client
+
 BATCH_PATH = "/v1/retrieve/batch"
-PROTOCOLS = ("rest", "v2")
-
-
-class RunFailed(Exception):
-    """The run cannot go on (servers unreachable after every retry, a refused API key, an unknown model...).
-    Everything written so far is whole and in order: `--resume` continues from it."""
+PROTOCOLS = ("rest", "v2", "grpc")
 
 
 @dataclass
@@ -41,7 +40,9 @@ class ScoreConfig:
     timeout: float = 60.0
     api_key: str | None = None
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    protocol: str = "rest"  # or "v2": token tensors through /v2/models/{bucket}/infer (see client.v2)
+    # or "v2": token tensors through /v2/models/{bucket}/infer (see client.v2); "grpc": the same tensors
+    # through ModelInfer of the V2 gRPC service (client.grpc_v2; `urls` are then host:port targets)
+    protocol: str = "rest"
 
 
 def chunked(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
@@ -108,13 +109,22 @@ def _error_from_body(status: int, body: Any) -> dict[str, Any]:
 
 
 class Scorer:
-    def __init__(self, config: ScoreConfig, http: httpx.AsyncClient, stats: Stats):
+    def __init__(
+        self,
+        config: ScoreConfig,
+        http: httpx.AsyncClient | None,
+        stats: Stats,
+        grpc: GrpcV2Client | None = None,
+    ):
         if not config.urls:
             raise ValueError("at least one server URL is needed")
         if config.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {config.protocol!r}")
+        if (config.protocol == "grpc") != (grpc is not None) or (http is None and grpc is None):
+            raise ValueError("protocol 'grpc' takes a GrpcV2Client (and only it needs none of httpx)")
         self.config = config
         self.http = http
+        self.grpc = grpc
         self.stats = stats
         self._round_robin = itertools.cycle([u.rstrip("/") for u in config.urls])
         self.auth: dict[str, str] = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
@@ -122,9 +132,15 @@ class Scorer:
 
     async def prepare(self) -> None:
         """For V2: discover the family's buckets and how to encode for them (retried like any request)."""
+        family = self.config.model or "fastweights"
+        if self.grpc is not None:
+            try:
+                self.codec = await self.grpc.codec(family)
+            except V2Error as exc:
+                raise RunFailed(f"V2: {exc}") from None
+            return
         if self.config.protocol != "v2":
             return
-        family = self.config.model or "fastweights"
         index = await self._json("POST", "/v2/repository/index")
         names = bucket_names(family, index)
         metadata = {name: await self._json("GET", f"/v2/models/{name}") for name in names}
@@ -150,7 +166,7 @@ class Scorer:
         items = [row.item for row in sendable]
         if not sendable:
             answers: list[dict[str, Any]] = []
-        elif self.config.protocol == "v2":
+        elif self.config.protocol != "rest":
             answers = await self._score_items_v2(items)
         else:
             answers = await self._score_items(items)
@@ -220,6 +236,8 @@ class Scorer:
         self, bucket: Bucket, rows: list[list[int]], lengths: list[int]
     ) -> list[dict[str, Any]]:
         assert self.codec is not None
+        if self.grpc is not None:
+            return await self._infer_grpc(bucket, rows, lengths)
         body, headers = self.codec.request(rows, bucket.seq_len)
         response = await self._send("POST", f"/v2/models/{bucket.name}/infer", body, headers, len(rows))
         if response.status_code != 200:
@@ -240,6 +258,23 @@ class Scorer:
             raise RunFailed(f"V2 infer response of {bucket.name} not understood: {exc}") from None
         return self.codec.answers(flat, bucket, lengths)
 
+    async def _infer_grpc(
+        self, bucket: Bucket, rows: list[list[int]], lengths: list[int]
+    ) -> list[dict[str, Any]]:
+        assert self.codec is not None and self.grpc is not None
+        try:
+            flat = await self.grpc.infer(bucket, rows)
+        except V2Error as exc:
+            raise RunFailed(f"V2 infer response of {bucket.name} not understood: {exc}") from None
+        if isinstance(flat, dict):  # refused as a whole: halve until the rows at fault are alone
+            if len(rows) == 1:
+                return [{"error": flat}]
+            mid = len(rows) // 2
+            return await self._infer_grpc(bucket, rows[:mid], lengths[:mid]) + await self._infer_grpc(
+                bucket, rows[mid:], lengths[mid:]
+            )
+        return self.codec.answers(flat, bucket, lengths)
+
     @staticmethod
     def _payload(response: httpx.Response) -> Any:
         try:
@@ -256,6 +291,7 @@ class Scorer:
     ) -> httpx.Response:
         """One request, retried on transient failures, each attempt to the next server. Returns a 200 or a
         refusal worth splitting; raises RunFailed on a fatal status or when the attempts run out."""
+        assert self.http is not None
         policy = self.config.policy
         headers = {**headers, **self.auth}
         for attempt in itertools.count():

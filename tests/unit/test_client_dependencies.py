@@ -14,7 +14,7 @@ SCRIPT = f"""
 import sys
 for name in {BLOCKED!r}:
     sys.modules[name] = None  # any import of these now raises ImportError
-import client.__main__, client.v2, client.scorer
+import client.__main__, client.v2, client.scorer, client.grpc_v2
 from client.outputs import dumps, loads, encode_jsonl
 assert loads(dumps({{"a": [1, "x"]}})) == {{"a": [1, "x"]}}
 assert encode_jsonl([{{"line": 1, "id": "é"}}]) == '{{"line":1,"id":"é"}}\\n'.encode()
