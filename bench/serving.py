@@ -358,20 +358,28 @@ def run_grid(
             load(target, 8, min(1.0, args.duration), wrk)  # warm-up: connections, caches, lazy imports
         for c in clients:
             rounds: dict[str, list[Cell]] = {t.name: [] for t, _ in servers}
-            for _ in range(max(1, getattr(args, "rounds", 1))):  # servers alternate within every round
-                for target, _ in servers:
+            # Servers alternate within every round, and each round starts one server later than the one
+            # before: no server always follows the same one (a position in the round can bias its cells).
+            for i in range(max(1, getattr(args, "rounds", 1))):
+                for target, _ in servers[i % len(servers) :] + servers[: i % len(servers)]:
                     rounds[target.name].append(measure(target, c, args.duration, wrk))
             for target, _ in servers:
                 cells = sorted(rounds[target.name], key=lambda cell: cell.rps)
                 cell = cells[len(cells) // 2]  # the median round by req/s
                 if len(cells) > 1:
                     cell.extra["rounds_rps"] = [round(x.rps) for x in rounds[target.name]]
+                    cell.extra["rounds_cpu_us_per_request"] = rounds_cpu = [
+                        round(cpu, 1)
+                        for x in rounds[target.name]
+                        if isinstance(cpu := x.extra.get("cpu_us_per_request"), float)
+                    ]
                 results[target.name][c] = cell
                 extra = ""
                 if "mean_batch_rows" in cell.extra:
                     extra = f"  mean batch {cell.extra['mean_batch_rows']:.1f} rows"
                 if len(cells) > 1:
-                    extra += f"  (median of rounds {cell.extra['rounds_rps']})"
+                    extra += f"  (median of rounds {cell.extra['rounds_rps']}"
+                    extra += f"; CPU/req µs {rounds_cpu})" if rounds_cpu else ")"
                 print(f"  {target.name:<22} {c:>4} clients {fmt(cell)}{extra}", flush=True)
     return results
 
@@ -425,6 +433,17 @@ def measure(target: Target, clients: int, duration: float, wrk: str | None) -> C
     return cell
 
 
+def median_cpu_ratio(cell: Cell, ref: Cell) -> str:
+    """With --rounds: the ratio of the medians of every round's CPU per request (steadier than the CPU of the
+    median round by req/s)."""
+    import statistics
+
+    mine, theirs = cell.extra.get("rounds_cpu_us_per_request"), ref.extra.get("rounds_cpu_us_per_request")
+    if not (isinstance(mine, list) and isinstance(theirs, list) and mine and theirs):
+        return ""
+    return f", median CPU/req of rounds ×{statistics.median(mine) / statistics.median(theirs):.2f}"
+
+
 def ratio_lines(results: dict[str, dict[int, Cell]], name: str, ref: str) -> list[str]:
     lines = []
     for c, cell in results[name].items():
@@ -439,27 +458,52 @@ def ratio_lines(results: dict[str, dict[int, Cell]], name: str, ref: str) -> lis
                     if isinstance(cpu, float) and isinstance(ref_cpu, float)
                     else ""
                 )
+                + median_cpu_ratio(cell, r)
             )
     return lines
 
 
+def baseline_names(trees: list[Path]) -> list[str]:
+    """`service (baseline)` for one tree; with several (a bisect), each named after its directory."""
+    if len(trees) == 1:
+        return ["service (baseline)"]
+    names: list[str] = []
+    for tree in trees:
+        name = f"service ({tree.resolve().name})"
+        names.append(name if name not in names else f"{name} #{len(names) + 1}")
+    return names
+
+
 def part_overhead(args, wrk):
     print("== serving overhead: /v1/retrieve vs floor (bare FastAPI) vs naive (FastAPI + ORT, no batching)")
-    target, ctx = service("service")
-    servers = [
-        uvicorn_app("floor", "bench.serving_apps:floor_app"),
-        uvicorn_app("naive", "bench.serving_apps:naive_app"),
-        (target, ctx),
-    ]
-    if args.baseline_tree:  # the service from another tree (e.g. `git archive <commit>`): before/after
-        servers.append(service("service (baseline)", root=args.baseline_tree.resolve()))
+    env = args.service_env
+    servers = []
+    if not args.skip_references:
+        servers += [
+            uvicorn_app("floor", "bench.serving_apps:floor_app"),
+            uvicorn_app("naive", "bench.serving_apps:naive_app"),
+        ]
+    servers.append(service("service", env))
+    # the service from other trees (e.g. `git worktree add --detach <dir> <commit>`): before/after, same run
+    trees = args.baseline_tree or []
+    for name, tree in zip(baseline_names(trees), trees, strict=True):
+        servers.append(service(name, env, root=tree.resolve()))
     results = run_grid(servers, args.clients, args, wrk)
-    lines = ratio_lines(results, "service", "floor") + ratio_lines(results, "service", "naive")
-    if args.baseline_tree:
-        lines += ratio_lines(results, "service", "service (baseline)")
+    lines = []
+    if not args.skip_references:
+        lines += ratio_lines(results, "service", "floor") + ratio_lines(results, "service", "naive")
+    for name in baseline_names(trees) if trees else []:
+        lines += ratio_lines(results, "service", name)
     for line in lines:
         print(line)
     return results
+
+
+def env_assignment(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("FWS_"):
+        raise argparse.ArgumentTypeError(f"expected FWS_NAME=value, got {text!r}")
+    return name, value
 
 
 def repository_with_max_batch(max_batch_size: int) -> Path:
@@ -589,7 +633,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline-tree",
         type=Path,
-        help="overhead part: also run the service of this source tree (before/after a change, same run)",
+        action="append",
+        help="overhead part: also run the service of this source tree (before/after a change, same run); "
+        "repeat it to compare several trees in one run (a bisect)",
+    )
+    p.add_argument(
+        "--service-env",
+        type=env_assignment,
+        action="append",
+        default=[],
+        metavar="FWS_NAME=VALUE",
+        help="overhead part: a setting for every service started (this tree's and the baselines'); "
+        "servers otherwise run with no FWS_* variable but the bench's own; repeatable",
+    )
+    p.add_argument(
+        "--skip-references",
+        action="store_true",
+        help="overhead part: leave out the floor and naive servers (service vs baselines only)",
     )
     p.add_argument("--json", type=Path, help="also write every cell as JSON here")
     p.add_argument("--plot", type=Path, help="write a PNG of the overhead part here")
@@ -665,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     args.clients = [int(c) for c in args.clients.split(",")]
     args.batching_clients = [int(c) for c in args.batching_clients.split(",")]
     args.v2_clients = [int(c) for c in args.v2_clients.split(",")]
+    args.service_env = dict(args.service_env)
     wrk = None if args.loadgen == "httpx" else find_wrk(not args.no_install)
     if args.loadgen == "wrk" and not wrk:
         print("error: wrk not found", file=sys.stderr)

@@ -58,6 +58,35 @@ def test_serving_overhead_runs_against_real_servers(tmp_path: Path):
         assert 1.0 < per["2"]["extra"]["cpu_us_per_request"] < 1e6, name  # the server's own CPU was read
 
 
+def test_serving_overhead_compares_several_trees_in_rounds_with_the_settings_given(tmp_path: Path):
+    out = tmp_path / "serving.json"
+    root = Path(serving.__file__).resolve().parent.parent
+    args = ["--parts", "overhead", "--clients", "1", "--duration", "1", "--rounds", "2", "--skip-references"]
+    args += ["--loadgen", "httpx", "--no-install", "--baseline-tree", str(root), "--baseline-tree", str(root)]
+    # A body limit no request fits: every server must answer 413, so each one got the setting.
+    args += ["--service-env", "FWS_MAX_BODY_BYTES=8"]
+    assert serving.main([*args, "--json", str(out)]) == 0
+    cells = json.loads(out.read_text())["overhead"]
+    first, second = f"service ({root.name})", f"service ({root.name}) #2"
+    assert set(cells) == {"service", first, second}  # no floor or naive
+    for name, per in cells.items():
+        cell = per["1"]
+        assert cell["requests"] > 0 and cell["errors"] == cell["requests"], name
+        assert len(cell["extra"]["rounds_rps"]) == 2, name
+        assert len(cell["extra"]["rounds_cpu_us_per_request"]) == 2, name
+
+
+def test_service_env_takes_fws_settings_only():
+    import argparse
+
+    import pytest
+
+    assert serving.env_assignment("FWS_GRPC_ENABLED=false") == ("FWS_GRPC_ENABLED", "false")
+    for bad in ("GRPC_ENABLED=false", "FWS_GRPC_ENABLED"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            serving.env_assignment(bad)
+
+
 def test_grpc_bench_messages_and_stream_load_against_a_real_server():
     import asyncio
     import struct
