@@ -18,6 +18,7 @@ BENCHMARKS = (
     ("bench.engine_sweep", "onnxruntime vs torch by batch size 1..1024 and by length bucket (issue 7)"),
     ("bench.memory_forms", "fast memory: matrix vs attention form as T grows (issue 7)"),
     ("bench.grpc_vs_http", "the V2 protocol over gRPC vs over HTTP: req/s, p50/p99, batch rows/s (issue 19)"),
+    ("bench.bucket_sets", "length buckets: the cheapest set of each size over K 1..26, measured (issue 17)"),
 )
 # Arguments `make bench` gives a module (default: none): the issue-7 benchmarks also draw docs/img/*.png.
 ARGS: dict[str, list[str]] = {

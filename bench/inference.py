@@ -387,11 +387,13 @@ def build_lever_engines(
     return engines, notes
 
 
-def build_bucket_engines(repository: Path, threads: int) -> tuple[dict[str, Runner], dict[str, str]]:
+def build_bucket_engines(
+    repository: Path, threads: int, prefix: str = ""
+) -> tuple[dict[str, Runner], dict[str, str]]:
     """One onnxruntime session per bucket of a repository, all fed the same queries left padded to their T.
 
     What a query pays for the PAD steps of a longer bucket (``--buckets-of``; run it with --seq-len 5 so
-    the queries have one pair and fit every bucket).
+    the queries have one pair and fit every bucket). `prefix` starts every engine's name (``--baseline``).
     """
     from contract import scan_repository
 
@@ -411,9 +413,23 @@ def build_bucket_engines(repository: Path, threads: int) -> tuple[dict[str, Runn
                 cache[key] = np.pad(tokens, ((0, 0), (T - tokens.shape[1], 0)))  # PAD id 0 on the left
             return session(cache[key])
 
-        engines[f"{entry.name} (T={entry.seq_len})"] = run
-        notes[entry.name] = str(entry.model_path)
+        engines[f"{prefix}{entry.name} (T={entry.seq_len})"] = run
+        notes[prefix + entry.name] = str(entry.model_path)
     return engines, notes
+
+
+def pair_with_baseline(after: dict[str, Runner], before: dict[str, Runner]) -> dict[str, Runner]:
+    """Each "before" bucket right ahead of the same-named bucket of the repository measured (then the rest):
+    the two are timed in the same rounds, one after the other."""
+    out: dict[str, Runner] = {}
+    for name, run in after.items():
+        twin = next((b for b in before if b.endswith(" " + name)), None)
+        if twin is not None:
+            out[twin] = before[twin]
+        out[name] = run
+    for name, run in before.items():
+        out.setdefault(name, run)
+    return out
 
 
 def time_engines(
@@ -496,6 +512,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamo", action="store_true", help="export with the dynamo-based exporter")
     p.add_argument(
         "--buckets-of", type=Path, metavar="REPOSITORY", help="instead: every bucket of a repository"
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="REPOSITORY",
+        help="with --buckets-of: also every bucket of this repository (e.g. main's before a change), each "
+        "timed in the same rounds as its namesake and labelled 'before'",
     )
     p.add_argument(
         "--levers",
@@ -584,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.buckets_of:
             engines, notes = build_bucket_engines(args.buckets_of, args.threads)
+            if args.baseline:
+                before, before_notes = build_bucket_engines(args.baseline, args.threads, prefix="before ")
+                engines, notes = pair_with_baseline(engines, before), {**before_notes, **notes}
         elif args.levers:
             engines, notes = build_lever_engines(args.checkpoint, args.seq_len, args.threads, Path(tmp))
         else:
@@ -631,8 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
+    source = f"the buckets of {args.buckets_of}" if args.buckets_of else args.checkpoint.name
     print(
-        f"in-process inference, {args.checkpoint.name}, K uniform in {k_min}..{k_max}, "
+        f"in-process inference, {source}, K uniform in {k_min}..{k_max}, "
         f"threads={args.threads}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__} (CPU "
         f"provider), median of {args.rounds} interleaved rounds, {args.clock} clock"
     )
@@ -650,6 +677,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.buckets_of:
         baseline = next(iter(results))
     print(format_table(results, baseline))
+    if args.buckets_of and args.baseline:
+        for name in results:
+            if name.startswith("before ") and name.removeprefix("before ") in results:
+                after = results[name.removeprefix("before ")]
+                ratios = ", ".join(f"batch {b}: {results[name][b] / after[b]:.2f}×" for b in batches)
+                now = name.removeprefix("before ")
+                print(f"{now}: before/after time per call (>1: faster now): {ratios}")
     for ref in ("torch eager", "torch.compile", "ort traced"):
         if ref in results and "ort" in results:
             ratios = ", ".join(f"batch {b}: {results[ref][b] / results['ort'][b]:.2f}×" for b in batches)

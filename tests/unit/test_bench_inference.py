@@ -110,3 +110,22 @@ def test_queries_of_a_fixed_number_of_pairs_can_be_timed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "K uniform in 2..2" in out
     assert "real tokens per query (of T=7): batch 1: 7, batch 3: 7.0 on average" in out
+
+
+def test_a_baseline_repository_is_timed_in_the_same_rounds_beside_its_namesakes(tmp_path, capsys):
+    from export.repository import export_repository
+
+    ckpt = small_checkpoint(tmp_path / "small.pt")
+    export_repository(ckpt, tmp_path / "before", buckets=(5, 7))
+    export_repository(ckpt, tmp_path / "after", buckets=(5, 9))
+    args = ["--buckets-of", str(tmp_path / "after"), "--baseline", str(tmp_path / "before"), "--seq-len", "5"]
+    assert (
+        main([*args, "--batch-sizes", "1,3", "--rounds", "1", "--round-seconds", "0.01", "--threads", "1"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    rows = [line.split(" (T=")[0] for line in out.splitlines() if "(T=" in line and "µs" not in line]
+    table = [r for r in rows if not r.endswith("time per call")]
+    assert table[:4] == ["before fastweights_t5", "fastweights_t5", "fastweights_t9", "before fastweights_t7"]
+    assert "fastweights_t5 (T=5): before/after time per call (>1: faster now): batch 1: " in out
+    assert "fastweights_t9 (T=9): before/after" not in out  # no namesake before
