@@ -25,9 +25,10 @@ from contract.model_config import PLATFORM, BucketConfig, read_config_pbtxt
 ONNX_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.pbtxt"
 DEFAULT_FAMILY = "fastweights"
-# T = 2K + 3: buckets for K = 1, 4, 8 and 12 pairs. 27 (K=12) is longer than the default model's training
-# range (K <= 8) and exists to measure length generalization.
-DEFAULT_BUCKETS: tuple[int, ...] = (5, 11, 19, 27)
+# T = 2K + 3: buckets for K = 1, 4, 8, 11, 14, 17, 19, 22, 24 and 26 pairs (26: every key letter once). The
+# fewest whose mean cost per query (K uniform in 1..26) is within 10% of one graph per K at batch 1 and 256,
+# with T = 5 and 11 kept (bench/bucket_sets.py; docs/results.md section 4 has the measured table).
+DEFAULT_BUCKETS: tuple[int, ...] = (5, 11, 19, 25, 31, 37, 41, 47, 51, 55)
 DEFAULT_VERSION = 1
 
 # ASCII digits only ("²".isdigit() is True, int("²") raises), no leading zeros ("01" and "1" would be one

@@ -26,7 +26,9 @@ class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sequence: StrictStr | None = Field(
-        default=None, description="K key/value pairs, '??', then one of the keys.", examples=["c9k8j3f1??c"]
+        default=None,
+        description="K key/value pairs (keys distinct letters: K <= 26), '??', then one of the keys.",
+        examples=["c9k8j3f1??c"],
     )
     pairs: list[list[StrictStr]] | None = Field(
         default=None,
@@ -57,6 +59,10 @@ class RetrieveRequest(_Query):
             "examples": [
                 {"sequence": "c9k8j3f1??c"},
                 {"pairs": [["c", "9"], ["k", "8"]], "query": "k", "top_k": 3, "explain": True},
+                {  # the longest query the bundled model serves: 26 pairs, every key letter once
+                    "sequence": "a0b1c2d3e4f5g6h7i8j9k0l1m2n3o4p5q6r7s8t9u0v1w2x3y4z5??q",
+                    "explain": True,
+                },
             ]
         },
     )
@@ -139,7 +145,7 @@ class RetrieveResponse(BaseModel):
                     "model": "fastweights",
                     "version": "1",
                     "bucket": "fastweights_t11",
-                    "checkpoint": "default.pt",
+                    "checkpoint": "k26.pt",
                 }
             ]
         }

@@ -26,8 +26,15 @@ from grpc_status import rpc_status
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.server import Server, start_server
-from tests.integration.test_v2_protocol import MODEL, T, encode, reference, sequences
+from contract import scan_repository
+from model.data import generate
+from tests.integration.server import Server, default_repository, start_server
+from tests.integration.test_v2_protocol import LONGEST, MODEL, T, encode, reference, sequences
+
+
+def served_lengths() -> list[int]:
+    return sorted(e.seq_len for e in scan_repository(default_repository()) if not e.config.stateful)
+
 
 AUTH = {"authorization": "Bearer s3cret"}
 
@@ -173,6 +180,19 @@ def test_a_batch_matches_the_rest_path_the_onnx_file_and_keeps_row_order(gc, hc,
         assert got.as_numpy(name).shape == (200, 10 if name == "logits" else T)
         np.testing.assert_array_equal(got.as_numpy(name), rest.as_numpy(name))
         np.testing.assert_allclose(got.as_numpy(name), expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_26_pair_queries_on_the_longest_bucket_answer_as_over_rest(gc, hc):
+    longest = hc.get_model_metadata(LONGEST)
+    data = generate(256, 26, 26, seed=2656)
+    tokens = encode(data.sequences(), longest)
+    got = gc.infer(LONGEST, [grpc_input(tokens)])
+    rest = hc.infer(LONGEST, [http_input(tokens)])
+    np.testing.assert_array_equal(got.as_numpy("logits"), rest.as_numpy("logits"))
+    assert got.as_numpy("memory_attention").shape == (256, 55)
+    assert int((got.as_numpy("logits").argmax(axis=1) != data.targets).sum()) <= 1
+    listed = {m.name for m in gc.get_model_repository_index().models}
+    assert {f"fastweights_t{t}" for t in served_lengths()} | {"fastweights_stream"} == listed
 
 
 def test_requested_outputs_only(gc, metadata):
@@ -549,7 +569,7 @@ def test_sequences_over_one_stream_answer_as_the_stateless_rest_path(gc, hc, met
     for (sid, query), (result, err) in zip(sent, replies, strict=True):
         assert err is None, (sid, err)
         if query:
-            T = min(t for t in (5, 11, 19, 27) if t >= len(query))
+            T = min(t for t in served_lengths() if t >= len(query))
             tokens = np.zeros((1, T), dtype=np.int64)
             tokens[0, T - len(query) :] = [vocab.index(c) for c in query]
             want = hc.infer(f"fastweights_t{T}", [http_input(tokens)]).as_numpy("logits")

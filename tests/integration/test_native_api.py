@@ -14,6 +14,9 @@ from model.data import generate
 from tests.integration.server import Server, start_server
 
 SEQ = "c9k8j3f1??c"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# 26 pairs, every key letter once: the most a query can hold (keys are distinct letters)
+LONGEST = "".join(f"{k}{i % 10}" for i, k in enumerate(LETTERS))
 
 
 def error_of(r: httpx.Response, status: int) -> dict[str, object]:
@@ -39,7 +42,7 @@ def test_retrieve_answers_a_sequence_with_model_version_and_bucket(client: httpx
         "fastweights",
         "1",
         "fastweights_t11",
-        "default.pt",  # the bucket graph's source checkpoint, from its metadata
+        "k26.pt",  # the bucket graph's source checkpoint, from its metadata
     )
 
 
@@ -59,6 +62,38 @@ def test_each_query_goes_to_the_smallest_bucket_that_fits(
     client: httpx.Client, sequence: str, bucket: str
 ) -> None:
     assert client.post("/v1/retrieve", json={"sequence": sequence}).json()["bucket"] == bucket
+
+
+def test_the_longest_query_26_pairs_goes_to_the_longest_bucket_and_is_explained(client: httpx.Client) -> None:
+    body = client.post("/v1/retrieve", json={"sequence": LONGEST + "??q", "explain": True}).json()
+    assert (body["value"], body["num_pairs"], body["bucket"]) == ("6", 26, "fastweights_t55")
+    expl = body["explanation"]
+    assert sorted((e["key"], e["value"], e["position"]) for e in expl) == [
+        (k, str(i % 10), 2 * i) for i, k in enumerate(LETTERS)
+    ]
+    assert sum(e["weight"] for e in expl) == pytest.approx(1.0, abs=1e-4)
+    assert expl[0]["key"] == "q"  # the fast memory's strongest weight is on the pair asked for
+
+
+def test_every_request_example_of_the_openapi_schema_is_answered(client: httpx.Client) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    examples = schemas["RetrieveRequest"]["examples"]
+    assert any(e.get("sequence", "").count("??") == 1 and len(e["sequence"]) == 55 for e in examples)
+    for example in examples:
+        r = client.post("/v1/retrieve", json=example)
+        assert r.status_code == 200, (example, r.text)
+        assert set(schemas["RetrieveResponse"]["examples"][0]) <= set(r.json())
+    for example in schemas["BatchRequest"]["examples"]:
+        assert client.post("/v1/retrieve/batch", json=example).status_code == 200
+
+
+def test_fresh_26_pair_queries_are_answered_through_the_api(client: httpx.Client) -> None:
+    data = generate(1000, 26, 26, seed=26026)  # at most 2 in 20 000 per K measured: ~0.1 expected here
+    items = [{"sequence": s} for s in data.sequences()]
+    results = client.post("/v1/retrieve/batch", json={"items": items}).json()["results"]
+    assert {r["num_pairs"] for r in results} == {26}
+    wrong = sum(r["value"] != str(t) for r, t in zip(results, data.targets.tolist(), strict=True))
+    assert wrong <= 1, wrong
 
 
 def test_top_k_returns_the_most_likely_values_in_order(client: httpx.Client) -> None:
@@ -90,8 +125,9 @@ def test_batch_answers_in_request_order_and_gives_bad_items_their_own_errors(cli
         {"pairs": [["x", "1"], ["y", "2"]], "query": "y"},
         {"id": "bad-field", "sequence": "a1??a", "colour": "red"},
         "not an object",
-        {"id": "long", "sequence": "".join(f"{k}1" for k in "abcdefghijklm") + "??a"},
+        {"id": "long", "sequence": "a1" * 200 + "??a"},
         {"sequence": "a1b2c3d4e5f6g7h8i9j0k1??k"},
+        {"id": "26", "sequence": LONGEST + "??q"},
     ]
     r = client.post("/v1/retrieve/batch", json={"items": items})
     assert r.status_code == 200, r.text
@@ -110,7 +146,8 @@ def test_batch_answers_in_request_order_and_gives_bad_items_their_own_errors(cli
     assert res[3]["error"]["field"] == "items[3].colour"
     assert res[4]["error"]["code"] == "invalid_request" and res[4]["error"]["field"] == "items[4]"
     assert res[5]["error"]["code"] == "too_long" and res[5]["id"] == "long"
-    assert res[6]["num_pairs"] == 11 and "value" in res[6]  # 11 pairs: the T=27 bucket
+    assert res[6]["num_pairs"] == 11 and "value" in res[6]
+    assert (res[7]["id"], res[7]["num_pairs"], res[7]["value"]) == ("26", 26, "6")
 
 
 def test_batch_options_apply_to_every_item(client: httpx.Client) -> None:
@@ -156,11 +193,17 @@ def test_the_bundled_model_answers_fresh_sequences_through_the_api(client: httpx
         ({"pairs": [], "query": "a"}, "empty", "pairs", "at least one key/value pair"),
         ({"pairs": [["a", "1", "2"]], "query": "a"}, "malformed", "pairs[0]", "pair 0 must be [key, value]"),
         ({"pairs": [["a", "1"]], "query": "b"}, "query_not_found", "query", "'b' is not among the keys"),
-        (
-            {"sequence": "".join(f"{k}1" for k in "abcdefghijklm") + "??a"},
-            "too_long",
+        (  # a 27th pair can only repeat a key
+            {"sequence": LONGEST + "a1??a"},
+            "duplicate_key",
             "sequence",
-            "13 pairs is more than the largest bucket holds (12 pairs)",
+            "key 'a' appears twice (pairs 0 and 26)",
+        ),
+        (
+            {"pairs": [[k, "1"] for k in LETTERS + "z"], "query": "a"},
+            "duplicate_key",
+            "pairs",
+            "key 'z' appears twice (pairs 25 and 26)",
         ),
         ({"sequence": "a1" * 200 + "??a"}, "too_long", "sequence", "the limit is 256"),
         ({"sequence": SEQ, "colour": "red"}, "invalid_request", "colour", "unknown field 'colour'"),

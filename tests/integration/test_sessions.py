@@ -66,8 +66,8 @@ def limits(client: httpx.Client) -> dict:
 
 def test_the_sessions_route_says_they_are_served_with_the_served_models_capacity(limits: dict) -> None:
     assert limits["stream_model"] == "fastweights_stream" and limits["store"] == "memory"
-    assert limits["max_pairs"] == 12  # the longest bucket, T = 27
-    assert limits["state_bytes"] == 4 * 50 * 27
+    assert limits["max_pairs"] == 26  # the longest bucket, T = 55: every key letter once
+    assert limits["state_bytes"] == 4 * 50 * 55  # h and the 54 earlier h of the shift register
 
 
 def test_a_session_built_one_pair_at_a_time_answers_every_query_as_retrieve_does(
@@ -99,7 +99,7 @@ def test_a_session_created_with_pairs_or_a_sequence_holds_them(client: httpx.Cli
     for sid in (a["session_id"], b["session_id"]):
         assert client.post(f"/v1/sessions/{sid}/query", json={"query": "k"}).json()["value"] == "8"
     assert a["session_id"] != b["session_id"]
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", a["expires_at"]) and a["bytes"] > 4 * 50 * 27
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", a["expires_at"]) and a["bytes"] > 4 * 50 * 55
 
 
 def test_a_query_does_not_change_the_session(client: httpx.Client) -> None:
@@ -195,9 +195,15 @@ def test_typed_errors_of_the_session_api(client: httpx.Client, limits: dict) -> 
     empty = client.post("/v1/sessions").json()["session_id"]
     error_of(client.post(f"/v1/sessions/{empty}/query", json={"query": "a"}), 422, "empty")
     letters = "abcdefghijklmnopqrstuvwxyz"
-    full = [[letters[i], "1"] for i in range(limits["max_pairs"] + 1)]
-    too_many = error_of(client.post("/v1/sessions", json={"pairs": full}), 422, "too_many_pairs")
+    full = client.post("/v1/sessions", json={"pairs": [[k, "1"] for k in letters]})
+    assert full.status_code == 201 and full.json()["num_pairs"] == limits["max_pairs"] == 26, full.text
+    full_id = full.json()["session_id"]
+    assert client.post(f"/v1/sessions/{full_id}/query", json={"query": "z"}).json()["value"] == "1"
+    extra = client.post(f"/v1/sessions/{full_id}/pairs", json={"pairs": [["a", "2"]], "seq": 0})
+    too_many = error_of(extra, 422, "too_many_pairs")  # a 27th pair: over the capacity, whatever its key
     assert f"at most {limits['max_pairs']} pairs" in str(too_many["message"])
+    over = [[k, "1"] for k in letters + "a"]  # 27 pairs at creation can only repeat a key
+    assert error_of(client.post("/v1/sessions", json={"pairs": over}), 422, "duplicate_key")
     assert client.delete(f"/v1/sessions/{sid}").status_code == 204
     gone = error_of(client.get(f"/v1/sessions/{sid}"), 404, "session_not_found")
     assert "deleted" in str(gone["message"])

@@ -176,11 +176,11 @@ def test_a_replica_killed_mid_stream_loses_and_doubles_nothing(
 ) -> None:
     victim, survivor = replica(redis_url, model_repository), replica(redis_url, model_repository)
     lb = Balancer([victim.url, survivor.url])
-    rows = [pairs for k in (6, 9, 12) for pairs, _ in fresh_rows(k, 3)]
+    rows = [pairs for k in (6, 12, 26) for pairs, _ in fresh_rows(k, 3)]
     sessions = [lb.post("/v1/sessions", {}).json()["session_id"] for _ in rows]
     killed = restarted = None
     try:
-        for step in range(12):
+        for step in range(max(len(pairs) for pairs in rows)):  # up to 26 pairs, the served capacity
             for sid, pairs in zip(sessions, rows, strict=True):
                 if step < len(pairs):
                     r = lb.post(f"/v1/sessions/{sid}/pairs", {"pairs": [pairs[step]], "seq": step})

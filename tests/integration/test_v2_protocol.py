@@ -31,6 +31,7 @@ from tests.integration.test_readme import matches
 
 MODEL = "fastweights_t11"
 T = 11
+LONGEST = "fastweights_t55"  # 26 pairs: every key letter once
 
 
 def triton(server: Server, **kwargs) -> httpclient.InferenceServerClient:
@@ -123,14 +124,31 @@ def test_the_vocabulary_and_padding_are_discoverable_through_the_api(metadata, t
     assert orjson.loads(config_params["vocab"]["string_value"]) == params["vocab"]
 
 
-def test_the_metadata_and_config_name_the_graphs_source_checkpoint_and_its_figures(metadata, tc):
-    params = metadata["parameters"]
-    assert params["source_checkpoint"] == "default.pt" and len(params["source_sha256"]) == 64
+@pytest.mark.parametrize("model", [MODEL, LONGEST])
+def test_the_metadata_and_config_name_the_graphs_source_checkpoint_and_its_figures(tc, model):
+    params = tc.get_model_metadata(model)["parameters"]
+    assert params["source_checkpoint"] == "k26.pt" and len(params["source_sha256"]) == 64
     figures = params["source_figures"]
-    assert figures["k_range"] == [1, 8] and figures["hidden_size"] == 50 and figures["test_error"] == 0.0
-    config_params = tc.get_model_config(MODEL)["parameters"]
-    assert config_params["source_checkpoint"]["string_value"] == "default.pt"
+    assert figures["k_range"] == [1, 26] and figures["hidden_size"] == 50 and figures["test_error"] == 0.0
+    config_params = tc.get_model_config(model)["parameters"]
+    assert config_params["source_checkpoint"]["string_value"] == "k26.pt"
     assert config_params["source_sha256"]["string_value"] == params["source_sha256"]
+
+
+def test_the_longest_bucket_answers_fresh_26_pair_queries_with_the_stock_client(tc, model_repository):
+    longest = tc.get_model_metadata(LONGEST)
+    assert (longest["parameters"]["seq_len"], longest["parameters"]["max_pairs"]) == (55, 26)
+    data = generate(256, 26, 26, seed=2655)  # at most 2 in 20 000 per K measured: ~0.03 expected here
+    tokens = encode(data.sequences(), longest)
+    result = tc.infer(LONGEST, [tokens_input(tokens)])
+    sess = ort.InferenceSession(
+        str(model_repository / LONGEST / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    np.testing.assert_allclose(
+        result.as_numpy("logits"), sess.run(["logits"], {"tokens": tokens})[0], atol=1e-5
+    )
+    wrong = int((result.as_numpy("logits").argmax(axis=1) != data.targets).sum())
+    assert wrong <= 1, wrong
 
 
 def test_versioned_metadata_and_unknown_versions(tc):

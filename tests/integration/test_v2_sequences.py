@@ -11,13 +11,15 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from contract import scan_repository
 from contract.vocab import DEFAULT_TOKENS, sequence_length
 from model.data import generate
-from tests.integration.server import Server
+from tests.integration.server import Server, default_repository
 
 STREAM = "fastweights_stream"
 INDEX = {t: i for i, t in enumerate(DEFAULT_TOKENS)}
-BUCKETS = (5, 11, 19, 27)
+BUCKETS = sorted(e.seq_len for e in scan_repository(default_repository()) if not e.config.stateful)
+K_MAX = (BUCKETS[-1] - 3) // 2  # the served capacity: 26 pairs (T = 55)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def test_a_sequence_answers_every_query_as_the_stateless_graphs_do(
 ) -> None:
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"fresh data seed {seed}")
-    data = generate(24, 1, 12, seed)
+    data = generate(52, 1, K_MAX, seed)
     for n, (row, k) in enumerate(zip(data.tokens, data.num_pairs, strict=True)):
         text = "".join(DEFAULT_TOKENS[t] for t in row[len(row) - sequence_length(int(k)) :])
         pairs = text[: 2 * k]
@@ -61,7 +63,7 @@ def test_a_sequence_answers_every_query_as_the_stateless_graphs_do(
             want = stateless_logits(tc, pairs + "??" + key)
             logits = got.as_numpy("logits")
             assert np.abs(logits - want).max() <= 1e-4 and logits.argmax() == want.argmax()
-            assert got.as_numpy("memory_attention").shape == (1, 27)
+            assert got.as_numpy("memory_attention").shape == (1, BUCKETS[-1])
         tc.infer(STREAM, chunk("??" + pairs[0]), sequence_id=sid, sequence_end=True)
         with pytest.raises(InferenceServerException, match="not started"):
             tc.infer(STREAM, chunk("??" + pairs[0]), sequence_id=sid)
@@ -95,9 +97,11 @@ def test_sequence_errors_are_400s_that_say_what_is_wrong(tc: httpclient.Inferenc
     with pytest.raises(InferenceServerException, match="one row per request"):
         tc.infer(STREAM, [inp], sequence_id=99)
     letters = "bcdefghijklmnopqrstuvwxyz"
-    with pytest.raises(InferenceServerException, match="at most 24"):  # 12 pairs, the served capacity
-        for i in range(13):
-            tc.infer(STREAM, chunk(letters[i] + "1"), sequence_id=99)
+    for i in range(K_MAX - 1):  # 26 pairs in all: the served capacity
+        tc.infer(STREAM, chunk(letters[i] + "1"), sequence_id=99)
+    with pytest.raises(InferenceServerException, match="at most 52"):  # a 27th pair
+        tc.infer(STREAM, chunk("b2"), sequence_id=99)
+    assert tc.infer(STREAM, chunk("??z"), sequence_id=99).as_numpy("logits").argmax() == 1  # class "1"
 
 
 def test_the_stateful_model_is_described_by_v2_metadata(tc: httpclient.InferenceServerClient) -> None:
@@ -112,6 +116,6 @@ def test_the_stateful_model_config_declares_sequence_batching_and_its_capacity(
 ) -> None:
     config = tc.get_model_config(STREAM)
     states = {s["input_name"]: s for s in config["sequence_batching"]["state"]}
-    assert states["state_memory"]["dims"] == [26, 50] and states["state_h"]["output_name"] == "state_h_out"
+    assert states["state_memory"]["dims"] == [54, 50] and states["state_h"]["output_name"] == "state_h_out"
     params = tc.get_model_metadata(STREAM)["parameters"]
-    assert (params["stateful"], params["max_pairs"], params["seq_len"]) == (True, 12, 3)
+    assert (params["stateful"], params["max_pairs"], params["seq_len"]) == (True, 26, 3)

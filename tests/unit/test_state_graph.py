@@ -21,7 +21,7 @@ from model.data import PAD_ID, generate
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "model_repository"
-CHECKPOINT = REPO / "checkpoints" / "default.pt"
+CHECKPOINT = REPO / "checkpoints" / "k26.pt"  # the bundled repository's source (make model)
 
 
 @pytest.fixture(scope="module")
