@@ -43,7 +43,8 @@ def per_call_us(s: ort.InferenceSession, feed: dict, seconds: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.stream_forms", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default.pt")
+    # the checkpoint the served stream model is exported from (make model)
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "k26.pt")
     p.add_argument("--batch-sizes", default="1,8,64,256")
     p.add_argument("--chunk", type=int, default=3)
     p.add_argument("--seconds", type=float, default=1.0)
