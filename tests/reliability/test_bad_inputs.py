@@ -78,12 +78,12 @@ CORPUS: list[Bad] = [
     Bad("unknown character", R, j({"sequence": "c9k#j3??c"}), 422, "unknown_character"),
     Bad("upper case", R, j({"sequence": "C9K8??C"}), 422, "unknown_character"),
     Bad("too long", R, j({"sequence": "a1" * 600 + "??a"}), 422, "too_long"),
-    Bad(
+    Bad(  # 26 pairs fill the largest bucket (T = 55); a 27th can only repeat a key
         "more pairs than the largest bucket",
         R,
-        j({"sequence": "a1b2c3d4e5f6g7h8i9j0k1l2m3??a"}),
+        j({"sequence": "".join(f"{k}1" for k in "abcdefghijklmnopqrstuvwxyz") + "a2??a"}),
         422,
-        "too_long",
+        "duplicate_key",
     ),
     Bad("duplicate key", R, j({"sequence": "a1a2??a"}), 422, "duplicate_key"),
     Bad("query not among keys", R, j({"sequence": "a1b2??c"}), 422, "query_not_found"),
