@@ -154,8 +154,8 @@ def test_100k_rows_are_scored_completely_and_correctly_with_labels_summarised(
     assert "accuracy" in done.stderr and "rows/s" in done.stderr
 
 
-@pytest.mark.parametrize("protocol", ["rest", "v2"])
-def test_fresh_rows_of_every_k_up_to_26_are_scored_right_over_both_protocols(
+@pytest.mark.parametrize("protocol", ["rest", "v2", "grpc"])
+def test_fresh_rows_of_every_k_up_to_26_are_scored_right_over_every_protocol(
     server: Server, model_repository: Path, tmp_path: Path, protocol: str
 ) -> None:
     batch = generate(26 * 200, 1, 26, seed=26200)  # a fresh seed: 200 rows per K on average
@@ -169,7 +169,8 @@ def test_fresh_rows_of_every_k_up_to_26_are_scored_right_over_both_protocols(
         tmp_path / "s.json",
     )
     extra = ("--protocol", protocol, "--summary-json", str(summary))
-    done = run_client(client_cmd(inp, out, server.url, extra=extra))
+    url = server.grpc_target if protocol == "grpc" else server.url
+    done = run_client(client_cmd(inp, out, url, extra=extra))
     assert done.returncode == 0, done.stderr
     got = assert_complete_and_right(out, ref, n)
     assert {r["num_pairs"] for r in got} == set(range(1, 27))

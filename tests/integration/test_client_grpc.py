@@ -46,7 +46,7 @@ def test_grpc_writes_the_same_output_as_v2_over_http_and_every_answer_is_right(
     n = 10_000
     inp = write_jsonl(tmp_path / "in.jsonl", data, n)
     with inp.open("a") as f:  # rows the client itself refuses: the same errors, at the same lines
-        f.write('{"id": "bad", "sequence": "c9k8??C"}\n{"id": "long", "sequence": "' + "a1" * 20 + '??a"}\n')
+        f.write('{"id": "bad", "sequence": "c9k8??C"}\n{"id": "long", "sequence": "' + "a1" * 27 + '??a"}\n')
     # One request in flight: the server batches the same rows together for both runs, so even the rounded
     # confidences are bit for bit the same.
     one = ("--concurrency", "1")
