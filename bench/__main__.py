@@ -19,6 +19,7 @@ BENCHMARKS = (
     ("bench.memory_forms", "fast memory: matrix vs attention form as T grows (issue 7)"),
     ("bench.grpc_vs_http", "the V2 protocol over gRPC vs over HTTP: req/s, p50/p99, batch rows/s (issue 19)"),
     ("bench.bucket_sets", "length buckets: the cheapest set of each size over K 1..26, measured (issue 17)"),
+    ("bench.grpc_variants", "gRPC server variants side by side: req/s, CPU per call (issue 19)"),
 )
 # Arguments `make bench` gives a module (default: none): the issue-7 benchmarks also draw docs/img/*.png.
 ARGS: dict[str, list[str]] = {
@@ -28,6 +29,8 @@ ARGS: dict[str, list[str]] = {
     "bench.engine_sweep": ["--plot", "docs/img/engine.png"],
     "bench.memory_forms": ["--plot", "docs/img/memory_forms.png"],
     "bench.grpc_vs_http": ["--stream"],
+    # The baseline against the opt-in queue delay that lets unary gRPC calls share onnxruntime runs.
+    "bench.grpc_variants": ["base:", "delay2:FWS_MAX_QUEUE_DELAY_MS=2"],
 }
 
 

@@ -150,3 +150,14 @@ def test_sessions_bench_runs_against_a_real_server_with_both_stores(tmp_path: Pa
         assert store["lengths"] == [1, 2] and store["k_max"] >= 2
         assert all(len(store["latency"][k]["1"]) == 3 for k in ("append", "query", "stateless"))
         assert store["throughput"]["appends_per_s"] > 0 and store["bytes_per_session"] != 0
+
+
+def test_grpc_variants_read_a_name_and_the_environment_of_its_server():
+    from bench.grpc_variants import parse_variant
+
+    assert parse_variant("base:") == parse_variant("base")
+    variant = parse_variant("delay:FWS_MAX_QUEUE_DELAY_MS=2;GRPC_POLL_STRATEGY=poll")
+    assert (variant.name, variant.env) == (
+        "delay",
+        {"FWS_MAX_QUEUE_DELAY_MS": "2", "GRPC_POLL_STRATEGY": "poll"},
+    )
