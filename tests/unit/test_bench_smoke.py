@@ -161,3 +161,13 @@ def test_grpc_variants_read_a_name_and_the_environment_of_its_server():
         "delay",
         {"FWS_MAX_QUEUE_DELAY_MS": "2", "GRPC_POLL_STRATEGY": "poll"},
     )
+
+
+def test_repository_footprint_starts_a_real_server_and_reports_its_ready_time_and_memory(capsys):
+    from bench import repository_footprint
+
+    repo = Path(__file__).resolve().parents[2] / "model_repository"
+    assert repository_footprint.main([str(repo), "--repeats", "1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "10 buckets (T = 5, 11, 19, 25, 31, 37, 41, 47, 51, 55, sum 322) + stream model: ready in" in line
+    assert float(line.rsplit("RSS median ", 1)[1].split()[0]) > 50  # MiB: a server with ten sessions loaded
