@@ -95,6 +95,9 @@ class LoadedModel:
     # onnxruntime release): the public `run`. Any error there also goes through `run`, which keeps
     # onnxruntime's own provider fallback and error messages.
     _binding: Any = field(default=None, init=False, repr=False)  # set from `session` in __post_init__
+    # Default run options, made once and passed to the binding: given None instead, pybind11 looks for a
+    # conversion from NoneType and builds and discards an AttributeError on every run (CPython 3.11).
+    _run_options: ort.RunOptions = field(default_factory=ort.RunOptions, init=False, repr=False)
 
     def __post_init__(self) -> None:
         binding = getattr(self.session, "_sess", None)
@@ -111,7 +114,7 @@ class LoadedModel:
         if self._binding is not None:
             # An error there is answered again by the public API below, with its own handling.
             with contextlib.suppress(Exception):
-                outputs = self._binding.run(self._output_names, feed, None)
+                outputs = self._binding.run(self._output_names, feed, self._run_options)
         if outputs is None:
             outputs = self.session.run(self._output_names, feed)
         logits, attention = outputs

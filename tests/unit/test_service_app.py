@@ -76,3 +76,27 @@ def test_a_form_encoded_body_gets_a_hint_to_send_json(tmp_path: Path) -> None:
         )
     assert r.status_code == 422
     assert "Content-Type: application/json" in r.json()["error"]["message"]
+
+
+def test_app_state_finds_what_requests_read_on_its_class_and_behaves_as_starlettes_state(
+    tmp_path: Path,
+) -> None:
+    import inspect
+
+    from starlette.datastructures import State
+
+    app = create_app(Settings(model_repository=tmp_path, sessions=False))
+    state = app.state
+    assert isinstance(state, State)
+    for name in ("settings", "registry", "metrics", "ready", "draining"):
+        # a property of the class: no failed normal lookup (an AttributeError built and dropped) per read
+        assert isinstance(inspect.getattr_static(type(state), name), property), name
+    assert state.settings is app.state.settings and state.ready is False and state.draining is False
+    assert getattr(state, "sessions", None) is None  # not set: AttributeError, as State gives it
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        _ = state.nothing
+    state.draining = True
+    state.extra = 7
+    assert state.draining is True and state["extra"] == 7 and state["draining"] is True
+    del state.extra
+    assert "extra" not in list(state) and getattr(state, "extra", None) is None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 
 from contract import scan_models
@@ -187,6 +188,21 @@ def test_runs_go_through_the_cpp_binding_and_fall_back_to_the_public_api(
         )
 
     assert same(t11.run(tokens))
+
+    class Recording:  # the binding, recording the run options it is given
+        def __init__(self, inner: object) -> None:
+            self.inner, self.options = inner, []
+
+        def run(self, names: object, feed: object, options: object) -> object:
+            self.options.append(options)
+            return self.inner.run(names, feed, options)  # type: ignore[attr-defined]
+
+    recorded = dataclasses.replace(t11)
+    recorded._binding = Recording(t11._binding)
+    assert same(recorded.run(tokens)) and same(recorded.run(tokens))
+    first, second = recorded._binding.options
+    # one RunOptions made once, never None (from None pybind11 builds and drops an AttributeError per run)
+    assert isinstance(first, onnxruntime.RunOptions) and second is first
 
     class Failing:
         calls = 0

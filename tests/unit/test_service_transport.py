@@ -77,6 +77,20 @@ def test_flush_close_and_abort_keep_the_order_of_bytes() -> None:
     assert aborted.calls == [("abort", b"")]
 
 
+def test_is_closing_is_the_transports_own_method_found_in_the_instance() -> None:
+    async def main() -> None:
+        fake = FakeTransport()
+        t = CoalescingTransport(fake, asyncio.get_running_loop())
+        # asked several times per request: found without `__getattr__`, whose failed normal lookup first
+        # builds and drops an AttributeError
+        assert "is_closing" in vars(t)
+        assert t.is_closing() is False
+        fake.closing = True
+        assert t.is_closing() is True
+
+    asyncio.run(main())
+
+
 async def _echo_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     if scope["type"] != "http":
         return
