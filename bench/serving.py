@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.serving                              # everything wrk-able, 5 s per cell
     .venv/bin/python -m bench.serving --parts overhead --duration 2 --clients 1,64
     .venv/bin/python -m bench.serving --parts peers                # needs `make bench-peers` first
+    .venv/bin/python -m bench.serving --parts overhead --skip-references --baseline-tree A --baseline-tree B
 
 Every server runs as its own process on a free 127.0.0.1 port; the load comes from wrk (Debian's package,
 installed with apt-get when missing and allowed) or, failing that, bench.loadgen (asyncio httpx). Cells are
@@ -373,6 +374,10 @@ def run_grid(
                         for x in rounds[target.name]
                         if isinstance(cpu := x.extra.get("cpu_us_per_request"), float)
                     ]
+                    if "mean_batch_rows" in cell.extra:
+                        cell.extra["rounds_mean_batch_rows"] = [
+                            round(float(x.extra["mean_batch_rows"]), 1) for x in rounds[target.name]
+                        ]
                 results[target.name][c] = cell
                 extra = ""
                 if "mean_batch_rows" in cell.extra:

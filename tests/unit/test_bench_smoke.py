@@ -74,6 +74,7 @@ def test_serving_overhead_compares_several_trees_in_rounds_with_the_settings_giv
         assert cell["requests"] > 0 and cell["errors"] == cell["requests"], name
         assert len(cell["extra"]["rounds_rps"]) == 2, name
         assert len(cell["extra"]["rounds_cpu_us_per_request"]) == 2, name
+        assert cell["extra"]["rounds_mean_batch_rows"] == [0.0, 0.0], name  # every request refused: no run
 
 
 def test_service_env_takes_fws_settings_only():
