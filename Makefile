@@ -119,9 +119,9 @@ model-k26: $(VENV)/.all
 # DEFAULT_BUCKETS (T = 5..55, chosen by measured cost: bench/bucket_sets.py) and the stream model of memory
 # sessions from k26.pt, each verified against the checkpoint (parity, 10 000 sequences; the stream graph
 # against the buckets, K 1..26). One source for every graph, so a session answers as /v1/retrieve does
-# (docs/results.md section 4). CPU time, one thread: ~3 min (default.pt, 176 s measured), ~17 min
-# (k26.pt: 0.13 s/step measured on a quiet host x 8000 steps), ~1 min (export and verification, 47 s
-# measured); longer on a busy host. `make fresh-check` then measures every K on fresh data.
+# (docs/results.md section 4). Measured end to end on 2026-12-06: 995 s of CPU (16.6 min, one core), 1 h 14 min
+# wall at the lowest priority on the loaded shared host; the same weights as the committed checkpoints.
+# `make fresh-check` then measures every K on fresh data.
 MODEL_REPOSITORY ?= model_repository
 model: $(VENV)/.all
 	$(PY) -m model.train $(DEFAULT_TRAIN_ARGS) --out $(DEFAULT_CKPT)

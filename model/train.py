@@ -270,7 +270,7 @@ def train(
     last = cfg.steps if cfg.stop_at is None else min(cfg.steps, cfg.stop_at)
     if cfg.hard_pool < 1 or cfg.hard_pool * cfg.batch_size > train_rows:
         raise ValueError(f"hard_pool must be in [1, train rows / batch_size], got {cfg.hard_pool}")
-    best_error = math.inf
+    best_error, best_step = math.inf, None
     while step < last:
         mining = cfg.hard_pool > 1 and step >= cfg.mining_start
         rows = cfg.batch_size * (cfg.hard_pool if mining else 1)
@@ -324,7 +324,7 @@ def train(
             if out is not None:
                 save_checkpoint(ckpt, out)
             if best_out is not None and valid["error"] <= best_error:  # ties: the later, longer-trained one
-                best_error = valid["error"]
+                best_error, best_step = valid["error"], step
                 save_checkpoint(ckpt, best_out)
             if cfg.target_error is not None and valid["error"] <= cfg.target_error:
                 bar.write(f"early stop at step {step}: validation error {valid['error']:.4%}")
@@ -343,7 +343,20 @@ def train(
     ckpt = _snapshot(model, optimizer, model_cfg, cfg, step, history, metrics, average)
     if out is not None:
         save_checkpoint(ckpt, out)
+    if best_out is not None and best_step is not None:
+        _add_test_metrics(best_out, ckpt if best_step == step else None, test_set, device)
     return ckpt
+
+
+def _add_test_metrics(best_out: str | Path, final: Checkpoint | None, test_set: Batch, device: str) -> None:
+    """The kept checkpoint gets its test figures too, measured after it was chosen on validation: `final`
+    when the last evaluation was the best (the same weights), else its own weights on the test split."""
+    if final is not None:
+        save_checkpoint(final, best_out)
+        return
+    best = load_checkpoint(best_out)
+    best.metrics = {**best.metrics, "test": error_report(best.model(), test_set, device=device)}
+    save_checkpoint(best, best_out)
 
 
 def _weights_to_judge(

@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, build_model, load_checkpoint
+from model.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import VOCAB, fixed_split
+from model.evaluate import error_report
 from model.train import (
     TrainConfig,
+    _add_test_metrics,
     batch_indices,
     curriculum_k_max,
     decay_weights,
@@ -286,6 +288,21 @@ def test_best_out_keeps_the_checkpoint_with_the_lowest_validation_error(base, tm
     assert best.metrics["valid"]["error"] == min(errors)
     chosen = max(i for i, e in enumerate(errors) if e == min(errors))  # a tie goes to the later one
     assert best.step == final.history[chosen]["step"]
+    # tested after the choice, like the final checkpoint: `make model` serves it with its test figures
+    assert set(best.metrics["test"]) >= {"error", "n", "per_k"} and best.metrics["test"]["n"] > 0
+    if best.step == final.step:
+        assert best.metrics == final.metrics
+
+
+def test_a_kept_checkpoint_from_before_the_end_is_tested_with_its_own_weights(base, tmp_path):
+    _, path = base
+    kept = tmp_path / "kept.pt"
+    save_checkpoint(load_checkpoint(path), kept)
+    data = fixed_split("test", 1, 4, size=300, length=13)
+    _add_test_metrics(kept, None, data, "cpu")
+    got = load_checkpoint(kept)
+    assert got.metrics["test"] == error_report(got.model(), data)
+    assert got.metrics["valid"] == load_checkpoint(path).metrics["valid"]  # the rest kept as it was
 
 
 def test_fine_tuning_refuses_a_checkpoint_of_another_shape_and_a_k_start_past_k_max(base):
