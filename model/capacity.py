@@ -2,6 +2,8 @@
 
     python -m model.capacity plan                  # every run of the study, and which have finished
     python -m model.capacity run [--only lstm] [--max-runs 2]   # the missing runs, one at a time, resumable
+    python -m model.capacity run --only 100_ &    # a second runner: a run in training is locked
+                                                  # (runs/capacity/<run>.lock), so runners never share one
     python -m model.capacity report --plot docs/capacity.png --json runs/capacity/report.json
 
 Every model gets the same recipe (RECIPE: steps, data stream, K curriculum, schedule, batch, padding) from
@@ -16,13 +18,16 @@ and pools the seeds of each headline cell per K, with exact 95% intervals.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import functools
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from model.checkpoint import build_model, load_checkpoint
 from model.config import ModelConfig
@@ -123,6 +128,18 @@ def train_command(cell: Cell, lr: float, seed: int) -> list[str]:
     ]  # fmt: skip
 
 
+@contextlib.contextmanager
+def run_lock(name: str) -> Iterator[IO[str] | None]:
+    """The run's lock file held for as long as the block runs, or None when another runner holds it."""
+    with open(RUNS / f"{name}.lock", "w", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield lock  # released when the file closes (also when this process dies)
+
+
 def run(only: str | None, max_runs: int | None) -> int:
     RUNS.mkdir(parents=True, exist_ok=True)
     done = 0
@@ -132,10 +149,16 @@ def run(only: str | None, max_runs: int | None) -> int:
             continue
         if max_runs is not None and done >= max_runs:
             break
-        command = train_command(cell, lr, seed)
-        print(f"{name}: {' '.join(command)}", flush=True)
-        with open(RUNS / f"{name}.log", "a", encoding="utf-8") as log:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        with run_lock(name) as lock:
+            if lock is None:
+                print(f"{name}: another runner is training it; next", flush=True)
+                continue
+            if _finished(RUNS / f"{name}.pt") is not None:  # finished while we waited for the lock
+                continue
+            command = train_command(cell, lr, seed)
+            print(f"{name}: {' '.join(command)}", flush=True)
+            with open(RUNS / f"{name}.log", "a", encoding="utf-8") as log:
+                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
         if code != 0:
             print(f"{name}: exit code {code} (see {RUNS / name}.log)", file=sys.stderr)
             return code

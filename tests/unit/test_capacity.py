@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,24 @@ def test_the_plan_lists_every_screen_run(argv, tmp_path, monkeypatch, capsys):
     assert capacity.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 * len(capacity.cells()) and all(line.endswith("to run") for line in lines)
+
+
+def test_a_run_another_runner_holds_is_skipped_and_the_rest_still_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(capacity, "RUNS", tmp_path)
+    started, real_run = [], subprocess.run
+
+    def fake_train(command, **kwargs):
+        if "model.train" not in command:  # anything else (git, for the checkpoint's code version) runs
+            return real_run(command, **kwargs)
+        name = Path(command[command.index("--out") + 1]).stem
+        started.append(name)
+        _fake_run(tmp_path, name, 0.1, {1: {"error": 0.0, "n": 4}})
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(capacity.subprocess, "run", fake_train)
+    with capacity.run_lock("fast50_lr0.0003_s0") as held:  # as a second runner would hold it
+        assert held is not None
+        assert capacity.run(only="fast50_", max_runs=None) == 0
+    assert started == ["fast50_lr0.001_s0", "fast50_lr0.003_s0"]  # the held one skipped, not waited for
+    with capacity.run_lock("fast50_lr0.0003_s0") as free:  # released: a later runner takes it
+        assert free is not None
