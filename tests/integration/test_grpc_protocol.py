@@ -509,8 +509,8 @@ def queue_wait_seconds(server: Server) -> float:
 @pytest.mark.parametrize(("sequences_", "serial"), [([7, 7, 7], True), ([1, 2, 3], False)])
 def test_requests_of_one_sequence_on_a_stream_run_one_after_the_other(slow_server, sequences_, serial):
     """Slow runs of one row: three requests of ONE sequence reach the batcher one at a time (no queue wait);
-    three of different sequences queue together (150 + 300 ms of waiting when they arrive at once; a loaded host
-    can stagger their arrival by a run or so, which leaves at least 0.2 s: serial stays under 0.1)."""
+    three of different sequences queue together (150 + 300 ms of waiting when they arrive at once; a loaded
+    host can stagger their arrival by a run or so, which leaves at least 0.2 s: serial stays under 0.1)."""
     client = grpcclient.InferenceServerClient(slow_server.grpc_target)
     answers: Queue = Queue()
     tokens = np.zeros((1, T), dtype=np.int64)
