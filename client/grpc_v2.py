@@ -125,8 +125,11 @@ def logits(response: pb.ModelInferResponse, n_rows: int, n_classes: int) -> list
         if out.datatype != "FP32":
             raise V2Error(f"logits of datatype {out.datatype}, expected FP32")
         if i < len(response.raw_output_contents):
+            raw = response.raw_output_contents[i]
+            if len(raw) % 4:
+                raise V2Error(f"raw FP32 logits of {len(raw)} bytes, not a whole number of 4-byte values")
             values = array("f")
-            values.frombytes(response.raw_output_contents[i])
+            values.frombytes(raw)
             if sys.byteorder != "little":
                 values.byteswap()
             flat = values.tolist()

@@ -264,7 +264,7 @@ class Scorer:
         assert self.codec is not None and self.grpc is not None
         try:
             flat = await self.grpc.infer(bucket, rows)
-        except V2Error as exc:
+        except (V2Error, ValueError, KeyError, TypeError) as exc:
             raise RunFailed(f"V2 infer response of {bucket.name} not understood: {exc}") from None
         if isinstance(flat, dict):  # refused as a whole: halve until the rows at fault are alone
             if len(rows) == 1:

@@ -1,6 +1,6 @@
 """Export a checkpoint into a Triton-style model repository, then verify it against the checkpoint.
 
-    python -m export checkpoints/default.pt --repository model_repository [--buckets 5,11,19,27]
+    python -m export checkpoints/k26.pt --repository model_repository [--buckets 5,11,19,25]
         [--family fastweights] [--version 1] [--no-verify] [--stream-chunk 3 | --no-stream]
         [--source 19,27,55=checkpoints/other.pt ...]
 

@@ -1,6 +1,6 @@
 """Parity of the exported graphs with the training model (the reference), on generated sequences.
 
-    python -m export.verify checkpoints/default.pt --repository model_repository
+    python -m export.verify checkpoints/k26.pt --repository model_repository
 
 For every bucket of the family: sequences from the task generator with every K that fits the bucket
 (K uniform in 1..(T−3)/2, so short queries are left padded a lot), in batches of odd sizes (1, 7, 256 in

@@ -86,3 +86,10 @@ def test_logits_are_read_raw_or_typed_and_a_wrong_count_or_output_is_an_error() 
         logits(raw, 3, 2)
     with pytest.raises(V2Error, match="no 'logits'"):
         logits(pb.ModelInferResponse(), 1, 2)
+
+
+def test_raw_logits_that_are_not_whole_fp32_values_are_a_v2_error_not_a_crash() -> None:
+    torn = pb.ModelInferResponse(raw_output_contents=[array("f", [1.0, 2.0]).tobytes()[:-1]])  # 7 bytes
+    torn.outputs.add(name="logits", datatype="FP32", shape=[1, 2])
+    with pytest.raises(V2Error, match="7 bytes"):
+        logits(torn, 1, 2)

@@ -16,6 +16,7 @@ from contract.vocab import SequenceError, parse_sequence
 from model.data import VOCAB, generate
 from service import predictor
 from service.predictor import SMALL_BATCH, ModelLoadError, decode, load_model, softmax
+from service.retrieval import pick_bucket
 
 REPO = Path(__file__).resolve().parents[2] / "model_repository"
 T11 = REPO / "fastweights_t11" / "1" / "model.onnx"
@@ -220,3 +221,15 @@ def test_runs_go_through_the_cpp_binding_and_fall_back_to_the_public_api(
     assert same(failing.run(tokens)) and Failing.calls == 1
     bare = dataclasses.replace(t11, session=WithoutBinding(t11.session))  # type: ignore[arg-type]
     assert bare._binding is None and same(bare.run(tokens))
+
+
+def test_a_query_longer_than_every_ready_bucket_is_too_long_naming_the_most_pairs_served() -> None:
+    """The repository's largest bucket holds 26 pairs, so no valid query reaches this branch through the API;
+    a family served with fewer buckets (here T = 5 and 11: at most 4 pairs) must still refuse it."""
+    t5 = load_model(REPO / "fastweights_t5" / "1" / "model.onnx", "fastweights_t5", "1", device="cpu")
+    t11 = load_model(T11, "fastweights_t11", "1", device="cpu")
+    assert pick_bucket((t5, t11), parse_sequence("a1b2c3d4??a"), "sequence") is t11
+    with pytest.raises(SequenceError) as err:
+        pick_bucket((t5, t11), parse_sequence("a1b2c3d4e5??a"), "sequences[3]")
+    assert (err.value.code, err.value.field) == ("too_long", "sequences[3]")
+    assert "5 pairs is more than the largest bucket holds (4 pairs)" in str(err.value)
