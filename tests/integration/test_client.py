@@ -135,6 +135,24 @@ def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 
         time.sleep(0.02)
 
 
+def kill_mid_run(cmd: list[str], out: Path, n: int, at: int = 3_000) -> int:
+    """Start the client, SIGKILL it once `at` rows are written and tear its last row (the worst a crash can
+    leave); the rows written before the kill."""
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_lines(out, at, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = count_lines(out)
+    assert at <= before < n, "the client must be killed mid-run"
+    with out.open("ab") as f:
+        f.write(b'{"line":' + str(before + 1).encode() + b',"id":"r')
+    return before
+
+
 def test_100k_rows_are_scored_completely_and_correctly_with_labels_summarised(
     server: Server, data: Reference, tmp_path: Path
 ) -> None:
@@ -284,18 +302,7 @@ def test_resume_after_a_killed_client_scores_every_row_exactly_once(
         tmp_path / "s.json",
     )
     cmd = client_cmd(inp, out, server.url, extra=("--chunk-size", "50", "--concurrency", "1"))
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_lines(out, 3_000, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    before = count_lines(out)
-    assert 3_000 <= before < n, "the client must be killed mid-run"
-    with out.open("ab") as f:  # the worst a crash can leave: a torn last row
-        f.write(b'{"line":' + str(before + 1).encode() + b',"id":"r')
+    before = kill_mid_run(cmd, out, n)
     done = run_client(client_cmd(inp, out, server.url, extra=("--resume", "--summary-json", str(summary))))
     assert done.returncode == 0, done.stderr
     assert f"resuming after input line {before}" in done.stderr

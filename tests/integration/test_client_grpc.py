@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from model.data import generate
-from tests.integration.server import REPO_ROOT, Server, free_port, start_server
+from tests.integration.server import Server, free_port, start_server
 from tests.integration.test_client import (
     Reference,
     assert_complete_and_right,
     client_cmd,
-    count_lines,
+    kill_mid_run,
     records,
     reference,
     run_client,
-    wait_for_lines,
     write_jsonl,
     write_text,
 )
@@ -76,18 +73,7 @@ def test_a_grpc_run_killed_midway_resumes_with_every_row_exactly_once(
         tmp_path / "s.json",
     )
     cmd = client_cmd(inp, out, server.grpc_target, extra=(*GRPC, "--chunk-size", "50", "--concurrency", "1"))
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_lines(out, 3_000, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    before = count_lines(out)
-    assert 3_000 <= before < n, "the client must be killed mid-run"
-    with out.open("ab") as f:  # a torn last row, the worst a crash leaves
-        f.write(b'{"line":' + str(before + 1).encode() + b',"id":"r')
+    before = kill_mid_run(cmd, out, n)
     resume = (*GRPC, "--resume", "--summary-json", str(summary))
     done = run_client(client_cmd(inp, out, server.grpc_target, extra=resume))
     assert done.returncode == 0, done.stderr
