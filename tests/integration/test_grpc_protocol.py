@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from queue import Queue
+from typing import Any
 
 import grpc
 import httpx
@@ -423,9 +424,13 @@ def test_calls_beyond_the_concurrency_limit_are_refused_at_once(slow_server):
 
     with grpc.insecure_channel(slow_server.grpc_target) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        streams = [stub.ModelStreamInfer(idle(), metadata=tuple(AUTH.items())) for _ in range(16)]
+
+        def open_stream() -> Any:
+            return stub.ModelStreamInfer(idle(), metadata=tuple(AUTH.items()))
+
+        streams, refused = [open_stream() for _ in range(16)], []
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 20
             while True:  # the 16 streams reach the server in their own time
                 try:
                     stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=5)
@@ -433,10 +438,17 @@ def test_calls_beyond_the_concurrency_limit_are_refused_at_once(slow_server):
                     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                     break
                 assert time.monotonic() < deadline, "the 17th call was never refused"
+                # A stream refused while an earlier test's call still held a slot ended at once: the slot is
+                # free again, so another stream takes its place (else 15 streams never fill the 16).
+                ended = [s for s in streams if s.done()]
+                if ended:
+                    refused += ended
+                    streams = [s for s in streams if s not in ended]
+                    streams += [open_stream() for _ in ended]
                 time.sleep(0.05)
         finally:
             release.set()
-            for s in streams:
+            for s in streams + refused:
                 try:
                     list(s)
                 except grpc.RpcError as exc:  # a stream may itself be the call over the limit
