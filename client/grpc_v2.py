@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import sys
-from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +25,17 @@ import grpc
 
 from client.retry import RetryPolicy, RunFailed, parse_retry_after
 from client.stats import Stats
-from client.v2 import INPUT_NAME, OUTPUT_NAME, Bucket, V2Codec, V2Error, bucket_names, parse_buckets
+from client.v2 import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Bucket,
+    V2Codec,
+    V2Error,
+    bucket_names,
+    fp32_le,
+    int64_le,
+    parse_buckets,
+)
 from inference_grpc import grpc_service_pb2 as pb
 from inference_grpc import grpc_service_pb2_grpc as pb_grpc
 
@@ -103,17 +111,12 @@ def config_parameters(config: Any) -> dict[str, Any]:
 
 def request(bucket: Bucket, rows: Sequence[Sequence[int]]) -> pb.ModelInferRequest:
     """One infer request: the rows' token ids as one INT64 tensor (n, seq_len), raw little-endian."""
-    flat = array("q")
-    for ids in rows:
-        flat.extend(ids)
-    if sys.byteorder != "little":
-        flat.byteswap()
     tensor = pb.ModelInferRequest.InferInputTensor(
         name=INPUT_NAME, datatype="INT64", shape=(len(rows), bucket.seq_len)
     )
     wanted = pb.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT_NAME)
     return pb.ModelInferRequest(
-        model_name=bucket.name, inputs=(tensor,), outputs=(wanted,), raw_input_contents=(flat.tobytes(),)
+        model_name=bucket.name, inputs=(tensor,), outputs=(wanted,), raw_input_contents=(int64_le(rows),)
     )
 
 
@@ -125,14 +128,7 @@ def logits(response: pb.ModelInferResponse, n_rows: int, n_classes: int) -> list
         if out.datatype != "FP32":
             raise V2Error(f"logits of datatype {out.datatype}, expected FP32")
         if i < len(response.raw_output_contents):
-            raw = response.raw_output_contents[i]
-            if len(raw) % 4:
-                raise V2Error(f"raw FP32 logits of {len(raw)} bytes, not a whole number of 4-byte values")
-            values = array("f")
-            values.frombytes(raw)
-            if sys.byteorder != "little":
-                values.byteswap()
-            flat = values.tolist()
+            flat = fp32_le(response.raw_output_contents[i])
         else:
             flat = list(out.contents.fp32_contents)
         if len(flat) != n_rows * n_classes:

@@ -237,18 +237,27 @@ class Scorer:
     ) -> list[dict[str, Any]]:
         assert self.codec is not None
         if self.grpc is not None:
-            return await self._infer_grpc(bucket, rows, lengths)
-        body, headers = self.codec.request(rows, bucket.seq_len)
-        response = await self._send("POST", f"/v2/models/{bucket.name}/infer", body, headers, len(rows))
-        if response.status_code != 200:
+            flat = await self._logits_grpc(bucket, rows)
+        else:
+            flat = await self._logits_http(bucket, rows)
+        if isinstance(flat, dict):  # refused as a whole: halve until the rows at fault are alone
             if len(rows) == 1:
-                return [{"error": _error_from_body(response.status_code, self._payload(response))}]
+                return [{"error": flat}]
             mid = len(rows) // 2
             return await self._infer_v2(bucket, rows[:mid], lengths[:mid]) + await self._infer_v2(
                 bucket, rows[mid:], lengths[mid:]
             )
+        return self.codec.answers(flat, bucket, lengths)
+
+    async def _logits_http(self, bucket: Bucket, rows: list[list[int]]) -> list[float] | dict[str, Any]:
+        """The flat logits of one V2 infer over HTTP, or the error object of a refusal worth splitting."""
+        assert self.codec is not None
+        body, headers = self.codec.request(rows, bucket.seq_len)
+        response = await self._send("POST", f"/v2/models/{bucket.name}/infer", body, headers, len(rows))
+        if response.status_code != 200:
+            return _error_from_body(response.status_code, self._payload(response))
         try:
-            flat = self.codec.logits(
+            return self.codec.logits(
                 response.content,
                 response.headers.get("Inference-Header-Content-Length"),
                 len(rows),
@@ -256,24 +265,14 @@ class Scorer:
             )
         except (V2Error, ValueError, KeyError, TypeError) as exc:
             raise RunFailed(f"V2 infer response of {bucket.name} not understood: {exc}") from None
-        return self.codec.answers(flat, bucket, lengths)
 
-    async def _infer_grpc(
-        self, bucket: Bucket, rows: list[list[int]], lengths: list[int]
-    ) -> list[dict[str, Any]]:
-        assert self.codec is not None and self.grpc is not None
+    async def _logits_grpc(self, bucket: Bucket, rows: list[list[int]]) -> list[float] | dict[str, Any]:
+        """The same over gRPC's ModelInfer (client.grpc_v2)."""
+        assert self.grpc is not None
         try:
-            flat = await self.grpc.infer(bucket, rows)
+            return await self.grpc.infer(bucket, rows)
         except (V2Error, ValueError, KeyError, TypeError) as exc:
             raise RunFailed(f"V2 infer response of {bucket.name} not understood: {exc}") from None
-        if isinstance(flat, dict):  # refused as a whole: halve until the rows at fault are alone
-            if len(rows) == 1:
-                return [{"error": flat}]
-            mid = len(rows) // 2
-            return await self._infer_grpc(bucket, rows[:mid], lengths[:mid]) + await self._infer_grpc(
-                bucket, rows[mid:], lengths[mid:]
-            )
-        return self.codec.answers(flat, bucket, lengths)
 
     @staticmethod
     def _payload(response: httpx.Response) -> Any:

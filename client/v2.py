@@ -19,6 +19,7 @@ import math
 import re
 import sys
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,27 @@ def item_sequence(item: dict[str, Any]) -> str | dict[str, Any]:
     return "".join(parts) + "??" + query
 
 
+def int64_le(rows: Sequence[Sequence[int]]) -> bytes:
+    """Token ids of equal-length rows as one flat little-endian INT64 buffer (the V2 raw tensor layout)."""
+    flat = array("q")
+    for ids in rows:
+        flat.extend(ids)
+    if sys.byteorder != "little":
+        flat.byteswap()
+    return flat.tobytes()
+
+
+def fp32_le(raw: bytes) -> list[float]:
+    """A little-endian FP32 raw tensor as floats; V2Error when it is not whole 4-byte values."""
+    if len(raw) % 4:
+        raise V2Error(f"raw FP32 logits of {len(raw)} bytes, not a whole number of 4-byte values")
+    values = array("f")
+    values.frombytes(raw)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
+
+
 class V2Codec:
     """The family's buckets; encodes queries and decodes logits."""
 
@@ -104,12 +126,7 @@ class V2Codec:
     @staticmethod
     def request(rows: list[list[int]], seq_len: int) -> tuple[bytes, dict[str, str]]:
         """A binary-tensor infer request: JSON header, then the int64 tokens little-endian."""
-        flat = array("q")
-        for ids in rows:
-            flat.extend(ids)
-        if sys.byteorder != "little":
-            flat.byteswap()
-        raw = flat.tobytes()
+        raw = int64_le(rows)
         header = dumps(
             {
                 "inputs": [
@@ -144,11 +161,7 @@ class V2Codec:
                 if "data" in out:
                     flat = [float(x) for x in out["data"]]
                 else:
-                    values = array("f")
-                    values.frombytes(binary[offset : offset + size])
-                    if sys.byteorder != "little":
-                        values.byteswap()
-                    flat = values.tolist()
+                    flat = fp32_le(binary[offset : offset + size])
                 if len(flat) != n_rows * n_classes:
                     raise V2Error(f"logits of {len(flat)} values for {n_rows} rows x {n_classes} classes")
                 return flat
