@@ -273,6 +273,17 @@ def test_load_balancer_fails_over_but_never_resends_a_post_a_replica_received() 
     # Without non_idempotent, a POST is retried only if it never reached a replica (connection refused):
     # a replica's 503 (overloaded) goes back to the client instead of to the next replica.
     assert "non_idempotent" not in next_upstream.split()
+    # ... except one that got no answer at all (its replica died under it: nginx's own 502, never a
+    # replica's, which proxy_intercept_errors would turn into one): it goes once more to the pool.
+    (main_location,) = [
+        body
+        for body in re.findall(r"^\s*location / \{(.*?)\}", NGINX, re.M | re.S)
+        if "proxy_pass http://fws_replicas;" in body
+    ]
+    assert re.search(r"^\s*error_page 502 = @failover;", main_location, re.M)
+    assert not re.search(r"^\s*proxy_intercept_errors on", NGINX, re.M)
+    (failover,) = re.findall(r"^\s*location @failover \{(.*?)\}", NGINX, re.M | re.S)
+    assert "proxy_pass http://fws_replicas;" in failover and "error_page" not in failover  # once, not a loop
     (grpc_next,) = re.findall(r"^\s*grpc_next_upstream (.*);", NGINX, re.M)
     assert set(grpc_next.split()) == {"error", "timeout"}  # gRPC calls are POSTs too
 
