@@ -78,6 +78,17 @@ def pick_bucket(buckets: Sequence[LoadedModel], query: ParsedQuery, field: str) 
     )
 
 
+def unready_bucket_that_fits(registry: ModelRegistry, family: str, num_pairs: int) -> str | None:
+    """A bucket of `family` in the repository (named `<family>_t<T>`) long enough for `num_pairs` pairs, when
+    no ready bucket is: the query is valid and its bucket is down, which is 503, not the query's fault."""
+    needed = sequence_length(num_pairs)
+    for name in registry.names():
+        base, _, length = name.rpartition("_t")
+        if base == family and length.isdigit() and int(length) >= needed:
+            return name
+    return None
+
+
 async def answer(
     registry: ModelRegistry,
     family: str,
@@ -106,6 +117,12 @@ async def answer(
             try:
                 model = by_pairs[len(q.pairs)] = pick_bucket(buckets, q, fields[i] if fields else "sequence")
             except SequenceError as exc:
+                unready = unready_bucket_that_fits(registry, family, len(q.pairs))
+                if unready is not None:  # not too long: the bucket that holds it is down (failed, unloaded)
+                    raise ModelNotReadyError(
+                        f"{len(q.pairs)} pairs need bucket {quoted(unready)} of model {quoted(family)}, "
+                        "which is not ready"
+                    ) from exc
                 results[i] = exc
                 continue
         groups.setdefault(model.info.name, (model, []))[1].append(i)

@@ -434,6 +434,31 @@ def test_unload_then_load_with_the_stock_client(slow_server, metadata):
     assert result.as_numpy("logits").shape == (1, 10)
 
 
+def test_a_query_whose_bucket_is_down_is_503_not_ready_and_shorter_ones_are_still_answered(slow_server):
+    """26 pairs fit only the longest bucket: with it unloaded they are a valid query the service cannot
+    answer now (503 + Retry-After, naming the bucket), not a query that is too long (422)."""
+    tc = triton(slow_server)
+    longest = max(
+        (r["name"] for r in tc.get_model_repository_index(headers=auth())),
+        key=lambda name: int(name.rpartition("_t")[2]) if name.rpartition("_t")[2].isdigit() else 0,
+    )
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    full = {"pairs": [[k, str(i % 10)] for i, k in enumerate(letters)], "query": "q"}
+    shorter = {"pairs": full["pairs"][:3], "query": "b"}
+    tc.unload_model(longest, headers=auth())
+    try:
+        r = httpx.post(f"{slow_server.url}/v1/retrieve", json=full, headers=auth(), timeout=10)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "not_ready" and longest in r.json()["error"]["message"]
+        assert r.headers["retry-after"] == "2"
+        r = httpx.post(f"{slow_server.url}/v1/retrieve", json=shorter, headers=auth(), timeout=10)
+        assert r.status_code == 200 and r.json()["value"] == "1", r.text
+    finally:
+        tc.load_model(longest, headers=auth())
+    r = httpx.post(f"{slow_server.url}/v1/retrieve", json=full, headers=auth(), timeout=10)
+    assert r.status_code == 200 and r.json()["bucket"] == longest and r.json()["value"] == "6", r.text
+
+
 def test_a_full_queue_answers_503_with_retry_after_at_once(slow_server, metadata):
     tokens = encode(["a1??a"], metadata)
     body = {
