@@ -4,7 +4,8 @@
     python -m model.capacity run [--only lstm] [--max-runs 2]   # the missing runs, one at a time, resumable
     python -m model.capacity run --only 100_ &    # a second runner: a run in training is locked
                                                   # (runs/capacity/<run>.lock), so runners never share one
-    python -m model.capacity report --plot docs/capacity.png --json runs/capacity/report.json
+    python -m model.capacity report --plot docs/capacity.png --json runs/capacity/report.json \
+        --markdown runs/capacity/report.md
 
 Every model gets the same recipe (RECIPE: steps, data stream, K curriculum, schedule, batch, padding) from
 scratch. Sizes: equal hidden size (H = 50 and 100) and equal parameter count (the baseline's H chosen so its
@@ -12,7 +13,8 @@ parameters match fast weights' at H = 50 and 100). Learning rate: screened over 
 validation split (K 1..26) only; the chosen lr then runs seeds 1 and 2 too. Each run is a `model.train`
 process whose checkpoint and log live in runs/capacity/<run>.pt / .log, resumed where a run stopped. The
 report reads each finished run's test metrics (the fixed K 1..26 test split, read once at the end of the run)
-and pools the seeds of each headline cell per K, with exact 95% intervals.
+and pools the seeds of each headline cell per K, with exact 95% intervals; beside them, every chosen-lr
+checkpoint answers the same fresh random sequences and each named stress set (model.data.STRESS_SETS).
 """
 
 from __future__ import annotations
@@ -29,17 +31,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from model.checkpoint import build_model, load_checkpoint
 from model.config import ModelConfig
+from model.data import STRESS_SETS, generate, stress_min_pairs
+from model.evaluate import predict
 from model.stats import error_interval
 
 RUNS = Path("runs/capacity")
 K_MAX = 26
+LENGTH = 55  # every run trains and is tested at this padded length (RECIPE's --length)
+# The report's fresh and stress sequences: SeedSequence([STRESS_TAG, set index]), the same rows for every
+# checkpoint (paired across models), a first entry no split, training stream or export check uses.
+STRESS_TAG = 20_261_207
+STRESS_ROWS = 5000  # per set and checkpoint, K uniform from the set's minimum to 26
+REPORT_K = (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26)  # the markdown table's rows (the JSON has all)
 LRS = (3e-4, 1e-3, 3e-3)
 SEEDS = (0, 1, 2)
 RECIPE = [
     *("--k-min", "1", "--k-max", "26", "--k-start", "2", "--curriculum-steps", "10000", "--steps", "20000"),
-    *("--length", "55", "--batch-size", "128", "--lr-schedule", "cosine", "--warmup-steps", "500"),
+    *("--length", str(LENGTH), "--batch-size", "128", "--lr-schedule", "cosine", "--warmup-steps", "500"),
     *("--eval-every", "2000", "--threads", "1", "--no-progress"),
 ]
 
@@ -166,10 +178,25 @@ def run(only: str | None, max_runs: int | None) -> int:
     return 0
 
 
-def report(plot: Path | None, out_json: Path | None) -> int:
-    rows, headline = [], {}
+def stress_errors(path: Path, rows: int) -> dict[str, list[int]]:
+    """One checkpoint on fresh random sequences and on every stress set: {set: [wrong, n]}."""
+    model = load_checkpoint(path).model()
+    out = {}
+    for index, name in enumerate(("random", *STRESS_SETS)):
+        stress = None if name == "random" else name
+        k_min = 1 if stress is None else stress_min_pairs(stress)
+        data = generate(rows, k_min, K_MAX, np.random.SeedSequence([STRESS_TAG, index]), LENGTH, stress)
+        out[name] = [int((predict(model, data.tokens) != data.targets).sum()), rows]
+    return out
+
+
+def report(
+    plot: Path | None, out_json: Path | None, markdown: Path | None = None, stress_rows: int = STRESS_ROWS
+) -> int:
+    rows, headline, stress, seeds = [], {}, {}, {}
     for cell in cells():
         lr = chosen_lr(cell)
+        label = f"{cell.name} ({cell.matched})"
         for run_lr in LRS:
             for seed in SEEDS:
                 metrics = _finished(RUNS / f"{run_name(cell, run_lr, seed)}.pt")
@@ -191,15 +218,21 @@ def report(plot: Path | None, out_json: Path | None) -> int:
                         "per_k": test["per_k"],
                     }
                 )
+                if run_lr == lr and stress_rows > 0:
+                    per_set = stress_errors(RUNS / f"{run_name(cell, run_lr, seed)}.pt", stress_rows)
+                    for name, (w, n) in per_set.items():
+                        acc = stress.setdefault(label, {}).setdefault(name, [0, 0])
+                        acc[0], acc[1] = acc[0] + w, acc[1] + n
         pooled: dict[int, list[int]] = {}
-        for r in rows:
-            if r["run"].startswith(f"{cell.name}_") and r["chosen_lr"]:
-                for k, v in r["per_k"].items():
-                    acc = pooled.setdefault(int(k), [0, 0])
-                    acc[0] += round(v["error"] * v["n"])
-                    acc[1] += v["n"]
+        chosen = [r for r in rows if r["run"].startswith(f"{cell.name}_") and r["chosen_lr"]]
+        for r in chosen:
+            for k, v in r["per_k"].items():
+                acc = pooled.setdefault(int(k), [0, 0])
+                acc[0] += round(v["error"] * v["n"])
+                acc[1] += v["n"]
         if pooled:
-            headline[f"{cell.name} ({cell.matched})"] = {k: pooled[k] for k in sorted(pooled)}
+            headline[label] = {k: pooled[k] for k in sorted(pooled)}
+            seeds[label] = len(chosen)
     for r in rows:
         low, high = r["test_ci"]
         print(
@@ -209,13 +242,59 @@ def report(plot: Path | None, out_json: Path | None) -> int:
         )
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps({"runs": rows, "headline": headline}, indent=1) + "\n")
+        summary = {"runs": rows, "headline": headline, "seeds": seeds, "stress": stress}
+        out_json.write_text(json.dumps(summary, indent=1) + "\n")
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(_markdown(rows, headline, seeds, stress))
     if plot and headline:
-        _plot(headline, plot)
+        _plot(headline, seeds, plot)
     return 0
 
 
-def _plot(headline: dict[str, dict[int, list[int]]], path: Path) -> None:
+def _rate(wrong: int, n: int) -> str:
+    """An error count as a rate with its exact 95% interval ("< x%" for 0 errors)."""
+    low, high = error_interval(wrong, n)
+    if wrong == 0:
+        return f"0/{n} (< {100 * high:.2g}%)"
+    return f"{wrong}/{n} = {100 * wrong / n:.2f}% ({100 * low:.2f}-{100 * high:.2f}%)"
+
+
+def _markdown(
+    rows: list[dict[str, Any]],
+    headline: dict[str, dict[int, list[int]]],
+    seeds: dict[str, int],
+    stress: dict[str, dict[str, list[int]]],
+) -> str:
+    """Every run, the headline cells' test error per K (seeds pooled) and the stress sets, as markdown."""
+    out = [
+        "| run | matched | params | valid error | test errors (95% CI) | lr |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        chosen = "chosen" if r["chosen_lr"] else ""
+        out.append(
+            f"| {r['run']} | {r['matched']} | {r['params']} | {100 * r['valid_error']:.2f}% | "
+            f"{_rate(r['test_errors'], r['test_n'])} | {chosen} |"
+        )
+    labels = list(headline)
+    out += ["", "| K | " + " | ".join(f"{lab}, {seeds[lab]} seed(s)" for lab in labels) + " |"]
+    out.append("|---" * (len(labels) + 1) + "|")
+    for k in REPORT_K:
+        cells_k = [_rate(*headline[lab][k]) if k in headline[lab] else "-" for lab in labels]
+        out.append(f"| {k} | " + " | ".join(cells_k) + " |")
+    totals = [_rate(*map(sum, zip(*headline[lab].values(), strict=True))) for lab in labels]
+    out.append("| all | " + " | ".join(totals) + " |")
+    if stress:
+        sets = list(next(iter(stress.values())))
+        out += ["", "| cell (chosen lr, seeds pooled) | " + " | ".join(sets) + " |"]
+        out.append("|---" * (len(sets) + 1) + "|")
+        for lab, per_set in stress.items():
+            out.append(f"| {lab} | " + " | ".join(_rate(*per_set[s]) for s in sets) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _plot(headline: dict[str, dict[int, list[int]]], seeds: dict[str, int], path: Path) -> None:
     """Error vs K, one line per cell (seeds pooled), a shaded exact 95% band."""
     import matplotlib
 
@@ -227,7 +306,7 @@ def _plot(headline: dict[str, dict[int, list[int]]], path: Path) -> None:
         ks = sorted(per_k)
         rate = [100 * per_k[k][0] / per_k[k][1] for k in ks]
         bands = [error_interval(*per_k[k]) for k in ks]
-        ax.plot(ks, rate, marker="o", markersize=3, label=label)
+        ax.plot(ks, rate, marker="o", markersize=3, label=f"{label}, {seeds[label]} seed(s)")
         ax.fill_between(ks, [100 * b[0] for b in bands], [100 * b[1] for b in bands], alpha=0.2)
     ax.set_xlabel("K (pairs in the query)")
     ax.set_ylabel("test error, % (95% band)")
@@ -250,6 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="every finished run, the headline cells per K, the plot")
     rep.add_argument("--plot", type=Path)
     rep.add_argument("--json", type=Path)
+    rep.add_argument("--markdown", type=Path, help="the run, per-K and stress tables for docs/results.md")
+    rep.add_argument(
+        "--stress-rows",
+        type=int,
+        default=STRESS_ROWS,
+        help="rows per fresh/stress set and checkpoint (0: none)",
+    )
     args = p.parse_args(argv)
     if args.command == "plan":
         for cell, lr, seed in planned_runs():
@@ -260,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         return run(args.only, args.max_runs)
-    return report(args.plot, args.json)
+    return report(args.plot, args.json, args.markdown, args.stress_rows)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 from model import capacity
 from model.checkpoint import Checkpoint, build_model, save_checkpoint
 from model.config import ModelConfig
+from model.data import STRESS_SETS
 
 
 def test_equal_parameter_cells_match_fast_weights_count_within_two_percent():
@@ -46,10 +47,23 @@ def test_the_lr_is_chosen_on_validation_and_the_report_pools_only_its_seeds(tmp_
     assert ("fast50", 1e-3, 1) in planned and ("fast50", 1e-3, 2) in planned
     assert ("fast50", 3e-4, 1) not in planned
     _fake_run(tmp_path, "fast50_lr0.001_s1", 0.1, {1: {"error": 0.25, "n": 4}})
-    assert capacity.report(tmp_path / "plot.png", tmp_path / "report.json") == 0
+    md = tmp_path / "report.md"
+    assert capacity.report(tmp_path / "plot.png", tmp_path / "report.json", md, stress_rows=40) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["headline"]["fast50 (H=50)"] == {"1": [3, 8]}  # 2 + 1 wrong of 4 + 4: seeds 0 and 1
+    assert report["seeds"] == {"fast50 (H=50)": 2}
     assert len(report["runs"]) == 4 and (tmp_path / "plot.png").stat().st_size > 0
+    # Fresh and stress sequences: the chosen lr's two checkpoints only (40 rows each), every named set.
+    stress = report["stress"]["fast50 (H=50)"]
+    assert set(stress) == {"random", *STRESS_SETS} and all(
+        n == 80 and 0 <= w <= n for w, n in stress.values()
+    )
+    each = [capacity.stress_errors(tmp_path / f"fast50_lr0.001_s{seed}.pt", 40) for seed in (0, 1)]
+    assert stress == {name: [each[0][name][0] + each[1][name][0], 80] for name in stress}
+    text = md.read_text()
+    assert "| fast50_lr0.0003_s0 | H=50 | 17560 | 20.00% | 0/4 (< 53%) |  |" in text  # 0 errors: a bound
+    assert "| 1 | 3/8 = 37.50% (8.52-75.51%) |" in text and "fast50 (H=50), 2 seed(s)" in text
+    assert "| fast50 (H=50) | " in text.split("| cell (chosen lr, seeds pooled) |")[1]
 
 
 def test_a_run_command_resumes_into_the_runs_folder():
