@@ -134,11 +134,13 @@ fresh-check: $(VENV)/.all
 	$(PY) -m export.fresh --repository $(MODEL_REPOSITORY) --per-k 20000 \
 		--sets random,repeat3_odd,aabb,aabc,first,last --max-errors 2 --json runs/fresh.json
 
-# The capacity study (error vs K for fast weights, LSTM, IRNN): resumable, one run at a time, every run logged
-# under runs/capacity/; far more CPU than one session (docs/results.md says what has run).
+# The capacity study (error vs K for fast weights, LSTM, IRNN): resumable, one run at a time (a second
+# `python -m model.capacity run` in another shell takes the next run), every run logged under runs/capacity/.
+# 40 runs of 20k steps: about 13 core-hours here (docs/results.md section 4 has what ran and how long).
 capacity: $(VENV)/.all
 	$(PY) -m model.capacity run
-	$(PY) -m model.capacity report --plot docs/capacity.png
+	$(PY) -m model.capacity report --plot docs/capacity.png --json runs/capacity/report.json \
+		--markdown runs/capacity/report.md
 
 target-r20: $(VENV)/.all
 	$(PY) -m model.train $(TARGET_ARGS) --hidden-size 20 --steps 100000 --lr 1e-3 --warmup-steps 500 \

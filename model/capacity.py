@@ -153,14 +153,26 @@ def run_lock(name: str) -> Iterator[IO[str] | None]:
 
 
 def run(only: str | None, max_runs: int | None) -> int:
+    """Train missing runs one at a time, planning again after each: a cell's seed runs join the plan as soon
+    as its last screen run finishes. Returns when nothing is left that another runner is not training."""
     RUNS.mkdir(parents=True, exist_ok=True)
     done = 0
+    while max_runs is None or done < max_runs:
+        code = _run_next(only)
+        if code is None:  # nothing left to start
+            return 0
+        if code != 0:
+            return code
+        done += 1
+    return 0
+
+
+def _run_next(only: str | None) -> int | None:
+    """Train the first planned run that is neither finished nor locked; its exit code, or None if none."""
     for cell, lr, seed in planned_runs():
         name = run_name(cell, lr, seed)
         if (only and only not in name) or _finished(RUNS / f"{name}.pt") is not None:
             continue
-        if max_runs is not None and done >= max_runs:
-            break
         with run_lock(name) as lock:
             if lock is None:
                 print(f"{name}: another runner is training it; next", flush=True)
@@ -173,9 +185,8 @@ def run(only: str | None, max_runs: int | None) -> int:
                 code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
         if code != 0:
             print(f"{name}: exit code {code} (see {RUNS / name}.log)", file=sys.stderr)
-            return code
-        done += 1
-    return 0
+        return code
+    return None
 
 
 def stress_errors(path: Path, rows: int) -> dict[str, list[int]]:

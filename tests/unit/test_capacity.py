@@ -100,3 +100,25 @@ def test_a_run_another_runner_holds_is_skipped_and_the_rest_still_run(tmp_path, 
     assert started == ["fast50_lr0.001_s0", "fast50_lr0.003_s0"]  # the held one skipped, not waited for
     with capacity.run_lock("fast50_lr0.0003_s0") as free:  # released: a later runner takes it
         assert free is not None
+
+
+def test_a_runner_plans_again_after_each_run_so_the_chosen_lrs_seed_runs_follow_the_screens(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(capacity, "RUNS", tmp_path)
+    started, real_run = [], subprocess.run
+    valid = {"0.0003": 0.3, "0.001": 0.2, "0.003": 0.1}  # the screen's validation errors: 3e-3 is chosen
+
+    def fake_train(command, **kwargs):
+        if "model.train" not in command:
+            return real_run(command, **kwargs)
+        name = Path(command[command.index("--out") + 1]).stem
+        started.append(name)
+        _fake_run(tmp_path, name, valid[command[command.index("--lr") + 1]], {1: {"error": 0.0, "n": 4}})
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(capacity.subprocess, "run", fake_train)
+    assert capacity.run(only="irnn50_", max_runs=None) == 0
+    screens = [f"irnn50_lr{lr}_s0" for lr in ("0.0003", "0.001", "0.003")]
+    assert started == [*screens, "irnn50_lr0.003_s1", "irnn50_lr0.003_s2"]
+    assert capacity.run(only="irnn50_", max_runs=None) == 0 and len(started) == 5  # all done: nothing reruns
