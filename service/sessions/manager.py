@@ -94,6 +94,7 @@ class SessionManager:
         self._sweeper: asyncio.Task[None] | None = None
         self.appends_applied = 0
         self.appends_retried = 0
+        self.states_replayed = 0  # sessions run again through a newly loaded stream model version
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
@@ -166,6 +167,26 @@ class SessionManager:
             out = await self.run_chunk(model, state, tokens[lo : lo + step])
             state.h, state.memory = out[OUTPUT_STATE_H][0], out[OUTPUT_STATE_MEMORY][0]
         state.tokens.extend(tokens)
+
+    async def _current(self, model: StreamModel, state: SessionState) -> SessionState:
+        """A copy of `state` whose h and memory are the serving stream model's: after a hot reload to another
+        version, the session's tokens are run again through the new version (at most 26 pairs, once per
+        append; a query's replay is not stored), so no answer mixes two versions' weights."""
+        new = state.copy()
+        if state.model == model.info.name and state.version == model.info.version:
+            return new
+        empty = self.empty_state(model, state.session_id)
+        new.model, new.version, new.tokens, new.h, new.memory = (
+            model.info.name,
+            model.info.version,
+            [],
+            empty.h,
+            empty.memory,
+        )
+        if state.tokens:
+            await self._advance(model, new, list(state.tokens))
+        self.states_replayed += 1
+        return new
 
     def _ids(self, model: StreamModel, pairs: Sequence[tuple[str, str]]) -> list[int]:
         index = model.vocab.index
@@ -283,7 +304,7 @@ class SessionManager:
                     raise SequenceMismatchError(session_id, seq, state.next_seq, detail)
                 self._check_capacity(model, state, list(pairs))
                 revision = state.revision
-                new = state.copy()
+                new = await self._current(model, state)
                 await self._advance(model, new, self._ids(model, pairs))
                 new.version = model.info.version
                 new.next_seq, new.last_seq, new.last_fingerprint = seq + 1, seq, fingerprint
@@ -302,6 +323,7 @@ class SessionManager:
             raise SequenceError("empty", "the session holds no pairs yet: append some first", "session_id")
         parsed: ParsedQuery = from_pairs(pairs, key, field="pairs")
         index = model.vocab.index
+        state = await self._current(model, state)  # (not stored: a query changes nothing)
         out = await self.run_chunk(model, state, [index[QUERY_MARK], index[QUERY_MARK], index[key]])
         await self.store.touch(session_id, time.time())
         (prediction,) = decode(

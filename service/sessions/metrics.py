@@ -31,6 +31,11 @@ class SessionCollector:
         appends.add_metric(["applied"], self.manager.appends_applied)
         appends.add_metric(["retried"], self.manager.appends_retried)
         yield appends
+        yield CounterMetricFamily(
+            "fws_session_replays",
+            "Session states run again through a newly loaded stream model version (per append or query).",
+            self.manager.states_replayed,
+        )
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
