@@ -302,11 +302,18 @@ class ModelRegistry:
         return await batcher.submit(tokens, deadline)
 
     async def infer_rows(
-        self, name: str, rows: np.ndarray, deadline: float | None = None
+        self, name: str, rows: np.ndarray, deadline: float | None = None, version: str | None = None
     ) -> dict[str, np.ndarray]:
         """Run rows already in the model's own layout (the stream model's packed chunk + state rows,
-        `service.sessions.stream_model`) through its batcher: steps of different sessions share a run."""
-        model = self.get(name)
+        `service.sessions.stream_model`) through its batcher: steps of different sessions share a run.
+
+        With `version`, that version or ModelNotReadyError (503, retry) if a reload retired it meanwhile."""
+        try:
+            model = self.get(name, version)
+        except ModelNotFoundError as exc:
+            if version is None or name not in self._entries:
+                raise
+            raise ModelNotReadyError(f"version {version} of {name!r} was unloaded meanwhile; retry") from exc
         entry = self._entries[name]
         batcher = entry.served[model.info.version].batcher
         assert entry.config is not None

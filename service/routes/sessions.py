@@ -142,7 +142,7 @@ async def query(session_id: SessionId, body: QueryRequest, sessions: SessionsDep
 
 async def handle_query(session_id: str, body: QueryRequest, sessions: SessionManager) -> dict[str, Any]:
     answer = await sessions.query(session_id, body.query, body.top_k, body.explain)
-    model = sessions.stream_model()
+    model = sessions.stream_model_named(answer.bucket)  # the session's own stream model (its family)
     out = _answer_dict(answer, body.top_k, body.explain)
     out.update(model=model.info.family, version=answer.version, bucket=answer.bucket, session_id=session_id)
     return out

@@ -119,11 +119,15 @@ class SessionManager:
     # -- the model ----------------------------------------------------------------------------------------
 
     def stream_model(self, family: str | None = None) -> StreamModel:
-        name = stream_model_name(family or self.settings.default_family)
+        family = family or self.settings.default_family
+        return self.stream_model_named(stream_model_name(family), family)
+
+    def stream_model_named(self, name: str, family: str | None = None) -> StreamModel:
+        """The serving version of the stream model `name` (a session's `state.model`)."""
         try:
             model = self.registry.get(name)
         except ModelNotFoundError:
-            raise SessionsNotServedError(family or self.settings.default_family) from None
+            raise SessionsNotServedError(family or name) from None
         except ModelNotReadyError as exc:
             raise SessionsUnavailableError(f"memory sessions need the stream model: {exc}") from None
         assert isinstance(model, StreamModel)
@@ -157,7 +161,8 @@ class SessionManager:
         tokens = np.full((1, C), model.info.pad_id, dtype=np.int64)
         tokens[0, C - len(chunk) :] = chunk
         rows = model.pack(tokens, state.h[None], state.memory[None])
-        return await self.registry.infer_rows(model.info.name, rows)
+        # That exact version: a reload that lands meanwhile must not run this state through other weights.
+        return await self.registry.infer_rows(model.info.name, rows, version=model.info.version)
 
     async def _advance(self, model: StreamModel, state: SessionState, tokens: list[int]) -> None:
         """Append `tokens` to `state` in place, a whole number of pairs per call where they fit."""
@@ -168,24 +173,35 @@ class SessionManager:
             state.h, state.memory = out[OUTPUT_STATE_H][0], out[OUTPUT_STATE_MEMORY][0]
         state.tokens.extend(tokens)
 
-    async def _current(self, model: StreamModel, state: SessionState) -> SessionState:
-        """A copy of `state` whose h and memory are the serving stream model's: after a hot reload to another
-        version, the session's tokens are run again through the new version (at most 26 pairs, once per
-        append; a query's replay is not stored), so no answer mixes two versions' weights."""
+    @staticmethod
+    def is_current(model: StreamModel, state: SessionState) -> bool:
+        """Whether `model` (name and version) computed `state`'s h and memory."""
+        return state.model == model.info.name and state.version == model.info.version
+
+    async def current_state(self, model: StreamModel, state: SessionState) -> SessionState:
+        """A copy of `state` whose h and memory are `model`'s: after a hot reload to another version, the
+        session's tokens run again through it (one call per pair: at most 26), so no answer mixes two
+        versions' weights. The bookkeeping (sequence numbers, last answer, revision) is kept."""
         new = state.copy()
-        if state.model == model.info.name and state.version == model.info.version:
+        if self.is_current(model, state):
             return new
         empty = self.empty_state(model, state.session_id)
-        new.model, new.version, new.tokens, new.h, new.memory = (
-            model.info.name,
-            model.info.version,
-            [],
-            empty.h,
-            empty.memory,
-        )
+        new.model, new.version, new.tokens = model.info.name, model.info.version, []
+        new.h, new.memory = empty.h, empty.memory
         if state.tokens:
             await self._advance(model, new, list(state.tokens))
         self.states_replayed += 1
+        return new
+
+    async def refreshed(self, model: StreamModel, state: SessionState) -> SessionState:
+        """`state` as `model` computes it, stored once (compare-and-set on the revision: when another writer
+        got there first, its state stands and this one is only used for the answer at hand). Call it holding
+        the session's lock."""
+        if self.is_current(model, state):
+            return state
+        new = await self.current_state(model, state)
+        new.revision = state.revision + 1
+        await self.store.replace(new, state.revision)
         return new
 
     def _ids(self, model: StreamModel, pairs: Sequence[tuple[str, str]]) -> list[int]:
@@ -285,13 +301,14 @@ class SessionManager:
         return self.info(model, state)
 
     async def append(self, session_id: str, pairs: Sequence[tuple[str, str]], seq: int) -> dict[str, Any]:
-        model = self.stream_model()
+        self.stream_model()  # sessions are served here at all (else 404 sessions_not_served)
         if not pairs:
             raise SequenceError("empty", "nothing to append: give at least one pair", "pairs")
         fingerprint = _fingerprint(pairs)
         async with self.serialized(session_id):
             for _ in range(CAS_ATTEMPTS):
                 state = await self._load(session_id)
+                model = self.stream_model_named(state.model)
                 if seq == state.last_seq and fingerprint == state.last_fingerprint:
                     self.appends_retried += 1
                     return dict(state.last_answer)  # a retry of the append applied last: its answer
@@ -304,7 +321,7 @@ class SessionManager:
                     raise SequenceMismatchError(session_id, seq, state.next_seq, detail)
                 self._check_capacity(model, state, list(pairs))
                 revision = state.revision
-                new = await self._current(model, state)
+                new = await self.current_state(model, state)
                 await self._advance(model, new, self._ids(model, pairs))
                 new.version = model.info.version
                 new.next_seq, new.last_seq, new.last_fingerprint = seq + 1, seq, fingerprint
@@ -316,14 +333,17 @@ class SessionManager:
             raise SessionBusyError(session_id, self.settings.retry_after_s)
 
     async def query(self, session_id: str, key: str, top_k: int = 1, explain: bool = False) -> Answer:
-        model = self.stream_model()
+        self.stream_model()  # sessions are served here at all (else 404 sessions_not_served)
         state = await self._load(session_id)
+        model = self.stream_model_named(state.model)
+        if not self.is_current(model, state):  # a reload since the last append: replay and store, once
+            async with self.serialized(session_id):
+                state = await self.refreshed(model, await self._load(session_id))
         pairs = self._pairs(model, state)
         if not pairs:
             raise SequenceError("empty", "the session holds no pairs yet: append some first", "session_id")
         parsed: ParsedQuery = from_pairs(pairs, key, field="pairs")
         index = model.vocab.index
-        state = await self._current(model, state)  # (not stored: a query changes nothing)
         out = await self.run_chunk(model, state, [index[QUERY_MARK], index[QUERY_MARK], index[key]])
         await self.store.touch(session_id, time.time())
         (prediction,) = decode(
@@ -337,8 +357,9 @@ class SessionManager:
         return Answer(prediction, len(pairs), model.info.name, state.version)  # bucket: the stream model
 
     async def read(self, session_id: str) -> dict[str, Any]:
-        model = self.stream_model()
-        return self.info(model, await self._load(session_id))
+        self.stream_model()
+        state = await self._load(session_id)
+        return self.info(self.stream_model_named(state.model), state)
 
     async def delete(self, session_id: str) -> None:
         if not await self.store.delete(session_id):

@@ -87,6 +87,7 @@ async def sequence_infer(
                 await manager.store.create(state, manager.is_busy)
             except StoreFullError:
                 raise ApiError(503, "too_many_sessions", "too many sequences held; retry later") from None
+        state = await manager.refreshed(model, state)  # a reload since the last step: replayed, stored once
         limit = 2 * manager.max_pairs(model) + (3 if question else 0)
         if len(state.tokens) + len(real) > limit:
             raise _bad(
