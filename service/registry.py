@@ -160,6 +160,10 @@ class ModelRegistry:
         """Every model known: loaded ones and those in the repository directory."""
         return sorted(set(self._entries) | set(self._folders()))
 
+    def folders(self) -> list[ModelFolder]:
+        """The repository's model folders as they are on disk now, sorted by name."""
+        return list(self._folders().values())
+
     def _folders(self) -> dict[str, ModelFolder]:
         """The repository's model folders as they are on disk now (read on each call: a few stat calls)."""
         return {folder.name: folder for folder in scan_models(self.settings.model_repository)}

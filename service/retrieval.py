@@ -78,15 +78,25 @@ def pick_bucket(buckets: Sequence[LoadedModel], query: ParsedQuery, field: str) 
     )
 
 
-def unready_bucket_that_fits(registry: ModelRegistry, family: str, num_pairs: int) -> str | None:
-    """A bucket of `family` in the repository (named `<family>_t<T>`) long enough for `num_pairs` pairs, when
-    no ready bucket is: the query is valid and its bucket is down, which is 503, not the query's fault."""
-    needed = sequence_length(num_pairs)
-    for name in registry.names():
-        base, _, length = name.rpartition("_t")
-        if base == family and length.isdigit() and int(length) >= needed:
-            return name
-    return None
+class BucketNotReadyError(SequenceError):
+    """A valid query whose length bucket is in the repository but not ready (failed to load, unloaded): not
+    the query's fault. Alone it is a 503 (`ModelNotReadyError`); in a batch, that item's error."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__("not_ready", message, field)
+
+
+def unready_buckets(registry: ModelRegistry, family: str) -> list[tuple[int, str]]:
+    """(T, name) of the family's length buckets in the repository that are not ready, shortest first."""
+    ready = {m.info.name for m in registry.family_buckets(family)}
+    return sorted(
+        (folder.config.seq_len, folder.name)
+        for folder in registry.folders()
+        if folder.config is not None
+        and folder.config.family == family
+        and not folder.config.stateful
+        and folder.name not in ready
+    )
 
 
 async def answer(
@@ -109,6 +119,7 @@ async def answer(
     ]
     groups: dict[str, tuple[LoadedModel, list[int]]] = {}
     by_pairs: dict[int, LoadedModel] = {}  # number of pairs -> its bucket, looked up once per batch
+    unready: list[tuple[int, str]] | None = None
     for i, q in enumerate(queries):
         if isinstance(q, SequenceError):
             continue
@@ -117,12 +128,13 @@ async def answer(
             try:
                 model = by_pairs[len(q.pairs)] = pick_bucket(buckets, q, fields[i] if fields else "sequence")
             except SequenceError as exc:
-                unready = unready_bucket_that_fits(registry, family, len(q.pairs))
-                if unready is not None:  # not too long: the bucket that holds it is down (failed, unloaded)
-                    raise ModelNotReadyError(
-                        f"{len(q.pairs)} pairs need bucket {quoted(unready)} of model {quoted(family)}, "
-                        "which is not ready"
-                    ) from exc
+                if unready is None:  # (read once per call, only when a query fits no ready bucket)
+                    unready = unready_buckets(registry, family)
+                needed = sequence_length(len(q.pairs))
+                down = next((name for length, name in unready if length >= needed), None)
+                if down is not None:  # not too long: the bucket that holds it is down
+                    message = f"{len(q.pairs)} pairs need bucket {quoted(down)}, which is not ready: retry"
+                    exc = BucketNotReadyError(message, exc.field)
                 results[i] = exc
                 continue
         groups.setdefault(model.info.name, (model, []))[1].append(i)

@@ -17,8 +17,8 @@ from service.config import Settings
 from service.errors import EMPTY_BODY, NOT_JSON_OBJECT, ApiError, JSONResponse, validation_message
 from service.fastpath import RawRequest, RawResponse, fast_route, json_response
 from service.middleware import CLIENT_GONE_STATUS
-from service.registry import ModelRegistry
-from service.retrieval import Answer, answer, family_version, parse_query
+from service.registry import ModelNotReadyError, ModelRegistry
+from service.retrieval import Answer, BucketNotReadyError, answer, family_version, parse_query
 from service.schemas import (
     BatchItem,
     BatchRequest,
@@ -146,6 +146,8 @@ async def handle_retrieve(
     (result,) = await answer(
         registry, family, [query], top_k=body.top_k, explain=body.explain, fields=[field]
     )
+    if isinstance(result, BucketNotReadyError):  # the query is valid; its bucket is down: 503, retry
+        raise ModelNotReadyError(result.message)
     if isinstance(result, SequenceError):
         raise result
     out = _answer_dict(result, body.top_k, body.explain)

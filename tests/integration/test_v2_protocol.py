@@ -453,6 +453,14 @@ def test_a_query_whose_bucket_is_down_is_503_not_ready_and_shorter_ones_are_stil
         assert r.headers["retry-after"] == "2"
         r = httpx.post(f"{slow_server.url}/v1/retrieve", json=shorter, headers=auth(), timeout=10)
         assert r.status_code == 200 and r.json()["value"] == "1", r.text
+        # In a batch, that item's own error; the others are answered.
+        batch = {"items": [full, {"id": "s", **shorter}]}
+        r = httpx.post(f"{slow_server.url}/v1/retrieve/batch", json=batch, headers=auth(), timeout=10)
+        assert r.status_code == 200, r.text
+        first, second = r.json()["results"]
+        assert first["error"]["code"] == "not_ready" and longest in first["error"]["message"]
+        assert first["error"]["field"] == "items[0].pairs"
+        assert second["id"] == "s" and second["value"] == "1"
     finally:
         tc.load_model(longest, headers=auth())
     r = httpx.post(f"{slow_server.url}/v1/retrieve", json=full, headers=auth(), timeout=10)
