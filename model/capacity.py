@@ -204,7 +204,10 @@ def stress_errors(path: Path, rows: int) -> dict[str, list[int]]:
 def report(
     plot: Path | None, out_json: Path | None, markdown: Path | None = None, stress_rows: int = STRESS_ROWS
 ) -> int:
-    rows, headline, stress, seeds = [], {}, {}, {}
+    rows: list[dict[str, Any]] = []
+    headline: dict[str, dict[int, list[int]]] = {}  # cell -> K -> [wrong, n], seeds pooled
+    stress: dict[str, dict[str, list[int]]] = {}  # cell -> set -> [wrong, n], seeds pooled
+    seeds: dict[str, int] = {}  # cell -> seeds pooled
     for cell in cells():
         lr = chosen_lr(cell)
         label = f"{cell.name} ({cell.matched})"
