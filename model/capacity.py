@@ -10,7 +10,9 @@
 Every model gets the same recipe (RECIPE: steps, data stream, K curriculum, schedule, batch, padding) from
 scratch. Sizes: equal hidden size (H = 50 and 100) and equal parameter count (the baseline's H chosen so its
 parameters match fast weights' at H = 50 and 100). Learning rate: screened over LRS with seed 0, chosen on the
-validation split (K 1..26) only; the chosen lr then runs seeds 1 and 2 too. Each run is a `model.train`
+validation split (K 1..26) only; where the best of them sits at the edge of the screen, the screen goes on one
+step of LADDER past that edge until the best is inside (or the ladder ends). The chosen lr then runs seeds 1
+and 2 too. Each run is a `model.train`
 process whose checkpoint and log live in runs/capacity/<run>.pt / .log, resumed where a run stopped. The
 report reads each finished run's test metrics (the fixed K 1..26 test split, read once at the end of the run)
 and pools the seeds of each headline cell per K, with exact 95% intervals; beside them, every chosen-lr
@@ -47,7 +49,8 @@ LENGTH = 55  # every run trains and is tested at this padded length (RECIPE's --
 STRESS_TAG = 20_261_207
 STRESS_ROWS = 5000  # per set and checkpoint, K uniform from the set's minimum to 26
 REPORT_K = (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26)  # the markdown table's rows (the JSON has all)
-LRS = (3e-4, 1e-3, 3e-3)
+LRS = (3e-4, 1e-3, 3e-3)  # every cell's first screen
+LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # where a screen whose best is at its edge goes on
 SEEDS = (0, 1, 2)
 RECIPE = [
     *("--k-min", "1", "--k-max", "26", "--k-start", "2", "--curriculum-steps", "10000", "--steps", "20000"),
@@ -111,22 +114,37 @@ def _finished(path: Path) -> dict[str, Any] | None:
     return ckpt.metrics if "test" in ckpt.metrics else None
 
 
+def screen(cell: Cell) -> tuple[list[float], float | None]:
+    """The lrs screened for `cell` (seed 0) and the chosen one: the lowest final validation error (ties: the
+    smaller lr), once every screen run finished and the best is not at an edge the ladder can pass."""
+    lrs = list(LRS)
+    while True:
+        scores = {}
+        for lr in lrs:
+            metrics = _finished(RUNS / f"{run_name(cell, lr, 0)}.pt")
+            if metrics is None:
+                return lrs, None
+            scores[lr] = metrics["valid"]["error"]
+        best = min(lrs, key=lambda lr: (scores[lr], lr))
+        i = LADDER.index(best)
+        if best == lrs[0] and i > 0:
+            lrs.insert(0, LADDER[i - 1])
+        elif best == lrs[-1] and i < len(LADDER) - 1:
+            lrs.append(LADDER[i + 1])
+        else:
+            return lrs, best
+
+
 def chosen_lr(cell: Cell) -> float | None:
-    """The screened lr with the lowest final validation error (seed 0), once every screen run finished."""
-    scores = {}
-    for lr in LRS:
-        metrics = _finished(RUNS / f"{run_name(cell, lr, 0)}.pt")
-        if metrics is None:
-            return None
-        scores[lr] = metrics["valid"]["error"]
-    return min(LRS, key=lambda lr: (scores[lr], lr))
+    return screen(cell)[1]
 
 
 def planned_runs() -> list[tuple[Cell, float, int]]:
-    """Screens first (every cell, every lr, seed 0), then the other seeds of cells whose lr is chosen."""
-    runs = [(c, lr, 0) for c in cells() for lr in LRS]
-    for c in cells():
-        lr = chosen_lr(c)
+    """Screens first (every cell, every lr it needs, seed 0), then the other seeds of cells whose lr is
+    chosen."""
+    screens = {c: screen(c) for c in cells()}
+    runs = [(c, lr, 0) for c, (lrs, _) in screens.items() for lr in lrs]
+    for c, (_, lr) in screens.items():
         if lr is not None:
             runs += [(c, lr, s) for s in SEEDS if s != 0]
     return runs
@@ -211,7 +229,7 @@ def report(
     for cell in cells():
         lr = chosen_lr(cell)
         label = f"{cell.name} ({cell.matched})"
-        for run_lr in LRS:
+        for run_lr in LADDER:
             for seed in SEEDS:
                 metrics = _finished(RUNS / f"{run_name(cell, run_lr, seed)}.pt")
                 if metrics is None:

@@ -107,7 +107,9 @@ def test_a_runner_plans_again_after_each_run_so_the_chosen_lrs_seed_runs_follow_
 ):
     monkeypatch.setattr(capacity, "RUNS", tmp_path)
     started, real_run = [], subprocess.run
-    valid = {"0.0003": 0.3, "0.001": 0.2, "0.003": 0.1}  # the screen's validation errors: 3e-3 is chosen
+    # The screen's validation errors: 3e-3 is the best of the first three, at the screen's edge, so 1e-2 is
+    # screened too; it is worse, so 3e-3 is chosen.
+    valid = {"0.0003": 0.3, "0.001": 0.2, "0.003": 0.1, "0.01": 0.15}
 
     def fake_train(command, **kwargs):
         if "model.train" not in command:
@@ -119,6 +121,27 @@ def test_a_runner_plans_again_after_each_run_so_the_chosen_lrs_seed_runs_follow_
 
     monkeypatch.setattr(capacity.subprocess, "run", fake_train)
     assert capacity.run(only="irnn50_", max_runs=None) == 0
-    screens = [f"irnn50_lr{lr}_s0" for lr in ("0.0003", "0.001", "0.003")]
+    screens = [f"irnn50_lr{lr}_s0" for lr in ("0.0003", "0.001", "0.003", "0.01")]
     assert started == [*screens, "irnn50_lr0.003_s1", "irnn50_lr0.003_s2"]
-    assert capacity.run(only="irnn50_", max_runs=None) == 0 and len(started) == 5  # all done: nothing reruns
+    assert capacity.run(only="irnn50_", max_runs=None) == 0 and len(started) == 6  # all done: nothing reruns
+
+
+def test_a_screen_whose_best_lr_is_at_its_edge_goes_on_down_the_ladder_until_the_best_is_inside(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(capacity, "RUNS", tmp_path)
+    cell = next(c for c in capacity.cells() if c.name == "lstm50")
+    k = {1: {"error": 0.5, "n": 4}}
+    for lr, valid in (("0.0003", 0.2), ("0.001", 0.3), ("0.003", 0.4)):
+        _fake_run(tmp_path, f"lstm50_lr{lr}_s0", valid, k)
+    assert capacity.screen(cell) == ([1e-4, 3e-4, 1e-3, 3e-3], None)  # 3e-4 best, at the edge: 1e-4 next
+    _fake_run(tmp_path, "lstm50_lr0.0001_s0", 0.1, k)  # better again, but the ladder ends there
+    assert capacity.screen(cell) == ([1e-4, 3e-4, 1e-3, 3e-3], 1e-4)
+    planned = {(c.name, lr, seed) for c, lr, seed in capacity.planned_runs()}
+    assert {("lstm50", 1e-4, 1), ("lstm50", 1e-4, 2)} <= planned
+    assert capacity.main(["report", "--stress-rows", "0", "--json", str(tmp_path / "r.json")]) == 0
+    runs = {r["run"]: r["chosen_lr"] for r in json.loads((tmp_path / "r.json").read_text())["runs"]}
+    assert runs == {
+        "lstm50_lr0.0001_s0": True,
+        **{f"lstm50_lr{lr}_s0": False for lr in ("0.0003", "0.001", "0.003")},
+    }
