@@ -86,9 +86,12 @@ class BucketNotReadyError(SequenceError):
         super().__init__("not_ready", message, field)
 
 
-def unready_buckets(registry: ModelRegistry, family: str) -> list[tuple[int, str]]:
-    """(T, name) of the family's length buckets in the repository that are not ready, shortest first."""
-    ready = {m.info.name for m in registry.family_buckets(family)}
+def unready_buckets(
+    registry: ModelRegistry, family: str, ready_buckets: Sequence[LoadedModel]
+) -> list[tuple[int, str]]:
+    """(T, name) of the family's length buckets in the repository that are not among `ready_buckets`,
+    shortest first."""
+    ready = {m.info.name for m in ready_buckets}
     return sorted(
         (folder.config.seq_len, folder.name)
         for folder in registry.folders()
@@ -129,7 +132,7 @@ async def answer(
                 model = by_pairs[len(q.pairs)] = pick_bucket(buckets, q, fields[i] if fields else "sequence")
             except SequenceError as exc:
                 if unready is None:  # (read once per call, only when a query fits no ready bucket)
-                    unready = unready_buckets(registry, family)
+                    unready = unready_buckets(registry, family, buckets)
                 needed = sequence_length(len(q.pairs))
                 down = next((name for length, name in unready if length >= needed), None)
                 if down is not None:  # not too long: the bucket that holds it is down

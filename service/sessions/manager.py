@@ -323,7 +323,6 @@ class SessionManager:
                 revision = state.revision
                 new = await self.current_state(model, state)
                 await self._advance(model, new, self._ids(model, pairs))
-                new.version = model.info.version
                 new.next_seq, new.last_seq, new.last_fingerprint = seq + 1, seq, fingerprint
                 new.revision, new.last_used = revision + 1, time.time()
                 new.last_answer = self.info(model, new)

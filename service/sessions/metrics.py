@@ -33,7 +33,7 @@ class SessionCollector:
         yield appends
         yield CounterMetricFamily(
             "fws_session_replays",
-            "Session states run again through a newly loaded stream model version (per append or query).",
+            "Session states replayed through a newly loaded stream model version (once per session).",
             self.manager.states_replayed,
         )
 
