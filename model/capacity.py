@@ -108,9 +108,18 @@ def run_name(cell: Cell, lr: float, seed: int) -> str:
 
 
 def _finished(path: Path) -> dict[str, Any] | None:
+    """A finished run's metrics (None while it is missing or still training)."""
     if not path.is_file():
         return None
-    ckpt = load_checkpoint(path)
+    stat = path.stat()
+    return _finished_metrics(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _finished_metrics(path: str, mtime_ns: int, size: int) -> dict[str, Any] | None:
+    """Loads a checkpoint once per version of its file (plan, screen and report ask about each run often)."""
+    del mtime_ns, size  # the cache key: a checkpoint rewritten by its run is read again
+    ckpt = load_checkpoint(Path(path))
     return ckpt.metrics if "test" in ckpt.metrics else None
 
 
