@@ -252,6 +252,7 @@ def report(
                         "matched": cell.matched,
                         "params": parameter_count(cell.kind, cell.hidden_size),
                         "valid_error": metrics["valid"]["error"],
+                        "valid_n": metrics["valid"]["n"],
                         "test_errors": wrong,
                         "test_n": test["n"],
                         "test_ci": [low, high],
@@ -293,12 +294,18 @@ def report(
     return 0
 
 
+def _percent(fraction: float) -> str:
+    """A rate in percent: two decimals, or two significant digits below 0.1% (never "0.00")."""
+    value = 100 * fraction
+    return f"{value:.2f}%" if value >= 0.1 else f"{value:.2g}%"
+
+
 def _rate(wrong: int, n: int) -> str:
     """An error count as a rate with its exact 95% interval ("< x%" for 0 errors)."""
     low, high = error_interval(wrong, n)
     if wrong == 0:
-        return f"0/{n} (< {100 * high:.2g}%)"
-    return f"{wrong}/{n} = {100 * wrong / n:.2f}% ({100 * low:.2f}-{100 * high:.2f}%)"
+        return f"0/{n} (< {_percent(high)})"
+    return f"{wrong}/{n} = {_percent(wrong / n)} ({_percent(low)[:-1]}-{_percent(high)})"
 
 
 def _markdown(
@@ -309,13 +316,14 @@ def _markdown(
 ) -> str:
     """Every run, the headline cells' test error per K (seeds pooled) and the stress sets, as markdown."""
     out = [
-        "| run | matched | params | valid error | test errors (95% CI) | lr |",
+        "| run | matched | params | valid errors (95% CI) | test errors (95% CI) | lr |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         chosen = "chosen" if r["chosen_lr"] else ""
         out.append(
-            f"| {r['run']} | {r['matched']} | {r['params']} | {100 * r['valid_error']:.2f}% | "
+            f"| {r['run']} | {r['matched']} | {r['params']} | "
+            f"{_rate(round(r['valid_error'] * r['valid_n']), r['valid_n'])} | "
             f"{_rate(r['test_errors'], r['test_n'])} | {chosen} |"
         )
     labels = list(headline)

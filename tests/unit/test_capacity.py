@@ -30,7 +30,7 @@ def _fake_run(runs, name, valid, per_k):
     cfg = ModelConfig(hidden_size=8, embed_size=8)
     n = sum(v["n"] for v in per_k.values())
     wrong = sum(v["error"] * v["n"] for v in per_k.values())
-    metrics = {"valid": {"error": valid}, "test": {"error": wrong / n, "n": n, "per_k": per_k}}
+    metrics = {"valid": {"error": valid, "n": 10}, "test": {"error": wrong / n, "n": n, "per_k": per_k}}
     save_checkpoint(Checkpoint(cfg, build_model(cfg).state_dict(), metrics=metrics), runs / f"{name}.pt")
 
 
@@ -61,7 +61,8 @@ def test_the_lr_is_chosen_on_validation_and_the_report_pools_only_its_seeds(tmp_
     each = [capacity.stress_errors(tmp_path / f"fast50_lr0.001_s{seed}.pt", 40) for seed in (0, 1)]
     assert stress == {name: [each[0][name][0] + each[1][name][0], 80] for name in stress}
     text = md.read_text()
-    assert "| fast50_lr0.0003_s0 | H=50 | 17560 | 20.00% | 0/4 (< 53%) |  |" in text  # 0 errors: a bound
+    # every rate with its interval, valid (2 of 10) as well as test; 0 errors: a bound
+    assert "| fast50_lr0.0003_s0 | H=50 | 17560 | 2/10 = 20.00% (2.52-55.61%) | 0/4 (< 52.71%) |  |" in text
     assert "| 1 | 3/8 = 37.50% (8.52-75.51%) |" in text and "fast50 (H=50), 2 seed(s)" in text
     assert "| fast50 (H=50) | " in text.split("| cell (chosen lr, seeds pooled) |")[1]
 
@@ -145,3 +146,10 @@ def test_a_screen_whose_best_lr_is_at_its_edge_goes_on_down_the_ladder_until_the
         "lstm50_lr0.0001_s0": True,
         **{f"lstm50_lr{lr}_s0": False for lr in ("0.0003", "0.001", "0.003")},
     }
+
+
+def test_a_small_rate_and_its_bounds_keep_two_significant_digits_never_zero():
+    assert capacity._rate(1, 20_000) == "1/20000 = 0.005% (0.00013-0.028%)"
+    assert capacity._rate(1, 2286) == "1/2286 = 0.044% (0.0011-0.24%)"
+    assert capacity._rate(439, 60_000) == "439/60000 = 0.73% (0.67-0.80%)"
+    assert capacity._rate(0, 20_000) == "0/20000 (< 0.015%)"
