@@ -343,25 +343,41 @@ def _markdown(
     return "\n".join(out) + "\n"
 
 
+def _line_style(label: str) -> dict[str, Any]:
+    """A colour per model (the equal-parameter LSTM its own); solid at H = 50's size, dashed at H = 100's."""
+    name, matched = label.split(" ", 1)
+    kind = name.rstrip("0123456789")
+    colour = {"fast": "tab:blue", "lstm": "tab:orange", "irnn": "tab:green"}[kind]
+    if "P(" in matched:
+        colour = "tab:red"
+    return {"color": colour, "linestyle": "--" if "100" in matched else "-"}
+
+
 def _plot(headline: dict[str, dict[int, list[int]]], seeds: dict[str, int], path: Path) -> None:
-    """Error vs K, one line per cell (seeds pooled), a shaded exact 95% band."""
+    """Error vs K, one line per cell (seeds pooled), an exact 95% band; the right panel zooms on 0-5%."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, per_k in headline.items():
-        ks = sorted(per_k)
-        rate = [100 * per_k[k][0] / per_k[k][1] for k in ks]
-        bands = [error_interval(*per_k[k]) for k in ks]
-        ax.plot(ks, rate, marker="o", markersize=3, label=f"{label}, {seeds[label]} seed(s)")
-        ax.fill_between(ks, [100 * b[0] for b in bands], [100 * b[1] for b in bands], alpha=0.2)
-    ax.set_xlabel("K (pairs in the query)")
-    ax.set_ylabel("test error, % (95% band)")
-    ax.set_xlim(1, K_MAX)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), width_ratios=(3, 2))
+    for ax, top in zip(axes, (None, 5.0), strict=True):
+        for label, per_k in headline.items():
+            ks = sorted(per_k)
+            rate = [100 * per_k[k][0] / per_k[k][1] for k in ks]
+            bands = [error_interval(*per_k[k]) for k in ks]
+            style = _line_style(label)
+            ax.plot(ks, rate, marker="o", markersize=3, label=f"{label}, {seeds[label]} seed(s)", **style)
+            low, high = [100 * b[0] for b in bands], [100 * b[1] for b in bands]
+            ax.fill_between(ks, low, high, alpha=0.2, color=style["color"])
+        ax.set_xlabel("K (pairs in the query)")
+        ax.set_xlim(1, K_MAX)
+        ax.grid(alpha=0.3)
+        if top is not None:
+            ax.set_ylim(0, top)
+            ax.set_title(f"zoom: 0-{top:g}%", fontsize=9)
+    axes[0].set_ylabel("test error, % (95% band)")
+    axes[0].legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
