@@ -374,6 +374,40 @@ def test_a_memory_session_is_served_by_every_replica_and_outlives_a_crashed_one(
     stack.wait_healthy(replicas)
 
 
+def test_the_load_balancers_own_errors_are_the_services_json(stack: Stack) -> None:
+    """What nginx answers itself (a request head it refuses; no replica left) is JSON, never an HTML page."""
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        r = client.get("/v2/health/ready", headers={"X-Big": "a" * 9000})
+        assert r.status_code == 431 and r.json() == {"error": "request head (headers) too large"}, r.text
+        r = client.get("/" + "a" * 9000)
+        assert r.status_code == 414 and r.json() == {"error": "request line (URI) too long"}, r.text
+    host, port = stack.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"NOT HTTP \x01\r\n\r\n")
+        answer = raw.recv(4096)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head
+    assert "could not parse" in json.loads(body)["error"]
+    replicas = stack.containers("fws")
+    stack.wait_healthy(replicas)
+    run([*stack.compose, "stop", "-t", "15", "fws"], env=stack.env)
+    try:
+        with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+            native = [client.post("/v1/retrieve", json=QUERY), client.post("/v1/sessions", json={})]
+            v2 = client.post("/v2/models/fastweights_t11/infer", json={"inputs": []})
+        # 502 (the replica's address refused or unreachable) or 504 (its connect timed out): either way the
+        # path's JSON shape, a code a client can act on, and Retry-After
+        for r in native:
+            assert r.status_code in (502, 504) and r.headers["retry-after"] == "1", r.text
+            error = r.json()["error"]
+            assert error["code"] in ("upstream_failed", "deadline_exceeded") and error["field"] is None
+            assert "no replica answered" in error["message"]
+        assert v2.status_code in (502, 504) and "no replica answered" in v2.json()["error"], v2.text
+    finally:
+        run([*stack.compose, "start", "fws"], env=stack.env)
+    stack.wait_healthy(replicas)
+
+
 def test_compose_down_removes_everything_quickly(stack: Stack) -> None:
     t0 = time.monotonic()
     run([*stack.compose, "down", "--remove-orphans", "-t", "15"], env=stack.env)

@@ -21,6 +21,7 @@ import yaml
 
 from deploy import healthcheck
 from deploy.serve_requirements import serve_requirements, split_requirement
+from service import errors
 from service.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -267,6 +268,15 @@ def test_load_balancer_follows_the_replicas_behind_the_name() -> None:
     assert done.returncode == 0, done.stderr
 
 
+_BLOCK = r"^\s*{kind} ([^{{\n]+?) \{{\n(.*?)\n\s*\}}$"
+
+
+def _blocks(kind: str, text: str) -> list[tuple[str, str]]:
+    """(name, body) of each `kind name { ... }` block of nginx.conf (its closing brace alone on a line: the
+    JSON bodies inside have braces of their own)."""
+    return re.findall(_BLOCK.format(kind=kind), text, re.M | re.S)
+
+
 def test_load_balancer_fails_over_but_never_resends_a_post_a_replica_received() -> None:
     (next_upstream,) = re.findall(r"^\s*proxy_next_upstream (.*);", NGINX, re.M)
     assert {"error", "timeout", "http_503"} <= set(next_upstream.split())
@@ -277,7 +287,7 @@ def test_load_balancer_fails_over_but_never_resends_a_post_a_replica_received() 
     # replica died under it: nginx's own 502, never a replica's, which proxy_intercept_errors would make one).
     assert not re.search(r"^\s*proxy_intercept_errors on", NGINX, re.M)
     http_port = NGINX.split("listen 8081")[0]  # the HTTP server (the gRPC one follows it)
-    locations = dict(re.findall(r"^\s*location ([^{]+?) \{(.*?)\}", http_port, re.M | re.S))
+    locations = dict(_blocks("location", http_port))
     (failover,) = [body for where, body in locations.items() if where == "@failover"]
     assert "proxy_pass http://fws_replicas;" in failover and "error_page" not in failover  # once, not a loop
     resent = [where for where, body in locations.items() if re.search(r"error_page 502 = @failover;", body)]
@@ -312,8 +322,64 @@ def test_load_balancer_fails_over_but_never_resends_a_post_a_replica_received() 
 
 
 def test_load_balancer_sends_no_internal_address_to_clients() -> None:
-    assert "add_header" not in NGINX  # (which replica answered is in the access log, with the request id)
+    # (which replica answered is in the access log, with the request id); the only header it adds is the
+    # Retry-After of its own 502/503/504
+    assert set(re.findall(r"^\s*add_header (.*);", NGINX, re.M)) == {"Retry-After 1 always"}
     assert "server_tokens off;" in NGINX
+
+
+def _json_answers() -> dict[str, tuple[int, str]]:
+    """Each error-page target of the HTTP server: (status returned, body as written in nginx.conf)."""
+    http_port = NGINX.split("listen 8081")[0]
+    out = {}
+    for where, body in _blocks("location", http_port):
+        answer = re.search(r"^\s*return (\d+) (\S.*);", body, re.M)
+        if answer and "default_type application/json;" in body:
+            out[where.removeprefix("= ")] = (int(answer.group(1)), answer.group(2))
+    return out
+
+
+def test_load_balancer_answers_its_own_errors_in_the_services_json_never_html() -> None:
+    http_port = NGINX.split("listen 8081")[0]
+    answers = _json_answers()
+    maps = {name.split()[-1][1:]: body for name, body in _blocks("map", NGINX) if "$fws_lb_v2 " in name}
+
+    def bodies(written: str) -> list[Any]:  # a literal, or a map's value for V2 paths and for the others
+        if written.startswith("$"):
+            values = dict(re.findall(r"^\s*(\S+) '(.*)';", maps[written[1:]], re.M))
+            assert set(values) == {"1", "default"}
+            return [json.loads(values["1"]), json.loads(values["default"])]
+        return [json.loads(written.strip("'"))]
+
+    for where, (_status, written) in answers.items():
+        for body in bodies(written):
+            assert set(body) == {"error"}, (where, body)
+        if written.startswith("$"):  # V2 paths: {"error": "message"}; the others the native shape
+            v2, native = bodies(written)
+            assert isinstance(v2["error"], str) and set(native["error"]) == {"code", "message", "field"}
+    # the V2 shape is chosen by the same rule as service/errors.py's is_v2
+    (rule,) = re.findall(r"map \$uri \$fws_lb_v2 \{\s*(\S+) 1;", NGINX)
+    for path in ("/v2", "/v2/models/x/infer", "/v1/retrieve", "/v2x", "/"):
+        assert bool(re.search(rule.removeprefix("~"), path)) == errors.is_v2(path), path
+    # every status nginx makes itself goes to one of them: at the server level, and again in each location
+    # that sets an error_page of its own (error_page is inherited only by a location that sets none)
+    own = {"400": 400, "414": 414, "494": 431, "502": 502, "503": 503, "504": 504}
+    server_level = re.sub(_BLOCK.format(kind="location"), "", http_port, flags=re.M | re.S)  # outside them
+    pages = dict(re.findall(r"^\s*error_page (\d+) =? ?(\S+);", server_level, re.M))
+    assert set(pages) == set(own)
+    for code, target in pages.items():
+        assert answers[target][0] == own[code], (code, target)
+    assert re.search(r"^\s*recursive_error_pages on;", server_level, re.M)  # @failover failing too: JSON
+    for where, body in _blocks("location", http_port):
+        local = dict(re.findall(r"^\s*error_page (\d+) =? ?(\S+);", body, re.M))
+        if local and "proxy_pass" in body:
+            assert {"502", "503", "504"} <= set(local), where
+            assert local["503"] == pages["503"] and local["504"] == pages["504"], where
+    # the ones for an unreadable request line are URIs (it has none to keep), reachable only internally
+    for code in ("400", "414"):
+        assert pages[code].startswith("/_lb/")
+        (body,) = [b for w, b in _blocks("location", http_port) if w == f"= {pages[code]}"]
+        assert "internal;" in body
 
 
 def test_load_balancer_applies_the_service_edge_limits() -> None:
