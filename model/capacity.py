@@ -384,6 +384,33 @@ def _plot(headline: dict[str, dict[int, list[int]]], seeds: dict[str, int], path
     plt.close(fig)
 
 
+def _state(name: str) -> str:
+    """'done', 'to run', or how far a started run got ('at step 8000 of 20000': its last checkpoint)."""
+    path = RUNS / f"{name}.pt"
+    if _finished(path) is not None:
+        return "done"
+    if not path.is_file():
+        return "to run"
+    return f"at step {load_checkpoint(path).step} of {RECIPE[RECIPE.index('--steps') + 1]}"
+
+
+def plan() -> int:
+    """Every planned run, its state, and a count (the plan grows: seeds once a screen ends, ladder steps)."""
+    states = []
+    for cell, lr, seed in planned_runs():
+        name = run_name(cell, lr, seed)
+        states.append(_state(name))
+        params = parameter_count(cell.kind, cell.hidden_size)
+        print(f"{name:<24} {cell.matched:<14} params {params:>6}  {states[-1]}")
+    done, fresh = states.count("done"), states.count("to run")
+    started = len(states) - done - fresh
+    print(
+        f"{done} of {len(states)} planned runs done, {started} started, {fresh} not started "
+        "(a cell's seed runs join the plan when its screen ends)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.capacity", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -403,12 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.command == "plan":
-        for cell, lr, seed in planned_runs():
-            name = run_name(cell, lr, seed)
-            state = "done" if _finished(RUNS / f"{name}.pt") is not None else "to run"
-            params = parameter_count(cell.kind, cell.hidden_size)
-            print(f"{name:<24} {cell.matched:<14} params {params:>6}  {state}")
-        return 0
+        return plan()
     if args.command == "run":
         return run(args.only, args.max_runs)
     return report(args.plot, args.json, args.markdown, args.stress_rows)

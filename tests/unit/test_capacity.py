@@ -78,8 +78,19 @@ def test_a_run_command_resumes_into_the_runs_folder():
 def test_the_plan_lists_every_screen_run(argv, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(capacity, "RUNS", tmp_path)
     assert capacity.main(argv) == 0
-    lines = capsys.readouterr().out.splitlines()
+    *lines, total = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 * len(capacity.cells()) and all(line.endswith("to run") for line in lines)
+    assert total.startswith(f"0 of {len(lines)} planned runs done, 0 started, {len(lines)} not started")
+    # a finished run and one stopped at its step-6000 checkpoint (a run's checkpoint has no test metrics yet)
+    _fake_run(tmp_path, "fast50_lr0.001_s0", 0.1, {1: {"error": 0.0, "n": 4}})
+    cfg = ModelConfig(hidden_size=8, embed_size=8)
+    partial = Checkpoint(cfg, build_model(cfg).state_dict(), step=6000, metrics={"valid": {"error": 0.2}})
+    save_checkpoint(partial, tmp_path / "lstm50_lr0.001_s0.pt")
+    assert capacity.main(argv) == 0
+    *lines, total = capsys.readouterr().out.splitlines()
+    state = {line.split()[0]: line.split("  ")[-1] for line in lines}
+    assert state["fast50_lr0.001_s0"] == "done" and state["lstm50_lr0.001_s0"] == "at step 6000 of 20000"
+    assert total.startswith(f"1 of {len(lines)} planned runs done, 1 started, {len(lines) - 2} not started")
 
 
 def test_a_run_another_runner_holds_is_skipped_and_the_rest_still_run(tmp_path, monkeypatch):
