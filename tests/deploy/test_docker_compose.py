@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -374,20 +375,52 @@ def test_a_memory_session_is_served_by_every_replica_and_outlives_a_crashed_one(
     stack.wait_healthy(replicas)
 
 
-def test_the_load_balancers_own_errors_are_the_services_json(stack: Stack) -> None:
-    """What nginx answers itself (a request head it refuses; no replica left) is JSON, never an HTML page."""
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
-        r = client.get("/v2/health/ready", headers={"X-Big": "a" * 9000})
-        assert r.status_code == 431 and r.json() == {"error": "request head (headers) too large"}, r.text
-        r = client.get("/" + "a" * 9000)
-        assert r.status_code == 414 and r.json() == {"error": "request line (URI) too long"}, r.text
+def raw_request(stack: Stack, request: bytes) -> tuple[bytes, Any]:
+    """Bytes sent as they are on a fresh connection to the load balancer: (status line, JSON body)."""
     host, port = stack.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as raw:
-        raw.sendall(b"NOT HTTP \x01\r\n\r\n")
-        answer = raw.recv(4096)
+        raw.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = raw.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head
-    assert "could not parse" in json.loads(body)["error"]
+    assert b"content-type: application/json" in head.lower(), answer
+    return head.split(b"\r\n")[0], json.loads(body)
+
+
+def test_the_load_balancers_own_errors_are_the_services_json(stack: Stack) -> None:
+    """What nginx answers itself (a request it refuses; no replica left) is JSON, never an HTML page."""
+    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+        refused = [
+            (
+                client.get("/v2/health/ready", headers={"X-Big": "a" * 9000}),
+                431,
+                "request head (headers) too large",
+            ),
+            (client.get("/" + "a" * 9000), 414, "request line (URI) too long"),
+            (client.request("TRACE", "/v1/retrieve"), 405, "method not allowed"),
+            (client.get("/_lb/400"), 404, "not found"),  # nginx's own error pages are not a route
+        ]
+    for r, status, message in refused:
+        assert r.status_code == status and r.headers["content-type"] == "application/json", r.text
+        assert r.json() == {"error": message}
+    # an unreadable request, also on a route that fails over (its own error pages are the server's)
+    for path in (b"/v1/sessions", b"/v1/retrieve"):
+        status, body = raw_request(
+            stack, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n"
+        )
+        assert status.startswith(b"HTTP/1.1 400 ") and "could not parse" in body["error"], (path, body)
+    status, body = raw_request(stack, b"NOT HTTP \x01\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 ") and "could not parse" in body["error"]
+    # a body over the load balancer's 16 MiB, in the path's shape (sent without its body: nginx answers first)
+    big = b"Host: x\r\nContent-Type: application/json\r\nContent-Length: 17000000\r\n\r\n"
+    status, body = raw_request(stack, b"POST /v1/retrieve HTTP/1.1\r\n" + big)
+    assert status.startswith(b"HTTP/1.1 413 ") and body["error"]["code"] == "body_too_large", body
+    status, body = raw_request(stack, b"POST /v2/models/fastweights_t11/infer HTTP/1.1\r\n" + big)
+    assert status.startswith(b"HTTP/1.1 413 ") and "too large" in body["error"], body
     replicas = stack.containers("fws")
     stack.wait_healthy(replicas)
     run([*stack.compose, "stop", "-t", "15", "fws"], env=stack.env)
@@ -395,14 +428,15 @@ def test_the_load_balancers_own_errors_are_the_services_json(stack: Stack) -> No
         with httpx.Client(base_url=stack.base_url, timeout=30) as client:
             native = [client.post("/v1/retrieve", json=QUERY), client.post("/v1/sessions", json={})]
             v2 = client.post("/v2/models/fastweights_t11/infer", json={"inputs": []})
-        # 502 (the replica's address refused or unreachable) or 504 (its connect timed out): either way the
-        # path's JSON shape, a code a client can act on, and Retry-After
+        # 502 when the stopped replicas' addresses refuse or are unreachable, 504 when connecting to them
+        # times out: either way the path's JSON shape, the code that says which, and Retry-After
+        code = {502: "upstream_failed", 504: "deadline_exceeded"}
+        for r in [*native, v2]:
+            assert r.status_code in code and r.headers["retry-after"] == "1", r.text
+            assert r.headers["content-type"] == "application/json"
         for r in native:
-            assert r.status_code in (502, 504) and r.headers["retry-after"] == "1", r.text
-            error = r.json()["error"]
-            assert error["code"] in ("upstream_failed", "deadline_exceeded") and error["field"] is None
-            assert "no replica answered" in error["message"]
-        assert v2.status_code in (502, 504) and "no replica answered" in v2.json()["error"], v2.text
+            assert r.json()["error"]["code"] == code[r.status_code] and r.json()["error"]["field"] is None
+        assert "no replica answered" in v2.json()["error"], v2.text
     finally:
         run([*stack.compose, "start", "fws"], env=stack.env)
     stack.wait_healthy(replicas)

@@ -268,13 +268,18 @@ def test_load_balancer_follows_the_replicas_behind_the_name() -> None:
     assert done.returncode == 0, done.stderr
 
 
-_BLOCK = r"^\s*{kind} ([^{{\n]+?) \{{\n(.*?)\n\s*\}}$"
+_BLOCK = r"^([ \t]*){kind} ([^{{\n]+?) \{{\n(.*?)\n\1\}}$"
 
 
 def _blocks(kind: str, text: str) -> list[tuple[str, str]]:
-    """(name, body) of each `kind name { ... }` block of nginx.conf (its closing brace alone on a line: the
-    JSON bodies inside have braces of their own)."""
-    return re.findall(_BLOCK.format(kind=kind), text, re.M | re.S)
+    """(name, body) of each `kind name { ... }` block of nginx.conf: its closing brace alone on a line, as
+    indented as its first line (JSON bodies and nested `if` blocks inside have braces of their own)."""
+    return [(name, body) for _, name, body in re.findall(_BLOCK.format(kind=kind), text, re.M | re.S)]
+
+
+def _server_level(http_port: str) -> str:
+    """The HTTP server's own directives: its text without the location blocks."""
+    return re.sub(_BLOCK.format(kind="location"), "", http_port, flags=re.M | re.S)
 
 
 def test_load_balancer_fails_over_but_never_resends_a_post_a_replica_received() -> None:
@@ -288,14 +293,21 @@ def test_load_balancer_fails_over_but_never_resends_a_post_a_replica_received() 
     assert not re.search(r"^\s*proxy_intercept_errors on", NGINX, re.M)
     http_port = NGINX.split("listen 8081")[0]  # the HTTP server (the gRPC one follows it)
     locations = dict(_blocks("location", http_port))
-    (failover,) = [body for where, body in locations.items() if where == "@failover"]
-    assert "proxy_pass http://fws_replicas;" in failover and "error_page" not in failover  # once, not a loop
-    resent = [where for where, body in locations.items() if re.search(r"error_page 502 = @failover;", body)]
+    # nginx's own 502 goes to @failover from every location (none sets an error_page of its own) ...
+    assert re.search(r"^\s*error_page 502 = @failover;", _server_level(http_port), re.M)
+    assert [where for where, body in locations.items() if "error_page" in body] == ["@failover"]
+    # ... which sends it to the pool once more only where the map allows it, else answers the JSON 502, and
+    # sends a second failure there too: once, not a loop
+    failover = locations["@failover"]
+    assert re.search(r"error_page 502 = @lb_no_replica;", failover)
+    assert failover.index("if ($fws_resend_safe = 0)") < failover.index("proxy_pass http://fws_replicas;")
+    assert re.search(r"if \(\$fws_resend_safe = 0\) \{\s*return 502;\s*\}", failover)
+    ((_, safe),) = [(name, body) for name, body in _blocks("map", NGINX) if name == "$uri $fws_resend_safe"]
+    assert re.search(r"^\s*default 0;", safe, re.M)
+    resent = re.findall(r"^\s*~(\S+) 1;", safe, re.M)
 
-    def fails_over(path: str) -> bool:  # nginx's choice: an exact match first, then the regexes in order
-        exact = [w for w in resent if w.startswith("= ") and w[2:] == path]
-        regexes = [w for w in resent if w.startswith("~ ") and re.search(w[2:], path)]
-        return bool(exact or regexes)
+    def fails_over(path: str) -> bool:  # nginx's map: the first regex that matches, else the default
+        return any(re.search(regex, path) for regex in resent)
 
     for path in (
         "/v1/retrieve",
@@ -316,7 +328,7 @@ def test_load_balancer_fails_over_but_never_resends_a_post_a_replica_received() 
         "/v2/repository/models/fastweights_t11/unload",
     ):
         assert not fails_over(path), path
-    assert "proxy_pass http://fws_replicas;" in locations["/"] and "error_page" not in locations["/"]
+    assert "proxy_pass http://fws_replicas;" in locations["/"]
     (grpc_next,) = re.findall(r"^\s*grpc_next_upstream (.*);", NGINX, re.M)
     assert set(grpc_next.split()) == {"error", "timeout"}  # gRPC calls are POSTs too
 
@@ -326,6 +338,9 @@ def test_load_balancer_sends_no_internal_address_to_clients() -> None:
     # Retry-After of its own 502/503/504
     assert set(re.findall(r"^\s*add_header (.*);", NGINX, re.M)) == {"Retry-After 1 always"}
     assert "server_tokens off;" in NGINX
+
+
+ERROR_PAGE = r"^\s*error_page (\d+) =? ?(\S+);"
 
 
 def _json_answers() -> dict[str, tuple[int, str]]:
@@ -361,25 +376,27 @@ def test_load_balancer_answers_its_own_errors_in_the_services_json_never_html() 
     (rule,) = re.findall(r"map \$uri \$fws_lb_v2 \{\s*(\S+) 1;", NGINX)
     for path in ("/v2", "/v2/models/x/infer", "/v1/retrieve", "/v2x", "/"):
         assert bool(re.search(rule.removeprefix("~"), path)) == errors.is_v2(path), path
-    # every status nginx makes itself goes to one of them: at the server level, and again in each location
-    # that sets an error_page of its own (error_page is inherited only by a location that sets none)
-    own = {"400": 400, "414": 414, "494": 431, "502": 502, "503": 503, "504": 504}
-    server_level = re.sub(_BLOCK.format(kind="location"), "", http_port, flags=re.M | re.S)  # outside them
-    pages = dict(re.findall(r"^\s*error_page (\d+) =? ?(\S+);", server_level, re.M))
-    assert set(pages) == set(own)
+    # every status nginx makes itself goes to one of them, from the server level, which every location
+    # inherits (none but @failover sets an error_page of its own; @failover ends in @lb_no_replica)
+    own = {400: 400, 404: 404, 405: 405, 413: 413, 414: 414, 494: 431, 501: 501, 503: 503, 504: 504, 505: 505}
+    pages = {int(code): target for code, target in re.findall(ERROR_PAGE, _server_level(http_port), re.M)}
+    assert set(pages) == {*own, 502} and pages[502] == "@failover"
     for code, target in pages.items():
-        assert answers[target][0] == own[code], (code, target)
-    assert re.search(r"^\s*recursive_error_pages on;", server_level, re.M)  # @failover failing too: JSON
+        if code != 502:
+            assert answers[target][0] == own[code], (code, target)
+    failover = dict(re.findall(ERROR_PAGE, dict(_blocks("location", http_port))["@failover"], re.M))
+    assert answers[failover["502"]][0] == 502 and failover["504"] == pages[504]
+    assert re.search(r"^\s*recursive_error_pages on;", _server_level(http_port), re.M)
+    # (Retry-After on the ones that say "retry": no replica, none in time, too many requests in progress)
     for where, body in _blocks("location", http_port):
-        local = dict(re.findall(r"^\s*error_page (\d+) =? ?(\S+);", body, re.M))
-        if local and "proxy_pass" in body:
-            assert {"502", "503", "504"} <= set(local), where
-            assert local["503"] == pages["503"] and local["504"] == pages["504"], where
-    # the ones for an unreadable request line are URIs (it has none to keep), reachable only internally
-    for code in ("400", "414"):
+        if where in answers:
+            retry = re.search(r"^\s*add_header Retry-After 1 always;", body, re.M) is not None
+            assert retry == (answers[where][0] in (502, 503, 504)), where
+    # the ones for a request line nginx may not have read are URIs (it has none to keep), reachable only
+    # internally, and not a path the service has
+    for code in (400, 404, 405, 414, 501, 505):
         assert pages[code].startswith("/_lb/")
-        (body,) = [b for w, b in _blocks("location", http_port) if w == f"= {pages[code]}"]
-        assert "internal;" in body
+        assert "internal;" in dict(_blocks("location", http_port))[f"= {pages[code]}"]
 
 
 def test_load_balancer_applies_the_service_edge_limits() -> None:
