@@ -39,6 +39,7 @@ from model.checkpoint import Checkpoint, CheckpointError, build_model, load_chec
 from model.config import MODEL_KINDS, ModelConfig
 from model.data import VOCAB, Batch, fixed_split, generate
 from model.evaluate import error_report
+from model.stats import format_rate
 
 
 @dataclass
@@ -516,15 +517,22 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    test = ckpt.metrics["test"]
-    per_k = ", ".join(f"K={k}: {100 * v['error']:.2f}%" for k, v in test["per_k"].items())
-    raw = ckpt.metrics.get("test_raw")
-    averaged = "" if raw is None else f" (averaged weights; raw weights {100 * raw['error']:.2f}%)"
-    print(
-        f"{args.out}: step {ckpt.step}, test error {100 * test['error']:.2f}% ({per_k}){averaged}, "
-        f"{ckpt.metrics['wall_s']:.0f} s"
-    )
+    print(summary_line(args.out, ckpt))
     return 0
+
+
+def _wrong(report: dict[str, Any]) -> int:
+    return round(report["error"] * report["n"])
+
+
+def summary_line(out: Path, ckpt: Checkpoint) -> str:
+    """The finished run in one line: test errors as counts with their exact 95% interval, per K as counts."""
+    test = ckpt.metrics["test"]
+    per_k = ", ".join(f"K={k}: {_wrong(v)}/{v['n']}" for k, v in test["per_k"].items())
+    raw = ckpt.metrics.get("test_raw")
+    averaged = "" if raw is None else f" (averaged weights; raw weights {format_rate(_wrong(raw), raw['n'])})"
+    rate = format_rate(_wrong(test), test["n"])
+    return f"{out}: step {ckpt.step}, test errors {rate}{averaged}; {per_k}; {ckpt.metrics['wall_s']:.0f} s"
 
 
 if __name__ == "__main__":

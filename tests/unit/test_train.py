@@ -1,8 +1,10 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import VOCAB, fixed_split
 from model.evaluate import error_report
@@ -15,6 +17,7 @@ from model.train import (
     hardest_rows,
     learning_rate,
     stream_batch,
+    summary_line,
     train,
 )
 
@@ -311,3 +314,21 @@ def test_fine_tuning_refuses_a_checkpoint_of_another_shape_and_a_k_start_past_k_
         train(ModelConfig(hidden_size=8, embed_size=16), _finetune(base))
     with pytest.raises(ValueError, match="k_start"):
         train(cfg, TrainConfig(**{**_finetune(base).__dict__, "k_start": 9}))
+
+
+def test_the_closing_line_gives_counts_and_an_interval_never_a_bare_zero_percent():
+    cfg = ModelConfig(hidden_size=8, embed_size=8)
+    per_k = {1: {"error": 0.0, "n": 10_000}, 2: {"error": 3 / 10_000, "n": 10_000}}
+    metrics = {"test": {"error": 3 / 20_000, "n": 20_000, "per_k": per_k}, "wall_s": 12.3}
+    line = summary_line(
+        Path("run.pt"), Checkpoint(cfg, build_model(cfg).state_dict(), step=7, metrics=metrics)
+    )
+    assert line == (
+        "run.pt: step 7, test errors 3 / 20000 (0.015%, 95% CI 0.0031-0.044%); "
+        "K=1: 0/10000, K=2: 3/10000; 12 s"
+    )
+    metrics["test_raw"] = {"error": 0.0, "n": 20_000, "per_k": {}}
+    line = summary_line(
+        Path("run.pt"), Checkpoint(cfg, build_model(cfg).state_dict(), step=7, metrics=metrics)
+    )
+    assert "(averaged weights; raw weights 0 / 20000 (< 0.015%))" in line and "0.00%" not in line
