@@ -39,7 +39,7 @@ from model.checkpoint import build_model, load_checkpoint
 from model.config import ModelConfig
 from model.data import STRESS_SETS, generate, stress_min_pairs
 from model.evaluate import predict
-from model.stats import error_interval
+from model.stats import error_interval, rate_with_interval
 
 RUNS = Path("runs/capacity")
 K_MAX = 26
@@ -294,20 +294,6 @@ def report(
     return 0
 
 
-def _percent(fraction: float) -> str:
-    """A rate in percent: two decimals, or two significant digits below 0.1% (never "0.00")."""
-    value = 100 * fraction
-    return f"{value:.2f}%" if value >= 0.1 else f"{value:.2g}%"
-
-
-def _rate(wrong: int, n: int) -> str:
-    """An error count as a rate with its exact 95% interval ("< x%" for 0 errors)."""
-    low, high = error_interval(wrong, n)
-    if wrong == 0:
-        return f"0/{n} (< {_percent(high)})"
-    return f"{wrong}/{n} = {_percent(wrong / n)} ({_percent(low)[:-1]}-{_percent(high)})"
-
-
 def _markdown(
     rows: list[dict[str, Any]],
     headline: dict[str, dict[int, list[int]]],
@@ -323,23 +309,23 @@ def _markdown(
         chosen = "chosen" if r["chosen_lr"] else ""
         out.append(
             f"| {r['run']} | {r['matched']} | {r['params']} | "
-            f"{_rate(round(r['valid_error'] * r['valid_n']), r['valid_n'])} | "
-            f"{_rate(r['test_errors'], r['test_n'])} | {chosen} |"
+            f"{rate_with_interval(round(r['valid_error'] * r['valid_n']), r['valid_n'])} | "
+            f"{rate_with_interval(r['test_errors'], r['test_n'])} | {chosen} |"
         )
     labels = list(headline)
     out += ["", "| K | " + " | ".join(f"{lab}, {seeds[lab]} seed(s)" for lab in labels) + " |"]
     out.append("|---" * (len(labels) + 1) + "|")
     for k in REPORT_K:
-        cells_k = [_rate(*headline[lab][k]) if k in headline[lab] else "-" for lab in labels]
+        cells_k = [rate_with_interval(*headline[lab][k]) if k in headline[lab] else "-" for lab in labels]
         out.append(f"| {k} | " + " | ".join(cells_k) + " |")
-    totals = [_rate(*map(sum, zip(*headline[lab].values(), strict=True))) for lab in labels]
+    totals = [rate_with_interval(*map(sum, zip(*headline[lab].values(), strict=True))) for lab in labels]
     out.append("| all | " + " | ".join(totals) + " |")
     if stress:
         sets = list(next(iter(stress.values())))
         out += ["", "| cell (chosen lr, seeds pooled) | " + " | ".join(sets) + " |"]
         out.append("|---" * (len(sets) + 1) + "|")
         for lab, per_set in stress.items():
-            out.append(f"| {lab} | " + " | ".join(_rate(*per_set[s]) for s in sets) + " |")
+            out.append(f"| {lab} | " + " | ".join(rate_with_interval(*per_set[s]) for s in sets) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from model.config import MODEL_KINDS, ModelConfig
+from model.stats import rate_with_interval
 from model.train import TrainConfig, train
 
 # Ba, Hinton, Mnih, Leibo, Ionescu (NIPS 2016), Table 1: test error (%) on associative retrieval with K=4.
@@ -46,6 +47,8 @@ class RunResult:
     steps: int
     test_error: float  # fraction on the fixed 20k test split
     valid_error: float | None  # fraction at the last validation
+    test_n: int  # rows of the test split
+    valid_n: int | None  # rows of the validation split
     train_wall_s: float  # training time as recorded in the checkpoint (includes periodic validation)
     checkpoint: str
     settings: str = ""  # what else the run was trained with (optimiser, schedule, λ, η, S)
@@ -56,6 +59,7 @@ class RunResult:
         if "test" not in ckpt.metrics:
             raise CheckpointError(f"{path}: the run has not finished (no test metrics)")
         valid = ckpt.metrics.get("valid", {}).get("error")
+        valid_n = ckpt.metrics.get("valid", {}).get("n")
         return cls(
             kind=ckpt.config.kind,
             hidden_size=ckpt.config.hidden_size,
@@ -63,6 +67,8 @@ class RunResult:
             steps=ckpt.step,
             test_error=float(ckpt.metrics["test"]["error"]),
             valid_error=None if valid is None else float(valid),
+            test_n=int(ckpt.metrics["test"]["n"]),
+            valid_n=None if valid_n is None else int(valid_n),
             train_wall_s=float(ckpt.metrics.get("wall_s", 0.0)),
             checkpoint=str(path),
             settings=_settings(ckpt),
@@ -150,29 +156,31 @@ def reproduce(
                     started = time.perf_counter()
                     train(mcfg, cfg, path, resume_from=path if previous == "unfinished" else None)
                     result = RunResult.from_checkpoint(path)
-                    log(
-                        f"{name}: test error {100 * result.test_error:.2f}% after {result.steps} steps, "
-                        f"{time.perf_counter() - started:.0f} s"
-                    )
+                    wrong = _wrong(result.test_error, result.test_n)
+                    rate = rate_with_interval(wrong, result.test_n)
+                    took = time.perf_counter() - started
+                    log(f"{name}: test errors {rate} after {result.steps} steps, {took:.0f} s")
                 (out_dir / f"{name}.json").write_text(json.dumps(run_record(path), indent=1) + "\n")
                 paths.append(path)
     return [RunResult.from_checkpoint(p) for p in paths]
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
+def _wrong(error: float, n: int) -> int:
+    return round(error * n)
 
 
 def _cell(results: list[RunResult]) -> str:
+    """The test error of one Table-1 cell with its 95% interval (several seeds: pooled, and each seed's)."""
     if not results:
         return "—"
-    if len({r.settings for r in results}) > 1:  # not seeds of one recipe: a mean would mislead
+    if len({r.settings for r in results}) > 1:  # not seeds of one recipe: a pooled rate would mislead
         return "different settings: see the runs below"
-    errors = [r.test_error for r in results]
-    mean = sum(errors) / len(errors)
-    if len(errors) == 1:
-        return _pct(mean)
-    return f"{_pct(mean)} (mean; " + " / ".join(f"{100 * e:.2f}" for e in errors) + ")"
+    wrong = sum(_wrong(r.test_error, r.test_n) for r in results)
+    pooled = rate_with_interval(wrong, sum(r.test_n for r in results))
+    if len(results) == 1:
+        return pooled
+    each = ", ".join(f"{_wrong(r.test_error, r.test_n)}/{r.test_n}" for r in results)
+    return f"{pooled} ({len(results)} seeds pooled: {each})"
 
 
 def markdown_table(results: Iterable[RunResult]) -> str:
@@ -197,9 +205,12 @@ def markdown_table(results: Iterable[RunResult]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        valid = "—" if r.valid_error is None else _pct(r.valid_error)
+        valid = "—"
+        if r.valid_error is not None and r.valid_n is not None:
+            valid = rate_with_interval(_wrong(r.valid_error, r.valid_n), r.valid_n)
+        test = rate_with_interval(_wrong(r.test_error, r.test_n), r.test_n)
         lines.append(
-            f"| {Path(r.checkpoint).stem} | {r.steps} | {_pct(r.test_error)} | {valid} "
+            f"| {Path(r.checkpoint).stem} | {r.steps} | {test} | {valid} "
             f"| {r.train_wall_s:.0f} s | {r.settings} | `{r.checkpoint}` |"
         )
     return "\n".join(lines)

@@ -78,3 +78,17 @@ def format_rate(errors: int, n: int) -> str:
     if errors == 0:
         return f"0 / {n} (< {100 * high:.3g}%)"
     return f"{errors} / {n} ({100 * errors / n:.3g}%, 95% CI {100 * low:.2g}-{100 * high:.2g}%)"
+
+
+def percent(fraction: float) -> str:
+    """A rate in percent: two decimals, or two significant digits below 0.1% (never a bare "0.00%")."""
+    value = 100 * fraction
+    return f"{value:.2f}%" if value >= 0.1 else f"{value:.2g}%"
+
+
+def rate_with_interval(errors: int, n: int) -> str:
+    """'0/20000 (< 0.015%)' or '3/20000 = 0.015% (0.0031-0.044%)': a table cell's count, rate and interval."""
+    low, high = error_interval(errors, n)
+    if errors == 0:
+        return f"0/{n} (< {percent(high)})"
+    return f"{errors}/{n} = {percent(errors / n)} ({percent(low)[:-1]}-{percent(high)})"

@@ -157,10 +157,3 @@ def test_a_screen_whose_best_lr_is_at_its_edge_goes_on_down_the_ladder_until_the
         "lstm50_lr0.0001_s0": True,
         **{f"lstm50_lr{lr}_s0": False for lr in ("0.0003", "0.001", "0.003")},
     }
-
-
-def test_a_small_rate_and_its_bounds_keep_two_significant_digits_never_zero():
-    assert capacity._rate(1, 20_000) == "1/20000 = 0.005% (0.00013-0.028%)"
-    assert capacity._rate(1, 2286) == "1/2286 = 0.044% (0.0011-0.24%)"
-    assert capacity._rate(439, 60_000) == "439/60000 = 0.73% (0.67-0.80%)"
-    assert capacity._rate(0, 20_000) == "0/20000 (< 0.015%)"

@@ -8,7 +8,8 @@ import pytest
 from model.checkpoint import load_checkpoint
 from model.data import fixed_split
 from model.evaluate import error_report
-from model.reproduce import main
+from model.reproduce import RunResult, _cell, main
+from model.stats import rate_with_interval
 
 STEPS = 15
 
@@ -62,7 +63,7 @@ def test_reproduce_prints_table_one_with_numbers_read_from_its_checkpoints(repro
         assert settings.startswith("lr 0.001 constant")
         # Evaluate the checkpoint's weights afresh: the printed number must be theirs.
         fresh = error_report(ckpt.model(), test_split)["error"]
-        assert test_error == f"{100 * fresh:.2f}%"
+        assert test_error == rate_with_interval(round(fresh * len(test_split)), len(test_split))
         column = 1 if ckpt.config.hidden_size == 20 else 3
         assert rows[names[ckpt.config.kind]][column - 1] == test_error
         assert wall.endswith(" s") and float(wall[:-2]) >= 0
@@ -79,3 +80,14 @@ def test_a_second_run_reuses_the_checkpoints_and_summarize_rebuilds_the_same_tab
     assert main(["--summarize", *sorted(str(p) for p in out.glob("*.pt"))]) == 0
     summarized = capsys.readouterr().out
     assert _tables(summarized) == _tables(again)
+
+
+def test_a_cell_of_several_seeds_pools_their_counts_and_lists_each_seed():
+    def run(seed, wrong, settings="lr 0.001 constant"):
+        n = 20_000
+        return RunResult("fast", 50, seed, 10, wrong / n, None, n, None, 1.0, f"s{seed}.pt", settings)
+
+    pooled = "3/40000 = 0.0075% (0.0015-0.022%) (2 seeds pooled: 3/20000, 0/20000)"
+    assert _cell([run(0, 3), run(1, 0)]) == pooled
+    assert _cell([run(0, 0)]) == "0/20000 (< 0.015%)"
+    assert _cell([run(0, 3), run(1, 0, "lr 0.003 constant")]) == "different settings: see the runs below"

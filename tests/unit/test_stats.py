@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from model.stats import beta_cdf, error_interval, format_rate
+from model.stats import beta_cdf, error_interval, format_rate, rate_with_interval
 
 
 def test_zero_errors_give_the_one_sided_bound_the_results_quote():
@@ -37,3 +37,10 @@ def test_all_errors_and_bad_counts():
     assert error_interval(10, 10)[1] == 1.0
     with pytest.raises(ValueError):
         error_interval(3, 2)
+
+
+def test_a_small_rate_and_its_bounds_keep_two_significant_digits_never_zero():
+    assert rate_with_interval(1, 20_000) == "1/20000 = 0.005% (0.00013-0.028%)"
+    assert rate_with_interval(1, 2286) == "1/2286 = 0.044% (0.0011-0.24%)"
+    assert rate_with_interval(439, 60_000) == "439/60000 = 0.73% (0.67-0.80%)"
+    assert rate_with_interval(0, 20_000) == "0/20000 (< 0.015%)"
