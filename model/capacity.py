@@ -276,12 +276,10 @@ def report(
             headline[label] = {k: pooled[k] for k in sorted(pooled)}
             seeds[label] = len(chosen)
     for r in rows:
-        low, high = r["test_ci"]
-        print(
-            f"{r['run']:<24} {r['matched']:<14} params {r['params']:>6}  "
-            f"valid {100 * r['valid_error']:.2f}%  test {r['test_errors']}/{r['test_n']} "
-            f"[{100 * low:.3f}, {100 * high:.3f}]%" + ("  (chosen lr)" if r["chosen_lr"] else "")
-        )
+        valid = rate_with_interval(round(r["valid_error"] * r["valid_n"]), r["valid_n"])
+        test = rate_with_interval(r["test_errors"], r["test_n"])
+        chosen = "  (chosen lr)" if r["chosen_lr"] else ""
+        print(f"{r['run']:<24} {r['matched']:<14} params {r['params']:>6} valid {valid}  test {test}{chosen}")
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         summary = {"runs": rows, "headline": headline, "seeds": seeds, "stress": stress}
