@@ -279,7 +279,8 @@ def report(
         on_valid = rate_with_interval(round(r["valid_error"] * r["valid_n"]), r["valid_n"])
         on_test = rate_with_interval(r["test_errors"], r["test_n"])
         mark = "  (chosen lr)" if r["chosen_lr"] else ""
-        print(f"{r['run']:<24} {r['matched']:<14} params {r['params']:>6} valid {on_valid}  test {on_test}{mark}")
+        name = f"{r['run']:<24} {r['matched']:<14} params {r['params']:>6}"
+        print(f"{name} valid {on_valid}  test {on_test}{mark}")
     if out_json:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         summary = {"runs": rows, "headline": headline, "seeds": seeds, "stress": stress}
