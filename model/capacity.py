@@ -39,7 +39,7 @@ from model.checkpoint import build_model, load_checkpoint
 from model.config import ModelConfig
 from model.data import STRESS_SETS, generate, stress_min_pairs
 from model.evaluate import predict
-from model.stats import error_interval, rate_with_interval
+from model.stats import error_count, error_interval, rate_with_interval
 
 RUNS = Path("runs/capacity")
 K_MAX = 26
@@ -244,7 +244,7 @@ def report(
                 if metrics is None:
                     continue
                 test = metrics["test"]
-                wrong = round(test["error"] * test["n"])
+                wrong = error_count(test["error"], test["n"])
                 low, high = error_interval(wrong, test["n"])
                 rows.append(
                     {
@@ -252,6 +252,7 @@ def report(
                         "matched": cell.matched,
                         "params": parameter_count(cell.kind, cell.hidden_size),
                         "valid_error": metrics["valid"]["error"],
+                        "valid_errors": error_count(metrics["valid"]["error"], metrics["valid"]["n"]),
                         "valid_n": metrics["valid"]["n"],
                         "test_errors": wrong,
                         "test_n": test["n"],
@@ -270,13 +271,13 @@ def report(
         for r in chosen:
             for k, v in r["per_k"].items():
                 acc = pooled.setdefault(int(k), [0, 0])
-                acc[0] += round(v["error"] * v["n"])
+                acc[0] += error_count(v["error"], v["n"])
                 acc[1] += v["n"]
         if pooled:
             headline[label] = {k: pooled[k] for k in sorted(pooled)}
             seeds[label] = len(chosen)
     for r in rows:
-        on_valid = rate_with_interval(round(r["valid_error"] * r["valid_n"]), r["valid_n"])
+        on_valid = rate_with_interval(r["valid_errors"], r["valid_n"])
         on_test = rate_with_interval(r["test_errors"], r["test_n"])
         mark = "  (chosen lr)" if r["chosen_lr"] else ""
         name = f"{r['run']:<24} {r['matched']:<14} params {r['params']:>6}"
@@ -308,7 +309,7 @@ def _markdown(
         chosen = "chosen" if r["chosen_lr"] else ""
         out.append(
             f"| {r['run']} | {r['matched']} | {r['params']} | "
-            f"{rate_with_interval(round(r['valid_error'] * r['valid_n']), r['valid_n'])} | "
+            f"{rate_with_interval(r['valid_errors'], r['valid_n'])} | "
             f"{rate_with_interval(r['test_errors'], r['test_n'])} | {chosen} |"
         )
     labels = list(headline)

@@ -25,7 +25,7 @@ from typing import Any
 
 from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from model.config import MODEL_KINDS, ModelConfig
-from model.stats import rate_with_interval
+from model.stats import error_count, rate_with_interval
 from model.train import TrainConfig, train
 
 # Ba, Hinton, Mnih, Leibo, Ionescu (NIPS 2016), Table 1: test error (%) on associative retrieval with K=4.
@@ -156,7 +156,7 @@ def reproduce(
                     started = time.perf_counter()
                     train(mcfg, cfg, path, resume_from=path if previous == "unfinished" else None)
                     result = RunResult.from_checkpoint(path)
-                    wrong = _wrong(result.test_error, result.test_n)
+                    wrong = error_count(result.test_error, result.test_n)
                     rate = rate_with_interval(wrong, result.test_n)
                     took = time.perf_counter() - started
                     log(f"{name}: test errors {rate} after {result.steps} steps, {took:.0f} s")
@@ -165,21 +165,17 @@ def reproduce(
     return [RunResult.from_checkpoint(p) for p in paths]
 
 
-def _wrong(error: float, n: int) -> int:
-    return round(error * n)
-
-
 def _cell(results: list[RunResult]) -> str:
     """The test error of one Table-1 cell with its 95% interval (several seeds: pooled, and each seed's)."""
     if not results:
         return "—"
     if len({r.settings for r in results}) > 1:  # not seeds of one recipe: a pooled rate would mislead
         return "different settings: see the runs below"
-    wrong = sum(_wrong(r.test_error, r.test_n) for r in results)
+    wrong = sum(error_count(r.test_error, r.test_n) for r in results)
     pooled = rate_with_interval(wrong, sum(r.test_n for r in results))
     if len(results) == 1:
         return pooled
-    each = ", ".join(f"{_wrong(r.test_error, r.test_n)}/{r.test_n}" for r in results)
+    each = ", ".join(f"{error_count(r.test_error, r.test_n)}/{r.test_n}" for r in results)
     return f"{pooled} ({len(results)} seeds pooled: {each})"
 
 
@@ -207,8 +203,8 @@ def markdown_table(results: Iterable[RunResult]) -> str:
     for r in results:
         valid = "—"
         if r.valid_error is not None and r.valid_n is not None:
-            valid = rate_with_interval(_wrong(r.valid_error, r.valid_n), r.valid_n)
-        test = rate_with_interval(_wrong(r.test_error, r.test_n), r.test_n)
+            valid = rate_with_interval(error_count(r.valid_error, r.valid_n), r.valid_n)
+        test = rate_with_interval(error_count(r.test_error, r.test_n), r.test_n)
         lines.append(
             f"| {Path(r.checkpoint).stem} | {r.steps} | {test} | {valid} "
             f"| {r.train_wall_s:.0f} s | {r.settings} | `{r.checkpoint}` |"

@@ -80,6 +80,11 @@ def format_rate(errors: int, n: int) -> str:
     return f"{errors} / {n} ({100 * errors / n:.3g}%, 95% CI {100 * low:.2g}-{100 * high:.2g}%)"
 
 
+def error_count(fraction: float, n: int) -> int:
+    """How many of `n` were wrong, from the fraction a report stores (model.evaluate.error_report)."""
+    return round(fraction * n)
+
+
 def percent(fraction: float) -> str:
     """A rate in percent: two decimals, or two significant digits below 0.1% (never a bare "0.00%")."""
     value = 100 * fraction

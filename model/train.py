@@ -39,7 +39,7 @@ from model.checkpoint import Checkpoint, CheckpointError, build_model, load_chec
 from model.config import MODEL_KINDS, ModelConfig
 from model.data import VOCAB, Batch, fixed_split, generate
 from model.evaluate import error_report
-from model.stats import format_rate
+from model.stats import error_count, format_rate
 
 
 @dataclass
@@ -521,17 +521,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _wrong(report: dict[str, Any]) -> int:
-    return round(report["error"] * report["n"])
-
-
 def summary_line(out: Path, ckpt: Checkpoint) -> str:
     """The finished run in one line: test errors as counts with their exact 95% interval, per K as counts."""
     test = ckpt.metrics["test"]
-    per_k = ", ".join(f"K={k}: {_wrong(v)}/{v['n']}" for k, v in test["per_k"].items())
+    per_k = ", ".join(f"K={k}: {error_count(v['error'], v['n'])}/{v['n']}" for k, v in test["per_k"].items())
     raw = ckpt.metrics.get("test_raw")
-    averaged = "" if raw is None else f" (averaged weights; raw weights {format_rate(_wrong(raw), raw['n'])})"
-    rate = format_rate(_wrong(test), test["n"])
+    averaged = (
+        ""
+        if raw is None
+        else f" (averaged weights; raw weights {format_rate(error_count(raw['error'], raw['n']), raw['n'])})"
+    )
+    rate = format_rate(error_count(test["error"], test["n"]), test["n"])
     return f"{out}: step {ckpt.step}, test errors {rate}{averaged}; {per_k}; {ckpt.metrics['wall_s']:.0f} s"
 
 
