@@ -343,11 +343,10 @@ def test_load_balancer_sends_no_internal_address_to_clients() -> None:
 ERROR_PAGE = r"^\s*error_page (\d+) =? ?(\S+);"
 
 
-def _json_answers() -> dict[str, tuple[int, str]]:
-    """Each error-page target of the HTTP server: (status returned, body as written in nginx.conf)."""
-    http_port = NGINX.split("listen 8081")[0]
+def _json_answers(locations: dict[str, str]) -> dict[str, tuple[int, str]]:
+    """Each error-page target among `locations`: (status returned, body as written in nginx.conf)."""
     out = {}
-    for where, body in _blocks("location", http_port):
+    for where, body in locations.items():
         answer = re.search(r"^\s*return (\d+) (\S.*);", body, re.M)
         if answer and "default_type application/json;" in body:
             out[where.removeprefix("= ")] = (int(answer.group(1)), answer.group(2))
@@ -356,7 +355,9 @@ def _json_answers() -> dict[str, tuple[int, str]]:
 
 def test_load_balancer_answers_its_own_errors_in_the_services_json_never_html() -> None:
     http_port = NGINX.split("listen 8081")[0]
-    answers = _json_answers()
+    locations = dict(_blocks("location", http_port))
+    server_level = _server_level(http_port)
+    answers = _json_answers(locations)
     maps = {name.split()[-1][1:]: body for name, body in _blocks("map", NGINX) if "$fws_lb_v2 " in name}
 
     def bodies(written: str) -> list[Any]:  # a literal, or a map's value for V2 paths and for the others
@@ -379,24 +380,24 @@ def test_load_balancer_answers_its_own_errors_in_the_services_json_never_html() 
     # every status nginx makes itself goes to one of them, from the server level, which every location
     # inherits (none but @failover sets an error_page of its own; @failover ends in @lb_no_replica)
     own = {400: 400, 404: 404, 405: 405, 413: 413, 414: 414, 494: 431, 501: 501, 503: 503, 504: 504, 505: 505}
-    pages = {int(code): target for code, target in re.findall(ERROR_PAGE, _server_level(http_port), re.M)}
+    pages = {int(code): target for code, target in re.findall(ERROR_PAGE, server_level, re.M)}
     assert set(pages) == {*own, 502} and pages[502] == "@failover"
     for code, target in pages.items():
         if code != 502:
             assert answers[target][0] == own[code], (code, target)
-    failover = dict(re.findall(ERROR_PAGE, dict(_blocks("location", http_port))["@failover"], re.M))
+    failover = dict(re.findall(ERROR_PAGE, locations["@failover"], re.M))
     assert answers[failover["502"]][0] == 502 and failover["504"] == pages[504]
-    assert re.search(r"^\s*recursive_error_pages on;", _server_level(http_port), re.M)
+    assert re.search(r"^\s*recursive_error_pages on;", server_level, re.M)
     # (Retry-After on the ones that say "retry": no replica, none in time, too many requests in progress)
-    for where, body in _blocks("location", http_port):
-        if where in answers:
+    for where, body in locations.items():
+        if where.removeprefix("= ") in answers:
             retry = re.search(r"^\s*add_header Retry-After 1 always;", body, re.M) is not None
-            assert retry == (answers[where][0] in (502, 503, 504)), where
+            assert retry == (answers[where.removeprefix("= ")][0] in (502, 503, 504)), where
     # the ones for a request line nginx may not have read are URIs (it has none to keep), reachable only
     # internally, and not a path the service has
     for code in (400, 404, 405, 414, 501, 505):
         assert pages[code].startswith("/_lb/")
-        assert "internal;" in dict(_blocks("location", http_port))[f"= {pages[code]}"]
+        assert "internal;" in locations[f"= {pages[code]}"]
 
 
 def test_load_balancer_applies_the_service_edge_limits() -> None:
