@@ -38,7 +38,7 @@ from export.verify import make_session
 from model.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from model.data import generate, stress_min_pairs
 from model.evaluate import predict
-from model.stats import error_interval
+from model.stats import error_interval, rate_with_interval
 
 # First entry of every fresh seed: SeedSequence([FRESH_TAG, seed, K, set index]). The fixed splits use
 # [2016|2017|2018, k_min, k_max], training streams [17000, seed, step, 0], export checks [seed, bucket].
@@ -150,10 +150,8 @@ def check_checkpoint(path: Path, per_k: int, sets: list[str], k_max: int, seed: 
 
 
 def _format_row(r: FreshRow) -> str:
-    rate = f"< {100 * r.ort_high:.3f}%" if r.ort_errors == 0 else f"{100 * r.ort_errors / r.n:.3f}%"
-    interval = f"[{100 * r.ort_low:.4f}, {100 * r.ort_high:.4f}]%"
     return (
-        f"{r.set:<12} K={r.k:<3} {r.bucket:<17} ORT {r.ort_errors:>5}/{r.n} {rate:>10} {interval:>22}  "
+        f"{r.set:<12} K={r.k:<3} {r.bucket:<17} ORT {rate_with_interval(r.ort_errors, r.n):<37}  "
         f"torch {r.torch_errors:>5}  disagree {r.disagreements}"
     )
 
@@ -206,11 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in sets:
         mine = [r for r in rows if r.set == name]
         total, errors = sum(r.n for r in mine), sum(r.ort_errors for r in mine)
-        low, high = error_interval(errors, total)
+        answered_by = "torch" if args.checkpoint is not None else "ORT"  # --checkpoint: torch alone
         print(
-            f"{name}: {errors} ORT errors in {total} ({100 * errors / total:.4f}%, 95% CI "
-            f"{100 * low:.4f}-{100 * high:.4f}%), torch {sum(r.torch_errors for r in mine)}, "
-            f"disagreements {sum(r.disagreements for r in mine)}"
+            f"{name}: {answered_by} errors {rate_with_interval(errors, total)}, "
+            f"torch {sum(r.torch_errors for r in mine)}, disagreements {sum(r.disagreements for r in mine)}"
         )
     print(f"{wall:.0f} s")
     if args.json:

@@ -72,23 +72,22 @@ def error_interval(errors: int, n: int, confidence: float = 0.95) -> tuple[float
     return low, high
 
 
-def format_rate(errors: int, n: int) -> str:
-    """'0 / 20000 (< 0.015%)' or '3 / 20000 (0.015%, 95% CI 0.003-0.044%)'."""
-    low, high = error_interval(errors, n)
-    if errors == 0:
-        return f"0 / {n} (< {100 * high:.3g}%)"
-    return f"{errors} / {n} ({100 * errors / n:.3g}%, 95% CI {100 * low:.2g}-{100 * high:.2g}%)"
-
-
 def error_count(fraction: float, n: int) -> int:
     """How many of `n` were wrong, from the fraction a report stores (model.evaluate.error_report)."""
     return round(fraction * n)
 
 
 def percent(fraction: float) -> str:
-    """A rate in percent: two decimals, or two significant digits below 0.1% (never a bare "0.00%")."""
+    """A rate in percent: two decimals, or two significant digits below 0.1%, always positional ("0.000047%",
+    never "4.7e-05%" nor a bare "0.00%")."""
     value = 100 * fraction
-    return f"{value:.2f}%" if value >= 0.1 else f"{value:.2g}%"
+    if value >= 0.1:
+        return f"{value:.2f}%"
+    short = f"{value:.2g}"
+    if "e" in short:  # below 1e-4 %: the same two digits, written out
+        rounded = float(short)
+        short = f"{rounded:.{1 - math.floor(math.log10(rounded))}f}".rstrip("0")
+    return f"{short}%"
 
 
 def rate_with_interval(errors: int, n: int) -> str:

@@ -39,7 +39,7 @@ from model.checkpoint import Checkpoint, CheckpointError, build_model, load_chec
 from model.config import MODEL_KINDS, ModelConfig
 from model.data import VOCAB, Batch, fixed_split, generate
 from model.evaluate import error_report
-from model.stats import error_count, format_rate
+from model.stats import error_count, rate_with_interval
 
 
 @dataclass
@@ -521,17 +521,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _counted(report: dict[str, Any]) -> str:
+    """An error report (model.evaluate.error_report) as its count of n, rate and 95% interval."""
+    return rate_with_interval(error_count(report["error"], report["n"]), report["n"])
+
+
 def summary_line(out: Path, ckpt: Checkpoint) -> str:
     """The finished run in one line: test errors as counts with their exact 95% interval, per K as counts."""
     test = ckpt.metrics["test"]
     per_k = ", ".join(f"K={k}: {error_count(v['error'], v['n'])}/{v['n']}" for k, v in test["per_k"].items())
     raw = ckpt.metrics.get("test_raw")
-    averaged = (
-        ""
-        if raw is None
-        else f" (averaged weights; raw weights {format_rate(error_count(raw['error'], raw['n']), raw['n'])})"
-    )
-    rate = format_rate(error_count(test["error"], test["n"]), test["n"])
+    averaged = "" if raw is None else f" (averaged weights; raw weights {_counted(raw)})"
+    rate = _counted(test)
     return f"{out}: step {ckpt.step}, test errors {rate}{averaged}; {per_k}; {ckpt.metrics['wall_s']:.0f} s"
 
 

@@ -9,10 +9,12 @@ from contract import MetadataKeys, parse_metadata, read_config_pbtxt, scan_repos
 from export.__main__ import main as export_main
 from export.fresh import check as fresh_check
 from export.fresh import check_checkpoint
+from export.fresh import main as fresh_main
 from export.onnx_export import load_onnx
 from export.repository import export_sources
 from export.verify import ParityError, verify_repository
 from model.checkpoint import file_sha256, save_checkpoint
+from model.stats import rate_with_interval
 from tests.unit.test_export import make_checkpoint
 
 
@@ -96,3 +98,15 @@ def test_a_checkpoint_alone_meets_the_same_fresh_sequences_as_the_repository_che
         r.k: r.ort_errors for r in check_checkpoint(long, per_k=64, sets=["random"], k_max=4) if r.k >= 3
     }
     assert alone == served  # K 3 and 4 are served from long.pt: same sequences, same answers
+
+
+def test_the_fresh_check_prints_each_row_and_set_as_counts_with_an_interval(two_sources, capsys):
+    _, _, long, _ = two_sources
+    rows = check_checkpoint(long, per_k=32, sets=["random"], k_max=2)
+    capsys.readouterr()  # what the direct call printed
+    assert fresh_main(["--checkpoint", str(long), "--per-k", "32", "--k-max", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for row in rows:  # the same sequences again: each row's count, rate and interval
+        assert any(f"K={row.k} " in line and rate_with_interval(row.ort_errors, 32) in line for line in out)
+    total = sum(r.ort_errors for r in rows)
+    assert f"random: torch errors {rate_with_interval(total, 64)}, torch {total}, disagreements 0" in out

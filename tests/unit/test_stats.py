@@ -4,13 +4,13 @@ import math
 
 import pytest
 
-from model.stats import beta_cdf, error_interval, format_rate, rate_with_interval
+from model.stats import beta_cdf, error_interval, percent, rate_with_interval
 
 
 def test_zero_errors_give_the_one_sided_bound_the_results_quote():
     low, high = error_interval(0, 20_000)
     assert low == 0.0 and 0.000149 < high < 0.000150  # "< 0.015%"
-    assert format_rate(0, 20_000) == "0 / 20000 (< 0.015%)"
+    assert rate_with_interval(0, 520_000) == "0/520000 (< 0.00058%)"
 
 
 @pytest.mark.parametrize(
@@ -44,3 +44,6 @@ def test_a_small_rate_and_its_bounds_keep_two_significant_digits_never_zero():
     assert rate_with_interval(1, 2286) == "1/2286 = 0.044% (0.0011-0.24%)"
     assert rate_with_interval(439, 60_000) == "439/60000 = 0.73% (0.67-0.80%)"
     assert rate_with_interval(0, 20_000) == "0/20000 (< 0.015%)"
+    # the served repository's K 1..26 total: its lower bound written out, not "4.7e-05"
+    assert rate_with_interval(2, 520_000) == "2/520000 = 0.00038% (0.000047-0.0014%)"
+    assert percent(1e-7) == "0.00001%" and percent(0.0) == "0%"

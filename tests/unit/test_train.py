@@ -324,11 +324,10 @@ def test_the_closing_line_gives_counts_and_an_interval_never_a_bare_zero_percent
         Path("run.pt"), Checkpoint(cfg, build_model(cfg).state_dict(), step=7, metrics=metrics)
     )
     assert line == (
-        "run.pt: step 7, test errors 3 / 20000 (0.015%, 95% CI 0.0031-0.044%); "
-        "K=1: 0/10000, K=2: 3/10000; 12 s"
+        "run.pt: step 7, test errors 3/20000 = 0.015% (0.0031-0.044%); K=1: 0/10000, K=2: 3/10000; 12 s"
     )
     metrics["test_raw"] = {"error": 0.0, "n": 20_000, "per_k": {}}
     line = summary_line(
         Path("run.pt"), Checkpoint(cfg, build_model(cfg).state_dict(), step=7, metrics=metrics)
     )
-    assert "(averaged weights; raw weights 0 / 20000 (< 0.015%))" in line and "0.00%" not in line
+    assert "(averaged weights; raw weights 0/20000 (< 0.015%))" in line and "0.00%" not in line
