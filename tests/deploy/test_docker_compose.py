@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import selectors
 import shutil
 import socket
 import subprocess
@@ -375,20 +376,40 @@ def test_a_memory_session_is_served_by_every_replica_and_outlives_a_crashed_one(
     stack.wait_healthy(replicas)
 
 
-def raw_request(stack: Stack, request: bytes) -> tuple[bytes, Any]:
-    """Bytes sent as they are on a fresh connection to the load balancer: (status line, JSON body)."""
-    host, port = stack.base_url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        raw.sendall(request)
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+def read_answer(raw: socket.socket) -> tuple[bytes, Any]:
+    """One HTTP answer with a JSON body from a connected socket: (status line, JSON body)."""
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _content_length(answer):
             chunk = raw.recv(4096)
             if not chunk:
                 break
             answer += chunk
+    except TimeoutError:
+        raise AssertionError(f"no whole answer in time; got {answer!r}") from None
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b"content-type: application/json" in head.lower(), answer
     return head.split(b"\r\n")[0], json.loads(body)
+
+
+def _content_length(answer: bytes) -> int:
+    """The Content-Length of an answer's head (nginx and the service send one with every JSON body)."""
+    found = re.search(rb"\r\ncontent-length: *(\d+)", answer.partition(b"\r\n\r\n")[0].lower())
+    assert found, answer
+    return int(found.group(1))
+
+
+def lb_connection(stack: Stack) -> socket.socket:
+    """A fresh TCP connection to the load balancer's HTTP port."""
+    host, port = stack.base_url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def raw_request(stack: Stack, request: bytes) -> tuple[bytes, Any]:
+    """Bytes sent as they are on a fresh connection to the load balancer: (status line, JSON body)."""
+    with lb_connection(stack) as raw:
+        raw.sendall(request)
+        return read_answer(raw)
 
 
 def test_the_load_balancers_own_errors_are_the_services_json(stack: Stack) -> None:
@@ -440,6 +461,60 @@ def test_the_load_balancers_own_errors_are_the_services_json(stack: Stack) -> No
     finally:
         run([*stack.compose, "start", "fws"], env=stack.env)
     stack.wait_healthy(replicas)
+
+
+def test_a_client_over_the_load_balancers_in_progress_limit_gets_a_quick_json_503(stack: Stack) -> None:
+    """nginx's per-address limit on requests in progress (limit_conn), for real. Of requests held open (heads
+    sent, bodies not), a few more than the limit, exactly the excess get the JSON 503 at once; so does the
+    next request on either API, with Retry-After; once the held ones are gone, the address is served again."""
+    stack.wait_healthy(stack.containers("fws"))
+    conf = (REPO / "deploy" / "nginx" / "nginx.conf").read_text()
+    limit = int(re.search(r"^\s*limit_conn per_client (\d+);", conf, re.MULTILINE).group(1))
+    excess = 4
+    body = json.dumps(QUERY).encode()
+    head = b"POST /v1/retrieve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % len(body)
+    held: list[socket.socket] = []
+    try:
+        with selectors.DefaultSelector() as answered:
+            for _ in range(limit + excess):  # each one in progress: nginx waits for the rest of its body
+                raw = lb_connection(stack)
+                held.append(raw)
+                raw.sendall(head + body[:1])
+                answered.register(raw, selectors.EVENT_READ)
+            refused: list[tuple[bytes, Any]] = []
+            deadline = time.monotonic() + 15
+            while len(refused) < excess and time.monotonic() < deadline:
+                for key, _ in answered.select(timeout=0.5):
+                    answered.unregister(key.fileobj)
+                    refused.append(read_answer(key.fileobj))
+            time.sleep(0.5)  # (time for a wrongly refused one more to show)
+            refused += [read_answer(key.fileobj) for key, _ in answered.select(timeout=0)]
+        assert len(refused) == excess, refused  # the limit exactly: every head has reached nginx by now
+        for status, answer in refused:
+            assert status.startswith(b"HTTP/1.1 503 "), (status, answer)
+            assert answer["error"]["code"] == "too_many_requests_in_progress", answer
+            assert f"at most {limit} through the load balancer" in answer["error"]["message"]
+        with httpx.Client(base_url=stack.base_url, timeout=10) as client:
+            started = time.monotonic()
+            native = client.post("/v1/retrieve", json=QUERY)
+            v2 = client.get("/v2/health/ready")
+            assert time.monotonic() - started < 2  # refused at once, not queued behind the held ones
+        for r in (native, v2):
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert r.headers["content-type"] == "application/json"
+        assert native.json()["error"]["code"] == "too_many_requests_in_progress", native.text
+        assert "too many requests in progress" in v2.json()["error"], v2.text
+    finally:
+        for raw in held:
+            raw.close()
+    deadline = time.monotonic() + 10
+    with httpx.Client(base_url=stack.base_url, timeout=10) as client:
+        while (r := client.post("/v1/retrieve", json=QUERY)).status_code == 503:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # (nginx counts a held request out once it sees its connection close)
+    assert r.status_code == 200 and r.json()["value"] == "9", r.text
 
 
 def test_compose_down_removes_everything_quickly(stack: Stack) -> None:
