@@ -137,11 +137,14 @@ fresh-check: $(VENV)/.all
 	$(PY) -m export.fresh --repository $(MODEL_REPOSITORY) --per-k 5000 \
 		--sets repeat3_odd,aabb,aabc,first,last --json runs/fresh_stress.json
 
-# The capacity study (error vs K for fast weights, LSTM, IRNN): resumable, one run at a time (a second
-# `python -m model.capacity run` in another shell takes the next run), every run logged under runs/capacity/.
-# 40 runs of 20k steps: about 13 core-hours here (docs/results.md section 4 has what ran and how long).
+# The capacity study (error vs K for fast weights, LSTM, IRNN): resumable, CAPACITY_WORKERS runs side by side
+# (one torch thread each; a run in training is locked, so they never share one), every run logged under
+# runs/capacity/. About 45 runs of 20k steps: the 37 finished in session 10 took 19.6 hours of run time (two
+# at a time on this machine's 2 shared cores), so the whole study is about 24-25 hours of run time, 12-13
+# hours with the default two workers (docs/results.md section 4 has what ran and how long).
+CAPACITY_WORKERS ?= 2
 capacity: $(VENV)/.all
-	$(PY) -m model.capacity run
+	$(PY) -m model.capacity run --workers $(CAPACITY_WORKERS)
 	$(PY) -m model.capacity report --plot docs/capacity.png --json runs/capacity/report.json \
 		--markdown runs/capacity/report.md
 

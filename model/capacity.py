@@ -2,8 +2,9 @@
 
     python -m model.capacity plan                  # every run of the study, and which have finished
     python -m model.capacity run [--only lstm] [--max-runs 2]   # the missing runs, one at a time, resumable
-    python -m model.capacity run --only 100_ &    # a second runner: a run in training is locked
-                                                  # (runs/capacity/<run>.lock), so runners never share one
+    python -m model.capacity run --workers 2      # two runners side by side (one per core): a run in training
+                                                  # is locked (runs/capacity/<run>.lock), so they never share
+                                                  # one, and each waits for what the other's screens add
     python -m model.capacity report --plot docs/capacity.png --json runs/capacity/report.json \
         --markdown runs/capacity/report.md
 
@@ -16,26 +17,35 @@ and 2 too. Each run is a `model.train`
 process whose checkpoint and log live in runs/capacity/<run>.pt / .log, resumed where a run stopped. The
 report reads each finished run's test metrics (the fixed K 1..26 test split, read once at the end of the run)
 and pools the seeds of each headline cell per K, with exact 95% intervals; beside them, every chosen-lr
-checkpoint answers the same fresh random sequences and each named stress set (model.data.STRESS_SETS).
+checkpoint answers the same fresh random sequences and each named stress set (model.data.STRESS_SETS); those
+counts are kept in runs/capacity/<run>.stress.json until the checkpoint or the code scoring it changes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import fcntl
 import functools
+import hashlib
+import importlib
+import inspect
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import torch
 
-from model.checkpoint import build_model, load_checkpoint
+from model.checkpoint import build_model, file_sha256, load_checkpoint
 from model.config import ModelConfig
 from model.data import STRESS_SETS, generate, stress_min_pairs
 from model.evaluate import predict
@@ -48,10 +58,22 @@ LENGTH = 55  # every run trains and is tested at this padded length (RECIPE's --
 # checkpoint (paired across models), a first entry no split, training stream or export check uses.
 STRESS_TAG = 20_261_207
 STRESS_ROWS = 5000  # per set and checkpoint, K uniform from the set's minimum to 26
+# The modules a stress count depends on besides the checkpoint (with stress_errors itself): the sequences, the
+# vocabulary, the models and their config, scoring. A change to any of them makes every cached count stale.
+STRESS_CODE = (
+    "contract.vocab",
+    "model.data",
+    "model.config",
+    "model.baselines",
+    "model.fastweights",
+    "model.checkpoint",
+    "model.evaluate",
+)
 REPORT_K = (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26)  # the markdown table's rows (the JSON has all)
 LRS = (3e-4, 1e-3, 3e-3)  # every cell's first screen
 LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # where a screen whose best is at its edge goes on
 SEEDS = (0, 1, 2)
+WAIT_S = 30  # how often a waiting runner looks again for runs another runner's screens have added
 RECIPE = [
     *("--k-min", "1", "--k-max", "26", "--k-start", "2", "--curriculum-steps", "10000", "--steps", "20000"),
     *("--length", str(LENGTH), "--batch-size", "128", "--lr-schedule", "cosine", "--warmup-steps", "500"),
@@ -179,41 +201,91 @@ def run_lock(name: str) -> Iterator[IO[str] | None]:
         yield lock  # released when the file closes (also when this process dies)
 
 
-def run(only: str | None, max_runs: int | None) -> int:
+def run(only: str | None, max_runs: int | None, wait: bool = False, workers: int = 1) -> int:
     """Train missing runs one at a time, planning again after each: a cell's seed runs join the plan as soon
-    as its last screen run finishes. Returns when nothing is left that another runner is not training."""
+    as its last screen run finishes. Returns when nothing is left that another runner is not training; with
+    `wait`, only once every planned run has finished (it waits for the runs other runners train, and takes
+    what follows them). `workers` > 1 starts that many runners in all, the others as child processes that
+    wait; `max_runs` is per runner. A runner stops at its first failed run, the others go on; the exit code
+    is the first failure's (128 + N for a runner killed by signal N). Stopped (Ctrl-C, SIGTERM), a runner
+    stops its training process and its child runners: each run resumes from its last checkpoint."""
     RUNS.mkdir(parents=True, exist_ok=True)
+    others = [_start_runner(only, max_runs) for _ in range(workers - 1)]
+    try:
+        codes = [_run_loop(only, max_runs, wait or workers > 1)]
+    except BaseException:
+        for other in others:
+            other.send_signal(signal.SIGTERM)
+        for other in others:
+            other.wait()
+        raise
+    codes += [other.wait() for other in others]
+    return next((128 - code if code < 0 else code for code in codes if code != 0), 0)
+
+
+def _start_runner(only: str | None, max_runs: int | None) -> subprocess.Popen[bytes]:
+    """One more runner as a child process (the runs' locks keep runners apart)."""
+    command = [sys.executable, "-m", "model.capacity", "run", "--wait"]
+    command += ["--only", only] if only else []
+    command += ["--max-runs", str(max_runs)] if max_runs is not None else []
+    return subprocess.Popen(command)
+
+
+def _run_loop(only: str | None, max_runs: int | None, wait: bool) -> int:
     done = 0
     while max_runs is None or done < max_runs:
         code = _run_next(only)
-        if code is None:  # nothing left to start
+        if code is NothingToStart.ALL_FINISHED:
             return 0
+        if code is NothingToStart.ALL_LOCKED:
+            if not wait:
+                return 0
+            time.sleep(WAIT_S)  # one may end a screen: its seed runs join the plan
+            continue
         if code != 0:
             return code
         done += 1
     return 0
 
 
-def _run_next(only: str | None) -> int | None:
-    """Train the first planned run that is neither finished nor locked; its exit code, or None if none."""
-    for cell, lr, seed in planned_runs():
-        name = run_name(cell, lr, seed)
-        if (only and only not in name) or _finished(RUNS / f"{name}.pt") is not None:
-            continue
-        with run_lock(name) as lock:
-            if lock is None:
-                print(f"{name}: another runner is training it; next", flush=True)
+class NothingToStart(enum.Enum):
+    """Why _run_next started no run."""
+
+    ALL_FINISHED = "every planned run has finished"
+    ALL_LOCKED = "every unfinished planned run is being trained by another runner"
+
+
+def _run_next(only: str | None) -> int | NothingToStart:
+    """Train the first planned run that is neither finished nor locked and return its exit code, or say why
+    none was started. ALL_FINISHED is the plan as it stands once a whole pass found nothing to start (a run
+    finishing during the pass may have added some)."""
+    runs = None
+    while runs != (runs := planned_runs()):
+        locked = False
+        for cell, lr, seed in runs:
+            name = run_name(cell, lr, seed)
+            if (only and only not in name) or _finished(RUNS / f"{name}.pt") is not None:
                 continue
-            if _finished(RUNS / f"{name}.pt") is not None:  # finished while we waited for the lock
-                continue
-            command = train_command(cell, lr, seed)
-            print(f"{name}: {' '.join(command)}", flush=True)
-            with open(RUNS / f"{name}.log", "a", encoding="utf-8") as log:
-                code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-        if code != 0:
-            print(f"{name}: exit code {code} (see {RUNS / name}.log)", file=sys.stderr)
-        return code
-    return None
+            with run_lock(name) as lock:
+                if lock is None:
+                    print(f"{name}: another runner is training it; next", flush=True)
+                    locked = True
+                    continue
+                if _finished(RUNS / f"{name}.pt") is not None:  # finished while we waited for the lock
+                    continue
+                command = train_command(cell, lr, seed)
+                print(f"{name}: {' '.join(command)}", flush=True)
+                with open(RUNS / f"{name}.log", "a", encoding="utf-8") as log:
+                    # the lock passed on: it holds while the training runs, even if this runner dies
+                    code = subprocess.run(
+                        command, stdout=log, stderr=subprocess.STDOUT, check=False, pass_fds=(lock.fileno(),)
+                    ).returncode
+            if code != 0:
+                print(f"{name}: exit code {code} (see {RUNS / name}.log)", file=sys.stderr)
+            return code
+        if locked:
+            return NothingToStart.ALL_LOCKED
+    return NothingToStart.ALL_FINISHED
 
 
 def stress_errors(path: Path, rows: int) -> dict[str, list[int]]:
@@ -226,6 +298,58 @@ def stress_errors(path: Path, rows: int) -> dict[str, list[int]]:
         data = generate(rows, k_min, K_MAX, np.random.SeedSequence([STRESS_TAG, index]), LENGTH, stress)
         out[name] = [int((predict(model, data.tokens) != data.targets).sum()), rows]
     return out
+
+
+def _stress_cache_key(path: Path, rows: int) -> dict[str, Any]:
+    """Everything a checkpoint's stress counts depend on: its bytes, the rows, the sets and their seeds, the
+    padded length and largest K, the code that makes and scores the sequences, and numpy's and torch's
+    versions (numpy's generator streams are not promised across versions)."""
+    code = hashlib.sha256(inspect.getsource(stress_errors).encode())
+    for module in STRESS_CODE:
+        code.update(Path(str(importlib.import_module(module).__file__)).read_bytes())
+    return {
+        "checkpoint_sha256": file_sha256(path),
+        "rows": rows,
+        "tag": STRESS_TAG,
+        "sets": list(STRESS_SETS),
+        "length": LENGTH,
+        "k_max": K_MAX,
+        "code_sha256": code.hexdigest(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def _cached_counts(saved: Any, key: dict[str, Any]) -> dict[str, list[int]] | None:
+    """The counts a cache file holds for `key`, or None when they are for another key or not whole."""
+    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("errors"), dict):
+        return None
+    errors = saved["errors"]
+    whole = set(errors) == {"random", *STRESS_SETS} and all(
+        isinstance(c, list) and len(c) == 2 and isinstance(c[0], int) and 0 <= c[0] <= c[1] == key["rows"]
+        for c in errors.values()
+    )
+    return {name: [w, n] for name, (w, n) in errors.items()} if whole else None
+
+
+def cached_stress_errors(path: Path, rows: int) -> dict[str, list[int]]:
+    """stress_errors, kept beside the checkpoint (<run>.stress.json), so a report run again while the study
+    goes on scores only the checkpoints that are new or changed. A cache file that is unreadable, torn or for
+    another key is scored again and replaced (atomically: a report stopped mid-write leaves the old one)."""
+    cache = path.with_suffix(".stress.json")
+    key = _stress_cache_key(path, rows)
+    with contextlib.suppress(OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON
+        counts = _cached_counts(json.loads(cache.read_text(encoding="utf-8")), key)
+        if counts is not None:
+            return counts
+    errors = stress_errors(path, rows)
+    partial = cache.with_suffix(".tmp")
+    try:
+        partial.write_text(json.dumps({"key": key, "errors": errors}) + "\n", encoding="utf-8")
+        os.replace(partial, cache)
+    except OSError as exc:  # the counts stand; only the next report pays for them again
+        print(f"warning: could not keep {cache}: {exc}", file=sys.stderr)
+    return errors
 
 
 def report(
@@ -262,7 +386,7 @@ def report(
                     }
                 )
                 if run_lr == lr and stress_rows > 0:
-                    per_set = stress_errors(RUNS / f"{run_name(cell, run_lr, seed)}.pt", stress_rows)
+                    per_set = cached_stress_errors(RUNS / f"{run_name(cell, run_lr, seed)}.pt", stress_rows)
                     for name, (w, n) in per_set.items():
                         acc = stress.setdefault(label, {}).setdefault(name, [0, 0])
                         acc[0], acc[1] = acc[0] + w, acc[1] + n
@@ -404,6 +528,17 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="train the missing runs, one at a time")
     r.add_argument("--only", help="only runs whose name contains this (e.g. lstm50)")
     r.add_argument("--max-runs", type=int, help="stop after this many runs")
+    r.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for runs other runners are training (and train what follows them) instead of returning",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runners in all, side by side (each one torch thread; they wait for each other's runs)",
+    )
     rep = sub.add_parser("report", help="every finished run, the headline cells per K, the plot")
     rep.add_argument("--plot", type=Path)
     rep.add_argument("--json", type=Path)
@@ -415,10 +550,13 @@ def main(argv: list[str] | None = None) -> int:
         help="rows per fresh/stress set and checkpoint (0: none)",
     )
     args = p.parse_args(argv)
+    if args.command == "run" and args.workers < 1:
+        p.error("--workers must be at least 1")
     if args.command == "plan":
         return plan()
     if args.command == "run":
-        return run(args.only, args.max_runs)
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwinds: stops training
+        return run(args.only, args.max_runs, args.wait, args.workers)
     return report(args.plot, args.json, args.markdown, args.stress_rows)
 
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +163,190 @@ def test_a_screen_whose_best_lr_is_at_its_edge_goes_on_down_the_ladder_until_the
         "lstm50_lr0.0001_s0": True,
         **{f"lstm50_lr{lr}_s0": False for lr in ("0.0003", "0.001", "0.003")},
     }
+
+
+def test_the_report_scores_a_checkpoint_on_the_stress_sets_once_until_it_or_the_code_changes(
+    tmp_path, monkeypatch
+):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(capacity, "RUNS", runs)
+    for lr in ("0.0003", "0.001", "0.003"):  # a whole screen, so the report scores the chosen lr's run
+        _fake_run(runs, f"fast50_lr{lr}_s0", 0.1 if lr == "0.001" else 0.3, {1: {"error": 0.0, "n": 4}})
+    path = runs / "fast50_lr0.001_s0.pt"
+    probe = tmp_path / "fws_stress_probe.py"  # a stand-in for the sequence and scoring code
+    probe.write_text("VERSION = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(capacity, "STRESS_CODE", (*capacity.STRESS_CODE, "fws_stress_probe"))
+    scored = []
+    real = capacity.stress_errors
+
+    def counting(p, rows):
+        scored.append((p.name, rows))
+        return real(p, rows)
+
+    monkeypatch.setattr(capacity, "stress_errors", counting)
+    for _ in range(2):  # the second report reads the counts the first one kept
+        assert capacity.report(None, runs / "report.json", stress_rows=30) == 0
+    assert scored == [(path.name, 30)]
+    first = json.loads((runs / "report.json").read_text())["stress"]["fast50 (H=50)"]
+    assert first == real(path, 30) and set(first) == {"random", *STRESS_SETS}
+    capacity.cached_stress_errors(path, 40)  # other rows: scored again
+    probe.write_text("VERSION = 2\n")  # the code changed
+    assert capacity.cached_stress_errors(path, 40) == real(path, 40)
+    _fake_run(runs, "fast50_lr0.001_s0", 0.1, {1: {"error": 0.25, "n": 4}})  # the run rewrote its checkpoint
+    capacity.cached_stress_errors(path, 40)
+    assert scored == [(path.name, 30)] + [(path.name, 40)] * 3
+    cache = runs / "fast50_lr0.001_s0.stress.json"
+    kept = json.loads(cache.read_text())
+    for torn in ("{not json", b"\xff\xfe", {**kept, "errors": {}}, {**kept, "errors": []}):
+        if isinstance(torn, dict):
+            cache.write_text(json.dumps(torn))
+        else:
+            cache.write_bytes(torn if isinstance(torn, bytes) else torn.encode())
+        assert capacity.cached_stress_errors(path, 40) == kept["errors"]  # scored again, never a crash
+    assert len(scored) == 8 and json.loads(cache.read_text()) == kept
+
+
+def test_a_waiting_runner_waits_for_another_runners_screen_and_then_trains_the_seeds_it_adds(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(capacity, "RUNS", tmp_path)
+    monkeypatch.setattr(capacity, "WAIT_S", 0.05)
+    started, real_run = [], subprocess.run
+    valid = {"0.0003": 0.3, "0.001": 0.1, "0.003": 0.2}  # 1e-3 chosen, inside the screen
+
+    def fake_train(command, **kwargs):
+        if "model.train" not in command:
+            return real_run(command, **kwargs)
+        name = Path(command[command.index("--out") + 1]).stem
+        (fd,) = kwargs["pass_fds"]  # the run's lock goes with the training process
+        assert os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path / f"{name}.lock")
+        started.append(name)
+        _fake_run(tmp_path, name, valid[command[command.index("--lr") + 1]], {1: {"error": 0.0, "n": 4}})
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(capacity.subprocess, "run", fake_train)
+    other_holds, release = threading.Event(), threading.Event()
+
+    def other_runner():  # trains the 3e-4 screen run until told to finish it
+        with capacity.run_lock("irnn50_lr0.0003_s0") as lock:
+            assert lock is not None
+            other_holds.set()
+            release.wait(10)
+            _fake_run(tmp_path, "irnn50_lr0.0003_s0", valid["0.0003"], {1: {"error": 0.0, "n": 4}})
+
+    other = threading.Thread(target=other_runner)
+    other.start()
+    assert other_holds.wait(10)
+    assert capacity.run(only="irnn50_", max_runs=None, wait=False) == 0  # without --wait: returns at once
+    assert started == ["irnn50_lr0.001_s0", "irnn50_lr0.003_s0"]
+    codes = []
+    waiting = threading.Thread(target=lambda: codes.append(capacity.run("irnn50_", None, wait=True)))
+    waiting.start()
+    time.sleep(0.3)
+    assert waiting.is_alive() and len(started) == 2  # waiting for the other runner's run
+    release.set()
+    other.join(10)
+    waiting.join(10)
+    assert not waiting.is_alive() and codes == [0]
+    # once the other runner's screen run finished: the chosen lr's seeds
+    assert started[2:] == ["irnn50_lr0.001_s1", "irnn50_lr0.001_s2"]
+
+
+class FakeRunner:
+    """A child runner process that exits with `code` (negative: killed by that signal)."""
+
+    def __init__(self, command, code, signals):
+        self.command, self.code, self.signals = command, code, signals
+
+    def wait(self):
+        return self.code
+
+    def send_signal(self, signum):
+        self.signals.append(signum)
+
+
+def test_workers_start_that_many_runners_the_others_waiting_and_the_first_failure_is_the_exit_code(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(capacity, "RUNS", tmp_path)
+    started, signals, child_code = [], [], [0]
+
+    def popen(command):
+        started.append(command)
+        return FakeRunner(command, child_code[0], signals)
+
+    monkeypatch.setattr(capacity.subprocess, "Popen", popen)
+    loop = []
+    monkeypatch.setattr(capacity, "_run_loop", lambda only, max_runs, wait: loop.append(wait) or loop_code[0])
+    loop_code = [0]
+    assert capacity.run(only="lstm44_", max_runs=None, workers=3) == 0
+    runner = [sys.executable, "-m", "model.capacity", "run", "--wait", "--only", "lstm44_"]
+    assert started == [runner, runner] and loop == [True]
+    assert capacity.run(only=None, max_runs=None) == 0 and len(started) == 2 and loop[-1] is False
+    capacity.run(only=None, max_runs=0, workers=2)  # --max-runs (per runner) reaches the children, 0 too
+    assert started[-1][-2:] == ["--max-runs", "0"]
+    child_code[0] = 3
+    assert capacity.run(only=None, max_runs=None, workers=2) == 3  # a child's failure
+    loop_code[0] = 2
+    assert capacity.run(only=None, max_runs=None, workers=2) == 2  # this runner's failure came first
+    loop_code[0], child_code[0] = 0, -9
+    assert capacity.run(only=None, max_runs=None, workers=2) == 137  # killed by SIGKILL
+    assert signals == []
+
+    def interrupted(only, max_runs, wait):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(capacity, "_run_loop", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        capacity.run(only=None, max_runs=None, workers=3)
+    assert signals == [signal.SIGTERM, signal.SIGTERM]  # the child runners are stopped too
+    with pytest.raises(SystemExit):
+        capacity.main(["run", "--workers", "0"])
+
+
+RUNNER = """
+import sys
+from pathlib import Path
+from model import capacity
+capacity.RUNS = Path(sys.argv[1])
+sleep = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+capacity.train_command = lambda cell, lr, seed: [sys.executable, "-c", sleep, sys.argv[1] + "/train.pid"]
+sys.exit(capacity.main(["run", "--only", "fast50_lr0.0003_s0"]))
+"""
+
+
+def _start_fake_runner(runs: Path) -> subprocess.Popen[bytes]:
+    """A real runner process whose 'training' sleeps; returned once the run's lock is taken."""
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(runs)], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (runs / "train.pid").exists():
+            with capacity.run_lock("fast50_lr0.0003_s0") as lock:
+                if lock is None:
+                    return runner
+        time.sleep(0.05)
+    runner.kill()
+    raise AssertionError("the runner never took the run's lock")
+
+
+def test_a_runs_lock_lasts_as_long_as_its_training_and_sigterm_stops_both(tmp_path, monkeypatch):
+    monkeypatch.setattr(capacity, "RUNS", tmp_path)
+    trainer = tmp_path / "train.pid"
+    try:
+        runner = _start_fake_runner(tmp_path)
+        runner.send_signal(signal.SIGTERM)  # stops the runner and its training: the lock is free again
+        assert runner.wait(10) == 128 + signal.SIGTERM
+        with capacity.run_lock("fast50_lr0.0003_s0") as lock:
+            assert lock is not None
+        trainer.unlink()
+        runner = _start_fake_runner(tmp_path)
+        runner.kill()  # a runner killed outright: its training goes on, and still holds the run
+        runner.wait(10)
+        time.sleep(0.2)
+        with capacity.run_lock("fast50_lr0.0003_s0") as lock:
+            assert lock is None  # no second runner starts the same run beside it
+    finally:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            os.kill(int(trainer.read_text()), signal.SIGKILL)
