@@ -138,15 +138,16 @@ fresh-check: $(VENV)/.all
 		--sets repeat3_odd,aabb,aabc,first,last --json runs/fresh_stress.json
 
 # The capacity study (error vs K for fast weights, LSTM, IRNN): resumable, CAPACITY_WORKERS runs side by side
-# (one torch thread each; a run in training is locked, so they never share one), every run logged under
-# runs/capacity/. About 45 runs of 20k steps: the 37 finished in session 10 took 19.6 hours of run time (two
-# at a time on this machine's 2 shared cores), so the whole study is about 24-25 hours of run time, 12-13
-# hours with the default two workers (docs/results.md section 4 has what ran and how long).
+# (one torch thread each; a run in training is locked, so they never share one), trained under runs/capacity/.
+# Each finished run is kept as a record in results/capacity/ (weights, metrics, log: commit them; they are what
+# the report reads and what outlives the machine). About 45 runs of 20k steps: 37 of them took 19.6 hours of
+# run time in session 10 (two at a time on this machine's 2 shared cores), so the whole study is about 24-25
+# hours of run time, 12-13 hours with the default two workers (docs/results.md section 4).
 CAPACITY_WORKERS ?= 2
 capacity: $(VENV)/.all
 	$(PY) -m model.capacity run --workers $(CAPACITY_WORKERS)
-	$(PY) -m model.capacity report --plot docs/capacity.png --json runs/capacity/report.json \
-		--markdown runs/capacity/report.md
+	$(PY) -m model.capacity report --plot docs/capacity.png --json results/capacity/report.json \
+		--markdown results/capacity/report.md
 
 target-r20: $(VENV)/.all
 	$(PY) -m model.train $(TARGET_ARGS) --hidden-size 20 --steps 100000 --lr 1e-3 --warmup-steps 500 \

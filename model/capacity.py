@@ -5,20 +5,22 @@
     python -m model.capacity run --workers 2      # two runners side by side (one per core): a run in training
                                                   # is locked (runs/capacity/<run>.lock), so they never share
                                                   # one, and each waits for what the other's screens add
-    python -m model.capacity report --plot docs/capacity.png --json runs/capacity/report.json \
-        --markdown runs/capacity/report.md
+    python -m model.capacity report --plot docs/capacity.png --json results/capacity/report.json \
+        --markdown results/capacity/report.md
 
 Every model gets the same recipe (RECIPE: steps, data stream, K curriculum, schedule, batch, padding) from
 scratch. Sizes: equal hidden size (H = 50 and 100) and equal parameter count (the baseline's H chosen so its
 parameters match fast weights' at H = 50 and 100). Learning rate: screened over LRS with seed 0, chosen on the
 validation split (K 1..26) only; where the best of them sits at the edge of the screen, the screen goes on one
 step of LADDER past that edge until the best is inside (or the ladder ends). The chosen lr then runs seeds 1
-and 2 too. Each run is a `model.train`
-process whose checkpoint and log live in runs/capacity/<run>.pt / .log, resumed where a run stopped. The
+and 2 too. Each run is a `model.train` process whose checkpoint and log live in runs/capacity/<run>.pt / .log,
+resumed where a run stopped. A finished run becomes a record: results/capacity/<run>.pt (its weights, config,
+metrics and history, less the optimizer state) and <run>.log, small enough to commit, so the study's results
+outlive the machine that trained them (runs/ is not tracked). Plan, runners and report go by the records. The
 report reads each finished run's test metrics (the fixed K 1..26 test split, read once at the end of the run)
 and pools the seeds of each headline cell per K, with exact 95% intervals; beside them, every chosen-lr
 checkpoint answers the same fresh random sequences and each named stress set (model.data.STRESS_SETS); those
-counts are kept in runs/capacity/<run>.stress.json until the checkpoint or the code scoring it changes.
+counts are kept in results/capacity/<run>.stress.json until the checkpoint or the code scoring it changes.
 """
 
 from __future__ import annotations
@@ -33,25 +35,27 @@ import importlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 
-from model.checkpoint import build_model, file_sha256, load_checkpoint
+from model.checkpoint import build_model, file_sha256, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import STRESS_SETS, generate, stress_min_pairs
 from model.evaluate import predict
 from model.stats import error_count, error_interval, rate_with_interval
 
-RUNS = Path("runs/capacity")
+RUNS = Path("runs/capacity")  # training: resumable checkpoints, logs, locks (not tracked)
+RECORDS = Path("results/capacity")  # each finished run's record (tracked: see keep_record)
 K_MAX = 26
 LENGTH = 55  # every run trains and is tested at this padded length (RECIPE's --length)
 # The report's fresh and stress sequences: SeedSequence([STRESS_TAG, set index]), the same rows for every
@@ -129,12 +133,40 @@ def run_name(cell: Cell, lr: float, seed: int) -> str:
     return f"{cell.name}_lr{lr:g}_s{seed}"
 
 
-def _finished(path: Path) -> dict[str, Any] | None:
-    """A finished run's metrics (None while it is missing or still training)."""
+def _finished(name: str) -> dict[str, Any] | None:
+    """A finished run's metrics (None while it is missing or still training). A run that finished in RUNS
+    with no record yet (its runner stopped before keeping it) gets its record here."""
+    record = RECORDS / f"{name}.pt"
+    if record.is_file():
+        return _metrics_of(record)
+    metrics = _metrics_of(RUNS / f"{name}.pt")
+    if metrics is not None:
+        keep_record(name)
+    return metrics
+
+
+def _metrics_of(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     stat = path.stat()
     return _finished_metrics(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def keep_record(name: str) -> Path:
+    """Copy a finished run into RECORDS: its checkpoint less the optimizer state (a few hundred KB at most,
+    what the report, the stress sets and anyone checking a number need) and its log. Written atomically under
+    a name of this process's own, so two runners keeping the same record never tear it."""
+    ckpt = load_checkpoint(RUNS / f"{name}.pt")
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    record = RECORDS / f"{name}.pt"
+    partial = save_checkpoint(replace(ckpt, optimizer_state=None), RECORDS / f".{name}.{os.getpid()}.pt")
+    log = RUNS / f"{name}.log"
+    if log.is_file():
+        kept_log = RECORDS / f".{name}.{os.getpid()}.log"
+        shutil.copyfile(log, kept_log)
+        os.replace(kept_log, RECORDS / f"{name}.log")
+    os.replace(partial, record)
+    return record
 
 
 @functools.lru_cache(maxsize=256)
@@ -152,7 +184,7 @@ def screen(cell: Cell) -> tuple[list[float], float | None]:
     while True:
         scores = {}
         for lr in lrs:
-            metrics = _finished(RUNS / f"{run_name(cell, lr, 0)}.pt")
+            metrics = _finished(run_name(cell, lr, 0))
             if metrics is None:
                 return lrs, None
             scores[lr] = metrics["valid"]["error"]
@@ -264,14 +296,14 @@ def _run_next(only: str | None) -> int | NothingToStart:
         locked = False
         for cell, lr, seed in runs:
             name = run_name(cell, lr, seed)
-            if (only and only not in name) or _finished(RUNS / f"{name}.pt") is not None:
+            if (only and only not in name) or _finished(name) is not None:
                 continue
             with run_lock(name) as lock:
                 if lock is None:
                     print(f"{name}: another runner is training it; next", flush=True)
                     locked = True
                     continue
-                if _finished(RUNS / f"{name}.pt") is not None:  # finished while we waited for the lock
+                if _finished(name) is not None:  # finished while we waited for the lock
                     continue
                 command = train_command(cell, lr, seed)
                 print(f"{name}: {' '.join(command)}", flush=True)
@@ -282,6 +314,8 @@ def _run_next(only: str | None) -> int | NothingToStart:
                     ).returncode
             if code != 0:
                 print(f"{name}: exit code {code} (see {RUNS / name}.log)", file=sys.stderr)
+            elif _finished(name) is not None:  # keeps its record
+                print(f"{name}: finished, kept in {RECORDS / name}.pt", flush=True)
             return code
         if locked:
             return NothingToStart.ALL_LOCKED
@@ -364,7 +398,7 @@ def report(
         label = f"{cell.name} ({cell.matched})"
         for run_lr in LADDER:
             for seed in SEEDS:
-                metrics = _finished(RUNS / f"{run_name(cell, run_lr, seed)}.pt")
+                metrics = _finished(run_name(cell, run_lr, seed))
                 if metrics is None:
                     continue
                 test = metrics["test"]
@@ -386,7 +420,9 @@ def report(
                     }
                 )
                 if run_lr == lr and stress_rows > 0:
-                    per_set = cached_stress_errors(RUNS / f"{run_name(cell, run_lr, seed)}.pt", stress_rows)
+                    per_set = cached_stress_errors(
+                        RECORDS / f"{run_name(cell, run_lr, seed)}.pt", stress_rows
+                    )
                     for name, (w, n) in per_set.items():
                         acc = stress.setdefault(label, {}).setdefault(name, [0, 0])
                         acc[0], acc[1] = acc[0] + w, acc[1] + n
@@ -496,9 +532,9 @@ def _plot(headline: dict[str, dict[int, list[int]]], seeds: dict[str, int], path
 
 def _state(name: str) -> str:
     """'done', 'to run', or how far a started run got ('at step 8000 of 20000': its last checkpoint)."""
-    path = RUNS / f"{name}.pt"
-    if _finished(path) is not None:
+    if _finished(name) is not None:
         return "done"
+    path = RUNS / f"{name}.pt"
     if not path.is_file():
         return "to run"
     return f"at step {load_checkpoint(path).step} of {RECIPE[RECIPE.index('--steps') + 1]}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,11 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from model import capacity
-from model.checkpoint import Checkpoint, build_model, save_checkpoint
+from model.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import STRESS_SETS
+
+
+@pytest.fixture(autouse=True)
+def _records(tmp_path, monkeypatch):
+    """Each test keeps its finished runs' records in a folder of its own, never the tracked results/."""
+    monkeypatch.setattr(capacity, "RECORDS", tmp_path / "records")
+    return tmp_path / "records"
 
 
 def test_equal_parameter_cells_match_fast_weights_count_within_two_percent():
@@ -32,12 +41,17 @@ def test_equal_parameter_cells_match_fast_weights_count_within_two_percent():
         assert abs(capacity.parameter_count("irnn", h) - target) / target < 0.01
 
 
-def _fake_run(runs, name, valid, per_k):
+def _fake_run(runs, name, valid, per_k, finished=True):
     cfg = ModelConfig(hidden_size=8, embed_size=8)
     n = sum(v["n"] for v in per_k.values())
     wrong = sum(v["error"] * v["n"] for v in per_k.values())
     metrics = {"valid": {"error": valid, "n": 10}, "test": {"error": wrong / n, "n": n, "per_k": per_k}}
-    save_checkpoint(Checkpoint(cfg, build_model(cfg).state_dict(), metrics=metrics), runs / f"{name}.pt")
+    if not finished:  # a run still training: no test metrics yet
+        del metrics["test"]
+    ckpt = Checkpoint(
+        cfg, build_model(cfg).state_dict(), metrics=metrics, optimizer_state={"state": {"m": 1}}
+    )
+    save_checkpoint(ckpt, runs / f"{name}.pt")
 
 
 def test_the_lr_is_chosen_on_validation_and_the_report_pools_only_its_seeds(tmp_path, monkeypatch):
@@ -64,13 +78,57 @@ def test_the_lr_is_chosen_on_validation_and_the_report_pools_only_its_seeds(tmp_
     assert set(stress) == {"random", *STRESS_SETS} and all(
         n == 80 and 0 <= w <= n for w, n in stress.values()
     )
-    each = [capacity.stress_errors(tmp_path / f"fast50_lr0.001_s{seed}.pt", 40) for seed in (0, 1)]
+    each = [capacity.stress_errors(capacity.RECORDS / f"fast50_lr0.001_s{seed}.pt", 40) for seed in (0, 1)]
     assert stress == {name: [each[0][name][0] + each[1][name][0], 80] for name in stress}
     text = md.read_text()
     # every rate with its interval, valid (2 of 10) as well as test; 0 errors: a bound
     assert "| fast50_lr0.0003_s0 | H=50 | 17560 | 2/10 = 20.00% (2.52-55.61%) | 0/4 (< 52.71%) |  |" in text
     assert "| 1 | 3/8 = 37.50% (8.52-75.51%) |" in text and "fast50 (H=50), 2 seed(s)" in text
     assert "| fast50 (H=50) | " in text.split("| cell (chosen lr, seeds pooled) |")[1]
+
+
+def test_a_finished_run_is_kept_as_a_record_that_outlives_its_runs_folder(tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr(capacity, "RUNS", runs)
+    real_run = subprocess.run
+
+    def fake_train(command, **kwargs):
+        if "model.train" not in command:
+            return real_run(command, **kwargs)
+        name = Path(command[command.index("--out") + 1]).stem
+        kwargs["stdout"].write(f"{name}: trained\n")
+        _fake_run(runs, name, 0.3, {1: {"error": 0.25, "n": 4}})
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(capacity.subprocess, "run", fake_train)
+    assert capacity.run(only="fast50_lr0.0003", max_runs=None) == 0  # one run, through the runner
+    record = capacity.RECORDS / "fast50_lr0.0003_s0.pt"
+    assert f"kept in {record}" in capsys.readouterr().out
+    kept = load_checkpoint(record)
+    trained = load_checkpoint(runs / "fast50_lr0.0003_s0.pt")
+    assert kept.optimizer_state is None and trained.optimizer_state is not None  # the record leaves it out
+    assert kept.metrics == trained.metrics and kept.config == trained.config
+    assert all(torch.equal(kept.state_dict[k], v) for k, v in trained.state_dict.items())
+    assert (capacity.RECORDS / "fast50_lr0.0003_s0.log").read_text() == "fast50_lr0.0003_s0: trained\n"
+    # Runs that finished with no runner to keep them (one stopped after training) get their record when the
+    # plan next looks; one still training gets none.
+    _fake_run(runs, "fast50_lr0.001_s0", 0.1, {1: {"error": 0.25, "n": 4}})
+    _fake_run(runs, "fast50_lr0.003_s0", 0.2, {1: {"error": 0.25, "n": 4}})
+    _fake_run(runs, "fast50_lr0.001_s1", 0.1, {1: {"error": 0.0, "n": 4}}, finished=False)
+    assert capacity.plan() == 0
+    assert sorted(p.name for p in capacity.RECORDS.glob("*.pt")) == [
+        "fast50_lr0.0003_s0.pt", "fast50_lr0.001_s0.pt", "fast50_lr0.003_s0.pt"
+    ]  # fmt: skip
+    assert capacity.report(None, tmp_path / "before.json", stress_rows=20) == 0
+    shutil.rmtree(runs)  # a new machine: only the tracked records are left
+    runs.mkdir()
+    capacity._finished_metrics.cache_clear()
+    cell = next(c for c in capacity.cells() if c.name == "fast50")
+    assert capacity.chosen_lr(cell) == 1e-3 and capacity._state("fast50_lr0.001_s0") == "done"
+    assert capacity._state("fast50_lr0.001_s1") == "to run"  # its training is what was lost
+    assert capacity.report(None, tmp_path / "after.json", stress_rows=20) == 0
+    assert (tmp_path / "after.json").read_text() == (tmp_path / "before.json").read_text()
 
 
 def test_a_run_command_resumes_into_the_runs_folder():
@@ -173,7 +231,7 @@ def test_the_report_scores_a_checkpoint_on_the_stress_sets_once_until_it_or_the_
     monkeypatch.setattr(capacity, "RUNS", runs)
     for lr in ("0.0003", "0.001", "0.003"):  # a whole screen, so the report scores the chosen lr's run
         _fake_run(runs, f"fast50_lr{lr}_s0", 0.1 if lr == "0.001" else 0.3, {1: {"error": 0.0, "n": 4}})
-    path = runs / "fast50_lr0.001_s0.pt"
+    path = capacity.RECORDS / "fast50_lr0.001_s0.pt"  # what the report scores: the run's record
     probe = tmp_path / "fws_stress_probe.py"  # a stand-in for the sequence and scoring code
     probe.write_text("VERSION = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -194,10 +252,10 @@ def test_the_report_scores_a_checkpoint_on_the_stress_sets_once_until_it_or_the_
     capacity.cached_stress_errors(path, 40)  # other rows: scored again
     probe.write_text("VERSION = 2\n")  # the code changed
     assert capacity.cached_stress_errors(path, 40) == real(path, 40)
-    _fake_run(runs, "fast50_lr0.001_s0", 0.1, {1: {"error": 0.25, "n": 4}})  # the run rewrote its checkpoint
+    _fake_run(capacity.RECORDS, "fast50_lr0.001_s0", 0.1, {1: {"error": 0.25, "n": 4}})  # a new record
     capacity.cached_stress_errors(path, 40)
     assert scored == [(path.name, 30)] + [(path.name, 40)] * 3
-    cache = runs / "fast50_lr0.001_s0.stress.json"
+    cache = capacity.RECORDS / "fast50_lr0.001_s0.stress.json"
     kept = json.loads(cache.read_text())
     for torn in ("{not json", b"\xff\xfe", {**kept, "errors": {}}, {**kept, "errors": []}):
         if isinstance(torn, dict):
@@ -311,6 +369,7 @@ import sys
 from pathlib import Path
 from model import capacity
 capacity.RUNS = Path(sys.argv[1])
+capacity.RECORDS = Path(sys.argv[1]) / "records"
 sleep = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
 capacity.train_command = lambda cell, lr, seed: [sys.executable, "-c", sleep, sys.argv[1] + "/train.pid"]
 sys.exit(capacity.main(["run", "--only", "fast50_lr0.0003_s0"]))
