@@ -154,19 +154,17 @@ def _metrics_of(path: Path) -> dict[str, Any] | None:
 
 def keep_record(name: str) -> Path:
     """Copy a finished run into RECORDS: its checkpoint less the optimizer state (a few hundred KB at most,
-    what the report, the stress sets and anyone checking a number need) and its log. Written atomically under
-    a name of this process's own, so two runners keeping the same record never tear it."""
+    what the report, the stress sets and anyone checking a number need) and its log. Each file is written
+    atomically under a name of this process's own, so two runners keeping the same record never tear it; the
+    checkpoint goes last, so a record's log is there once the record is."""
     ckpt = load_checkpoint(RUNS / f"{name}.pt")
     RECORDS.mkdir(parents=True, exist_ok=True)
-    record = RECORDS / f"{name}.pt"
-    partial = save_checkpoint(replace(ckpt, optimizer_state=None), RECORDS / f".{name}.{os.getpid()}.pt")
     log = RUNS / f"{name}.log"
     if log.is_file():
         kept_log = RECORDS / f".{name}.{os.getpid()}.log"
         shutil.copyfile(log, kept_log)
         os.replace(kept_log, RECORDS / f"{name}.log")
-    os.replace(partial, record)
-    return record
+    return save_checkpoint(replace(ckpt, optimizer_state=None), RECORDS / f"{name}.pt")
 
 
 @functools.lru_cache(maxsize=256)
@@ -398,7 +396,8 @@ def report(
         label = f"{cell.name} ({cell.matched})"
         for run_lr in LADDER:
             for seed in SEEDS:
-                metrics = _finished(run_name(cell, run_lr, seed))
+                run_id = run_name(cell, run_lr, seed)
+                metrics = _finished(run_id)
                 if metrics is None:
                     continue
                 test = metrics["test"]
@@ -406,7 +405,7 @@ def report(
                 low, high = error_interval(wrong, test["n"])
                 rows.append(
                     {
-                        "run": run_name(cell, run_lr, seed),
+                        "run": run_id,
                         "matched": cell.matched,
                         "params": parameter_count(cell.kind, cell.hidden_size),
                         "valid_error": metrics["valid"]["error"],
@@ -420,9 +419,7 @@ def report(
                     }
                 )
                 if run_lr == lr and stress_rows > 0:
-                    per_set = cached_stress_errors(
-                        RECORDS / f"{run_name(cell, run_lr, seed)}.pt", stress_rows
-                    )
+                    per_set = cached_stress_errors(RECORDS / f"{run_id}.pt", stress_rows)
                     for name, (w, n) in per_set.items():
                         acc = stress.setdefault(label, {}).setdefault(name, [0, 0])
                         acc[0], acc[1] = acc[0] + w, acc[1] + n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,8 @@ class Checkpoint:
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
-    """Write atomically (temp file + rename) so an interrupted run never leaves half a checkpoint."""
+    """Write atomically (temp file + rename) so an interrupted run never leaves half a checkpoint; the temp
+    file is this process's own, so two processes saving the same checkpoint never write into one file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -102,7 +104,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
         "code_version": ckpt.code_version or code_version(),
         "averaging": ckpt.averaging,
     }
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
