@@ -150,8 +150,9 @@ def check_checkpoint(path: Path, per_k: int, sets: list[str], k_max: int, seed: 
 
 
 def _format_row(r: FreshRow) -> str:
+    ort = rate_with_interval(r.ort_errors, r.n, bounds=(r.ort_low, r.ort_high))
     return (
-        f"{r.set:<12} K={r.k:<3} {r.bucket:<17} ORT {rate_with_interval(r.ort_errors, r.n):<37}  "
+        f"{r.set:<12} K={r.k:<3} {r.bucket:<17} ORT {ort:<37}  "
         f"torch {r.torch_errors:>5}  disagree {r.disagreements}"
     )
 

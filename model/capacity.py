@@ -375,7 +375,7 @@ def cached_stress_errors(path: Path, rows: int) -> dict[str, list[int]]:
         if counts is not None:
             return counts
     errors = stress_errors(path, rows)
-    partial = cache.with_suffix(".tmp")
+    partial = cache.with_suffix(f".{os.getpid()}.tmp")  # two reports at once never share a temp file
     try:
         partial.write_text(json.dumps({"key": key, "errors": errors}) + "\n", encoding="utf-8")
         os.replace(partial, cache)

@@ -90,9 +90,11 @@ def percent(fraction: float) -> str:
     return f"{short}%"
 
 
-def rate_with_interval(errors: int, n: int) -> str:
-    """'0/20000 (< 0.015%)' or '3/20000 = 0.015% (0.0031-0.044%)': a table cell's count, rate and interval."""
-    low, high = error_interval(errors, n)
+def rate_with_interval(errors: int, n: int, *, bounds: tuple[float, float] | None = None) -> str:
+    """'0/20000 (< 0.015%)' or '3/20000 = 0.015% (0.0031-0.044%)': a table cell's count, rate and interval.
+
+    `bounds` is error_interval(errors, n) where the caller already has it (it is not computed again)."""
+    low, high = bounds if bounds is not None else error_interval(errors, n)
     if errors == 0:
         return f"0/{n} (< {percent(high)})"
     return f"{errors}/{n} = {percent(errors / n)} ({percent(low)[:-1]}-{percent(high)})"

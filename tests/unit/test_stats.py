@@ -47,3 +47,9 @@ def test_a_small_rate_and_its_bounds_keep_two_significant_digits_never_zero():
     # the served repository's K 1..26 total: its lower bound written out, not "4.7e-05"
     assert rate_with_interval(2, 520_000) == "2/520000 = 0.00038% (0.000047-0.0014%)"
     assert percent(1e-7) == "0.00001%" and percent(0.0) == "0%"
+
+
+def test_a_cell_given_its_interval_prints_that_interval_and_the_same_text_as_computing_it():
+    assert rate_with_interval(3, 20_000, bounds=error_interval(3, 20_000)) == rate_with_interval(3, 20_000)
+    assert rate_with_interval(3, 20_000, bounds=(0.0001, 0.0002)) == "3/20000 = 0.015% (0.01-0.02%)"
+    assert rate_with_interval(0, 20_000, bounds=(0.0, 0.0003)) == "0/20000 (< 0.03%)"
