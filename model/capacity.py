@@ -413,7 +413,7 @@ def report(
                         "valid_n": metrics["valid"]["n"],
                         "test_errors": wrong,
                         "test_n": test["n"],
-                        "test_ci": [low, high],
+                        "test_ci": (low, high),
                         "chosen_lr": run_lr == lr,
                         "per_k": test["per_k"],
                     }
@@ -435,7 +435,7 @@ def report(
             seeds[label] = len(chosen)
     for r in rows:
         on_valid = rate_with_interval(r["valid_errors"], r["valid_n"])
-        on_test = rate_with_interval(r["test_errors"], r["test_n"])
+        on_test = rate_with_interval(r["test_errors"], r["test_n"], bounds=r["test_ci"])
         mark = "  (chosen lr)" if r["chosen_lr"] else ""
         name = f"{r['run']:<24} {r['matched']:<14} params {r['params']:>6}"
         print(f"{name} valid {on_valid}  test {on_test}{mark}")
@@ -467,7 +467,7 @@ def _markdown(
         out.append(
             f"| {r['run']} | {r['matched']} | {r['params']} | "
             f"{rate_with_interval(r['valid_errors'], r['valid_n'])} | "
-            f"{rate_with_interval(r['test_errors'], r['test_n'])} | {chosen} |"
+            f"{rate_with_interval(r['test_errors'], r['test_n'], bounds=r['test_ci'])} | {chosen} |"
         )
     labels = list(headline)
     out += ["", "| K | " + " | ".join(f"{lab}, {seeds[lab]} seed(s)" for lab in labels) + " |"]
