@@ -343,13 +343,15 @@ def test_load_balancer_sends_no_internal_address_to_clients() -> None:
 ERROR_PAGE = r"^\s*error_page (\d+) =? ?(\S+);"
 
 
-def _json_answers(locations: dict[str, str]) -> dict[str, tuple[int, str]]:
-    """Each error-page target among `locations`: (status returned, body as written in nginx.conf)."""
+def _json_answers(locations: dict[str, str]) -> dict[str, tuple[int, str, dict[str, str]]]:
+    """Each error-page target among `locations`: (status returned, body as written in nginx.conf, the
+    variables the location sets for it)."""
     out = {}
     for where, body in locations.items():
         answer = re.search(r"^\s*return (\d+) (\S.*);", body, re.M)
         if answer and "default_type application/json;" in body:
-            out[where.removeprefix("= ")] = (int(answer.group(1)), answer.group(2))
+            variables = dict(re.findall(r'^\s*set \$(\w+) "?([^";]*)"?;', body, re.M))
+            out[where.removeprefix("= ")] = (int(answer.group(1)), answer.group(2), variables)
     return out
 
 
@@ -360,19 +362,33 @@ def test_load_balancer_answers_its_own_errors_in_the_services_json_never_html() 
     answers = _json_answers(locations)
     maps = {name.split()[-1][1:]: body for name, body in _blocks("map", NGINX) if "$fws_lb_v2 " in name}
 
-    def bodies(written: str) -> list[Any]:  # a literal, or a map's value for V2 paths and for the others
+    def bodies(written: str, variables: dict[str, str]) -> list[Any]:
+        """A literal, or a map's value for V2 paths and for the others with the location's variables in it."""
+
+        def filled(value: str) -> Any:
+            # (a KeyError: a variable the location leaves unset)
+            text = re.sub(r"\$(\w+)", lambda m: variables[m.group(1)], value)
+            return json.loads(text)
+
         if written.startswith("$"):
             values = dict(re.findall(r"^\s*(\S+) '(.*)';", maps[written[1:]], re.M))
             assert set(values) == {"1", "default"}
-            return [json.loads(values["1"]), json.loads(values["default"])]
-        return [json.loads(written.strip("'"))]
+            return [filled(values["1"]), filled(values["default"])]
+        return [filled(written.strip("'"))]
 
-    for where, (_status, written) in answers.items():
-        for body in bodies(written):
+    messages = set()
+    for where, (status, written, variables) in answers.items():
+        for body in bodies(written, variables):
             assert set(body) == {"error"}, (where, body)
-        if written.startswith("$"):  # V2 paths: {"error": "message"}; the others the native shape
-            v2, native = bodies(written)
+        if written.startswith("$"):  # V2 paths: {"error": "message"}, the others the native shape, one text
+            v2, native = bodies(written, variables)
             assert isinstance(v2["error"], str) and set(native["error"]) == {"code", "message", "field"}
+            assert v2["error"] == native["error"]["message"] and native["error"]["field"] is None, where
+            assert re.fullmatch(r"[a-z_]+", native["error"]["code"]), where
+            if status in (413, 504):  # where the service answers the same status, nginx uses its code
+                assert native["error"]["code"] == errors._STATUS_CODES[status], where
+            messages.add(v2["error"])
+    assert len(messages) == 4, messages  # no replica, none in time, too busy, body too large: one each
     # the V2 shape is chosen by the same rule as service/errors.py's is_v2
     (rule,) = re.findall(r"map \$uri \$fws_lb_v2 \{\s*(\S+) 1;", NGINX)
     for path in ("/v2", "/v2/models/x/infer", "/v1/retrieve", "/v2x", "/"):
