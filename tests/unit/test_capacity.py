@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from model import capacity
-from model.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, build_model, file_sha256, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import STRESS_SETS
 
@@ -409,3 +410,33 @@ def test_a_runs_lock_lasts_as_long_as_its_training_and_sigterm_stops_both(tmp_pa
     finally:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             os.kill(int(trainer.read_text()), signal.SIGKILL)
+
+
+def test_the_committed_report_and_results_md_are_what_the_committed_records_give(tmp_path, monkeypatch):
+    """docs/results.md section 4 quotes results/capacity/report.md, which `report` makes from the committed
+    records: a record added, or a number edited by hand, without the report made again fails here. The stress
+    counts are each record's committed .stress.json, for that record's bytes (scoring them again is
+    cached_stress_errors' job, tested above)."""
+    repo = Path(__file__).resolve().parents[2]
+    records = repo / "results" / "capacity"
+    monkeypatch.setattr(capacity, "RECORDS", records)
+    monkeypatch.setattr(capacity, "RUNS", tmp_path / "runs")  # no training run of this machine joins in
+
+    def committed_counts(path: Path, rows: int) -> dict[str, list[int]]:
+        saved = json.loads(path.with_suffix(".stress.json").read_text(encoding="utf-8"))
+        assert saved["key"]["rows"] == rows and saved["key"]["checkpoint_sha256"] == file_sha256(path), path
+        return saved["errors"]
+
+    monkeypatch.setattr(capacity, "cached_stress_errors", committed_counts)
+    planned = capacity.planned_runs()
+    assert len(planned) == 47 and all(capacity._finished(capacity.run_name(*run)) for run in planned)
+    made = tmp_path / "report.md"
+    assert capacity.report(None, None, made) == 0
+    committed = (records / "report.md").read_text(encoding="utf-8")
+    assert made.read_text(encoding="utf-8") == committed
+    results = (repo / "docs" / "results.md").read_text(encoding="utf-8")
+    study = results[results.index("### The capacity study") :]
+    tables = re.findall(r"(?:^\|.*\|\n)+", committed, re.M)
+    assert [t.split(" | ")[0] for t in tables] == ["| run", "| K", "| cell (chosen lr, seeds pooled)"]
+    for table in tables:
+        assert table in study, table.splitlines()[0]
