@@ -350,7 +350,12 @@ def _json_answers(locations: dict[str, str]) -> dict[str, tuple[int, str, dict[s
     for where, body in locations.items():
         answer = re.search(r"^\s*return (\d+) (\S.*);", body, re.M)
         if answer and "default_type application/json;" in body:
-            variables = dict(re.findall(r'^\s*set \$(\w+) "?([^";]*)"?;', body, re.M))
+            # each whole value (quoted: up to its closing quote, `;` included), set before the answer
+            sets = re.findall(r'^\s*set \$(\w+) (?:"((?:[^"\\]|\\.)*)"|([^\s;"]+));$', body, re.M)
+            assert len(sets) == body.count("set $"), where
+            assert all(body.index(f"set ${name} ") < answer.start() for name, _, _ in sets), where
+            # (nginx reads \" in a quoted value as ": so must the JSON it goes into)
+            variables = {name: re.sub(r"\\(.)", r"\1", quoted) or bare for name, quoted, bare in sets}
             out[where.removeprefix("= ")] = (int(answer.group(1)), answer.group(2), variables)
     return out
 

@@ -413,8 +413,9 @@ def test_a_runs_lock_lasts_as_long_as_its_training_and_sigterm_stops_both(tmp_pa
 
 
 def test_the_committed_report_and_results_md_are_what_the_committed_records_give(tmp_path, monkeypatch):
-    """docs/results.md section 4 quotes results/capacity/report.md, which `report` makes from the committed
-    records: a record added, or a number edited by hand, without the report made again fails here. The stress
+    """docs/results.md section 4 quotes results/capacity/report.md, which `report` makes (with report.json)
+    from the committed records: a record added, or a number edited by hand, without the report made again
+    fails here. The stress
     counts are each record's committed .stress.json, for that record's bytes (scoring them again is
     cached_stress_errors' job, tested above)."""
     repo = Path(__file__).resolve().parents[2]
@@ -430,10 +431,11 @@ def test_the_committed_report_and_results_md_are_what_the_committed_records_give
     monkeypatch.setattr(capacity, "cached_stress_errors", committed_counts)
     planned = capacity.planned_runs()
     assert len(planned) == 47 and all(capacity._finished(capacity.run_name(*run)) for run in planned)
-    made = tmp_path / "report.md"
-    assert capacity.report(None, None, made) == 0
+    made, made_json = tmp_path / "report.md", tmp_path / "report.json"
+    assert capacity.report(None, made_json, made) == 0
     committed = (records / "report.md").read_text(encoding="utf-8")
     assert made.read_text(encoding="utf-8") == committed
+    assert made_json.read_text(encoding="utf-8") == (records / "report.json").read_text(encoding="utf-8")
     results = (repo / "docs" / "results.md").read_text(encoding="utf-8")
     study = results[results.index("### The capacity study") :]
     tables = re.findall(r"(?:^\|.*\|\n)+", committed, re.M)
