@@ -415,9 +415,8 @@ def test_a_runs_lock_lasts_as_long_as_its_training_and_sigterm_stops_both(tmp_pa
 def test_the_committed_report_and_results_md_are_what_the_committed_records_give(tmp_path, monkeypatch):
     """docs/results.md section 4 quotes results/capacity/report.md, which `report` makes (with report.json)
     from the committed records: a record added, or a number edited by hand, without the report made again
-    fails here. The stress
-    counts are each record's committed .stress.json, for that record's bytes (scoring them again is
-    cached_stress_errors' job, tested above)."""
+    fails here. The stress counts are each record's committed .stress.json, checked against that record's
+    bytes only (whether the code that scored them changed is cached_stress_errors' key, tested above)."""
     repo = Path(__file__).resolve().parents[2]
     records = repo / "results" / "capacity"
     monkeypatch.setattr(capacity, "RECORDS", records)
